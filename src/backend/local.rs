@@ -1,0 +1,129 @@
+//! QEMU as a child process of the server.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+
+use super::{Backend, BackendError, Instance};
+use crate::vm::spec::{RuntimeFiles, VmSpec};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+pub struct LocalBackend {
+    qemu: PathBuf,
+    version: String,
+}
+
+impl LocalBackend {
+    pub async fn new() -> Result<Self, BackendError> {
+        let qemu = PathBuf::from(std::env::var_os("DESKVM_QEMU").unwrap_or_else(|| QEMU.into()));
+        let version = qemu_version(&qemu).await?;
+        Ok(LocalBackend { qemu, version })
+    }
+}
+
+/// First line of `qemu --version`, e.g. "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)".
+pub async fn qemu_version(qemu: &std::path::Path) -> Result<String, BackendError> {
+    let out = Command::new(qemu).arg("--version").output().await.map_err(|source| BackendError::Spawn {
+        program: format!("{} (install QEMU: `deskvm setup`, or apt-get install qemu-system-x86)", qemu.display()),
+        source,
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string())
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn qemu_version(&self) -> &str {
+        &self.version
+    }
+
+    fn launch<'a>(
+        &'a self,
+        session_id: &'a str,
+        spec: &'a VmSpec,
+        files: &'a RuntimeFiles,
+    ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>> {
+        async move {
+            let log = std::fs::File::create(files.qemu_log())?;
+            let mut cmd = Command::new(&self.qemu);
+            cmd.arg("-name")
+                .arg(format!("deskvm-{session_id}"))
+                .args(spec.argv(files))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true);
+            // If the server dies without cleaning up (SIGKILL), the kernel kills QEMU too.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd
+                .spawn()
+                .map_err(|source| BackendError::Spawn { program: self.qemu.display().to_string(), source })?;
+            let (exit_tx, exit_rx) = watch::channel(None);
+            let (kill_tx, kill_rx) = oneshot::channel::<()>();
+            let log_path = files.qemu_log();
+            tokio::spawn(async move {
+                let reason = tokio::select! {
+                    status = child.wait() => {
+                        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+                        let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                        if tail.is_empty() {
+                            format!("qemu exited ({status})")
+                        } else {
+                            format!("qemu exited ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+                        }
+                    }
+                    _ = kill_rx => {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        "stopped".to_string()
+                    }
+                };
+                let _ = exit_tx.send(Some(reason));
+            });
+            Ok(Box::new(LocalInstance { exit: exit_rx, kill: Some(kill_tx) }) as Box<dyn Instance>)
+        }
+        .boxed()
+    }
+}
+
+struct LocalInstance {
+    exit: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+impl Instance for LocalInstance {
+    fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
+            }
+            let _ = self.exit.wait_for(Option::is_some).await;
+        }
+        .boxed()
+    }
+}
+
+impl Drop for LocalInstance {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `deskvm bench`: the numbers in BENCHMARKS.md, measured through a real MCP client against the
+//! real server and guest, so they include everything an agent would wait for.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::session::boot::TERMINAL_POINT;
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{name:<38} n={:<3} p50={:>8.1} ms  p95={:>8.1} ms  min={:>8.1} ms  max={:>8.1} ms",
+        ms.len(),
+        pct(&ms, 0.5),
+        pct(&ms, 0.95),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub struct Options {
+    pub starts: usize,
+    pub shots: usize,
+    pub clicks: usize,
+    pub chars: usize,
+    pub cold: bool,
+    pub accel: String,
+}
+
+pub async fn run(o: Options) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let client = Client::spawn(&exe, &["--accel", &o.accel], &[("RUST_LOG", "warn")]).await?;
+    println!("deskvm bench: {} cores, through an MCP client over stdio", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+
+    let mut starts = Vec::new();
+    for _ in 0..o.starts {
+        let t = Instant::now();
+        let info = client.call_ok("session_start", json!({})).await?;
+        let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+        if info["startup"] != "ready_state" {
+            bail!("session did not start from a ready state ({}); run `deskvm setup` first", info["startup"]);
+        }
+        client.screenshot(&sid, json!({})).await?;
+        starts.push(ms(t.elapsed()));
+        client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    }
+    summary("start (ready state) -> first screenshot", starts);
+
+    if o.cold {
+        let t = Instant::now();
+        // A machine with no saved ready state (other memory size) must boot.
+        let info = client.call_ok("session_start", json!({ "memory_mb": 1536 })).await?;
+        let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+        client.screenshot(&sid, json!({})).await?;
+        summary(&format!("start ({}) -> first screenshot", info["startup"].as_str().unwrap_or("?")), vec![ms(t.elapsed())]);
+        client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    }
+
+    let info = client.call_ok("session_start", json!({})).await?;
+    let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+    let mut shots = Vec::new();
+    let mut bytes = 0usize;
+    for _ in 0..o.shots {
+        let t = Instant::now();
+        let (png, _) = client.screenshot(&sid, json!({})).await?;
+        shots.push(ms(t.elapsed()));
+        bytes += png.len();
+    }
+    summary("screenshot 1280x800 PNG", shots);
+    println!("{:<38} {} KiB per screenshot", "", bytes / o.shots.max(1) / 1024);
+    let mut half = Vec::new();
+    for _ in 0..o.shots {
+        let t = Instant::now();
+        client.screenshot(&sid, json!({ "scale": 0.5 })).await?;
+        half.push(ms(t.elapsed()));
+    }
+    summary("screenshot scale 0.5", half);
+    client.screenshot(&sid, json!({})).await?;
+
+    let mut clicks = Vec::new();
+    for i in 0..o.clicks {
+        // The desktop background: a left click there changes nothing.
+        let t = Instant::now();
+        client.call_ok("click", json!({ "session_id": sid, "x": 1000 + (i % 50) as u32, "y": 700 })).await?;
+        clicks.push(ms(t.elapsed()));
+    }
+    summary("click", clicks);
+
+    client.call_ok("click", json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 })).await?;
+    client.call_ok("type", json!({ "session_id": sid, "text": "stty -echo; cat > /tmp/bench.txt\n" })).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rng = rand::rng();
+    let text: String = (0..o.chars).map(|_| rng.random_range(0x20u8..=0x7e) as char).collect();
+    let t = Instant::now();
+    client.call_ok("type", json!({ "session_id": sid, "text": format!("{text}\n") })).await?;
+    let took = t.elapsed();
+    client.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" })).await?;
+    let mut back = String::new();
+    for _ in 0..20 {
+        let out = client.call_ok("exec", json!({ "session_id": sid, "command": "cat /tmp/bench.txt" })).await?;
+        back = out["stdout"].as_str().unwrap_or_default().to_string();
+        if back.len() > text.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let expected = format!("{text}\n");
+    let lost = if back == expected { 0 } else { expected.len().abs_diff(back.len()).max(1) };
+    println!(
+        "{:<38} {} chars in {:.2} s = {:.1} chars/s, read back {} (mismatched chars: {lost})",
+        "type (random printable ASCII)",
+        o.chars + 1,
+        took.as_secs_f64(),
+        (o.chars + 1) as f64 / took.as_secs_f64(),
+        if back == expected { "byte-exact" } else { "DIFFERENT" },
+    );
+    client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    client.close().await?;
+    if back != expected {
+        bail!("typed text was not read back exactly:\nexpected {expected:?}\n     got {back:?}");
+    }
+    Ok(())
+}

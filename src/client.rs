@@ -1,0 +1,88 @@
+//! A small MCP client over stdio (rmcp) that spawns `deskvm serve`: used by `deskvm demo`,
+//! `deskvm bench` and the integration tests, so all of them drive the real server.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use base64::Engine;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+
+pub struct Client {
+    svc: RunningService<RoleClient, ()>,
+}
+
+impl Client {
+    /// Spawns `bin serve` with `extra_args` and the given environment.
+    pub async fn spawn(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let cmd = tokio::process::Command::new(bin).configure(|c| {
+            c.arg("serve").args(extra_args);
+            for (k, v) in env {
+                c.env(k, v);
+            }
+        });
+        let transport = TokioChildProcess::new(cmd).context("spawning deskvm serve")?;
+        let svc = ().serve(transport).await.context("MCP handshake with deskvm serve")?;
+        Ok(Client { svc })
+    }
+
+    pub async fn tool_names(&self) -> Result<Vec<String>> {
+        Ok(self.svc.list_all_tools().await?.into_iter().map(|t| t.name.to_string()).collect())
+    }
+
+    pub async fn prompt_names(&self) -> Result<Vec<String>> {
+        Ok(self.svc.list_all_prompts().await?.into_iter().map(|p| p.name).collect())
+    }
+
+    /// Calls a tool and returns its raw result (tool errors included).
+    pub async fn call(&self, tool: &str, args: Value) -> Result<CallToolResult> {
+        let args = match args {
+            Value::Object(m) => m,
+            Value::Null => Default::default(),
+            other => return Err(anyhow!("tool arguments must be an object, got {other}")),
+        };
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+        Ok(self.svc.call_tool(params).await.with_context(|| format!("calling {tool}"))?)
+    }
+
+    /// Calls a tool; a tool error becomes an `Err` carrying its message.
+    pub async fn call_ok(&self, tool: &str, args: Value) -> Result<Value> {
+        let r = self.call(tool, args).await?;
+        if r.is_error == Some(true) {
+            return Err(anyhow!("{tool} failed: {}", text_of(&r)));
+        }
+        Ok(r.structured_content.unwrap_or(Value::Null))
+    }
+
+    /// A screenshot's PNG bytes and its metadata.
+    pub async fn screenshot(&self, session_id: &str, extra: Value) -> Result<(Vec<u8>, Value)> {
+        let mut args = serde_json::json!({ "session_id": session_id });
+        if let (Value::Object(a), Value::Object(e)) = (&mut args, extra) {
+            a.extend(e);
+        }
+        let r = self.call("screenshot", args).await?;
+        if r.is_error == Some(true) {
+            return Err(anyhow!("screenshot failed: {}", text_of(&r)));
+        }
+        let data = r
+            .content
+            .iter()
+            .find_map(|c| c.as_image().map(|i| i.data.clone()))
+            .ok_or_else(|| anyhow!("screenshot returned no image"))?;
+        let png = base64::engine::general_purpose::STANDARD.decode(data)?;
+        Ok((png, r.structured_content.unwrap_or(Value::Null)))
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.svc.cancel().await?;
+        Ok(())
+    }
+}
+
+/// All text content of a result, joined.
+pub fn text_of(r: &CallToolResult) -> String {
+    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,116 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use deskvm::app::{self, AccelChoice};
+use deskvm::mcp::DeskvmServer;
+use rmcp::ServiceExt;
+
+#[derive(Parser)]
+#[command(name = "deskvm", version, about = "An MCP server that gives AI agents a real desktop in a QEMU VM")]
+struct Cli {
+    /// Accelerator: auto (probe what really works), kvm or tcg.
+    #[arg(long, global = true, env = "DESKVM_ACCEL", default_value = "auto")]
+    accel: AccelChoice,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve MCP over stdio.
+    Serve {
+        /// Most sessions at once.
+        #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
+        max_sessions: usize,
+    },
+    /// Install host packages (as root), build the guest image and save its ready state.
+    Setup,
+    /// Guest images.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// The main job: start a desktop, look, click, type, look again, through a real MCP client.
+    Demo {
+        /// Where the screenshots go.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Report QEMU, accelerator, image and cache state, with a fix for each problem.
+    Doctor,
+    /// Measure start, screenshot, click and typing through a real MCP client.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        starts: usize,
+        #[arg(long, default_value_t = 50)]
+        shots: usize,
+        #[arg(long, default_value_t = 30)]
+        clicks: usize,
+        #[arg(long, default_value_t = 400)]
+        chars: usize,
+        /// Also measure one cold boot (about a minute under TCG).
+        #[arg(long)]
+        cold: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the default guest image (needs root) and its ready state.
+    Build {
+        /// Rebuild even when the cache has it.
+        #[arg(long)]
+        force: bool,
+        /// Skip saving the ready state.
+        #[arg(long)]
+        no_ready: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // stdout is the MCP transport: logs go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "deskvm=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let accel_name = std::env::var("DESKVM_ACCEL").unwrap_or_else(|_| "auto".into());
+    match cli.cmd {
+        Cmd::Serve { max_sessions } => {
+            let manager = app::manager(cli.accel, max_sessions).await?;
+            let service = DeskvmServer::new(manager.clone()).serve(rmcp::transport::stdio()).await?;
+            tokio::select! {
+                r = service.waiting() => { r?; }
+                _ = shutdown_signal() => {}
+            }
+            manager.shutdown().await;
+        }
+        Cmd::Setup => app::setup(cli.accel).await?,
+        Cmd::Image { cmd: ImageCmd::Build { force, no_ready } } => {
+            app::build_image(cli.accel, force, !no_ready).await?;
+        }
+        Cmd::Demo { out } => {
+            app::setup(cli.accel).await?;
+            deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &accel_name).await?;
+        }
+        Cmd::Doctor => {
+            if !app::doctor(cli.accel).await {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Bench { starts, shots, clicks, chars, cold } => {
+            deskvm::bench::run(deskvm::bench::Options { starts, shots, clicks, chars, cold, accel: accel_name }).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,331 @@
+use std::sync::Arc;
+
+use base64::Engine;
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, GetPromptResult, Implementation, PromptMessage, Role,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::session::{Action, Outcome, Point, SessionError, SessionManager, StartRequest};
+use crate::vm::Button;
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct SessionStartArgs {
+    /// Screen width in pixels (640..=1920, default 1280).
+    pub width: Option<u32>,
+    /// Screen height in pixels (480..=1200, default 800).
+    pub height: Option<u32>,
+    /// Guest image name (default "debian-desktop").
+    pub image: Option<String>,
+    /// Guest memory in MiB (512..=8192, default 1024). Non-default sizes cold-boot (slow).
+    pub memory_mb: Option<u32>,
+    /// Give the guest a NAT network (default: no network at all).
+    #[serde(default)]
+    pub network: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionArgs {
+    /// Session id from session_start.
+    pub session_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ScreenshotArgs {
+    pub session_id: String,
+    /// Downscale factor in (0, 1]. Later coordinates are in this screenshot's pixel space.
+    pub scale: Option<f64>,
+    /// Downscale so the image is at most this wide (64 or more).
+    pub max_width: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ClickArgs {
+    pub session_id: String,
+    /// X in pixels of the latest screenshot.
+    pub x: f64,
+    /// Y in pixels of the latest screenshot.
+    pub y: f64,
+    /// left (default), right or middle.
+    pub button: Option<Button>,
+    /// 1 (default), 2 for a double click, 3 for a triple click.
+    pub count: Option<u32>,
+    /// Keys held during the click, e.g. ["ctrl"], ["shift"].
+    #[serde(default)]
+    pub modifiers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MoveArgs {
+    pub session_id: String,
+    pub x: f64,
+    pub y: f64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct XY {
+    pub x: f64,
+    pub y: f64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DragArgs {
+    pub session_id: String,
+    pub from: XY,
+    pub to: XY,
+    /// left (default), right or middle.
+    pub button: Option<Button>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ScrollArgs {
+    pub session_id: String,
+    pub x: f64,
+    pub y: f64,
+    /// Horizontal wheel clicks, negative = left (-50..=50).
+    #[serde(default)]
+    pub dx: i32,
+    /// Vertical wheel clicks, negative = up, positive = down (-50..=50).
+    #[serde(default)]
+    pub dy: i32,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TypeArgs {
+    pub session_id: String,
+    /// Text to type exactly: printable ASCII, newline and tab; at most 4096 characters.
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct KeyArgs {
+    pub session_id: String,
+    /// xdotool-style combination(s): "ctrl+s", "alt+Tab", "Return", "F5", "super".
+    /// Several separated by spaces are pressed one after another: "ctrl+a BackSpace".
+    pub keys: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitArgs {
+    pub session_id: String,
+    /// Fixed wait in ms first (0..=60000; default 1000, or 0 with until_stable).
+    pub ms: Option<u64>,
+    /// Then wait until the screen stops changing.
+    #[serde(default)]
+    pub until_stable: bool,
+    /// Give up waiting for a stable screen after this long (default 10000, at most 60000).
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecArgs {
+    pub session_id: String,
+    /// Shell command, run as `sh -c` by root in the guest with DISPLAY=:0.
+    pub command: String,
+    /// Timeout in ms (1..=300000, default 30000).
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UseDesktopArgs {
+    /// What you want done on the desktop.
+    pub task: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct DeskvmServer {
+    manager: Arc<SessionManager>,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+fn tool_error(e: SessionError) -> CallToolResult {
+    let message = e.to_string();
+    let mut r = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
+    r.structured_content = Some(json!({ "error": e.kind(), "message": message }));
+    r
+}
+
+fn structured(value: serde_json::Value) -> CallToolResult {
+    CallToolResult::structured(value)
+}
+
+fn pt(x: f64, y: f64) -> Point {
+    Point { x, y }
+}
+
+impl DeskvmServer {
+    pub fn new(manager: Arc<SessionManager>) -> Self {
+        DeskvmServer { manager, tool_router: Self::tool_router(), prompt_router: Self::prompt_router() }
+    }
+
+    async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
+        let name = action.name();
+        let started = std::time::Instant::now();
+        let result = self.manager.act(session_id, action).await;
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(outcome) => {
+                tracing::debug!(session = session_id, action = name, ms, "ok");
+                render(outcome, ms)
+            }
+            Err(e) => {
+                tracing::info!(session = session_id, action = name, ms, error = %e, "action failed");
+                tool_error(e)
+            }
+        }
+    }
+}
+
+fn render(outcome: Outcome, ms: u64) -> CallToolResult {
+    match outcome {
+        Outcome::Screenshot { png, width, height, scale } => {
+            let meta = json!({ "width": width, "height": height, "scale": scale, "ms": ms });
+            let mut r = CallToolResult::success(vec![
+                ContentBlock::image(base64::engine::general_purpose::STANDARD.encode(&png), "image/png"),
+                ContentBlock::text(meta.to_string()),
+            ]);
+            r.structured_content = Some(meta);
+            r
+        }
+        Outcome::Done { message } => structured(json!({ "ok": true, "message": message, "ms": ms })),
+        Outcome::Waited { waited_ms, stable } => structured(json!({ "waited_ms": waited_ms, "stable": stable })),
+        Outcome::Exec(out) => structured(serde_json::to_value(out).unwrap_or_default()),
+    }
+}
+
+#[tool_router]
+impl DeskvmServer {
+    #[tool(
+        description = "Start a desktop session (a Debian/Xorg desktop in a QEMU VM with a terminal open). Returns session_id, screen size, accelerator, backend and startup time.",
+        annotations(title = "Start desktop session", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+    )]
+    async fn session_start(&self, Parameters(a): Parameters<SessionStartArgs>) -> Result<CallToolResult, McpError> {
+        let req = StartRequest { width: a.width, height: a.height, image: a.image, memory_mb: a.memory_mb, network: a.network };
+        Ok(match self.manager.start(req).await {
+            Ok(info) => structured(serde_json::to_value(info).unwrap_or_default()),
+            Err(e) => tool_error(e),
+        })
+    }
+
+    #[tool(description = "List running desktop sessions.", annotations(title = "List sessions", read_only_hint = true))]
+    async fn session_list(&self) -> Result<CallToolResult, McpError> {
+        let list = self.manager.list().await;
+        Ok(structured(json!({ "sessions": list })))
+    }
+
+    #[tool(
+        description = "Stop a desktop session: its VM and runtime files are removed.",
+        annotations(title = "Stop session", destructive_hint = true, idempotent_hint = false)
+    )]
+    async fn session_stop(&self, Parameters(a): Parameters<SessionArgs>) -> Result<CallToolResult, McpError> {
+        Ok(match self.manager.stop(&a.session_id).await {
+            Ok(()) => structured(json!({ "ok": true, "session_id": a.session_id })),
+            Err(e) => tool_error(e),
+        })
+    }
+
+    #[tool(
+        description = "Take a PNG screenshot. Optional scale/max_width downscale it; click coordinates then refer to the returned image's pixels.",
+        annotations(title = "Screenshot", read_only_hint = true)
+    )]
+    async fn screenshot(&self, Parameters(a): Parameters<ScreenshotArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Screenshot { scale: a.scale, max_width: a.max_width }).await)
+    }
+
+    #[tool(
+        description = "Click at (x, y) in the latest screenshot's pixels. button: left|right|middle; count 1..3 (double/triple click); modifiers held during the click.",
+        annotations(title = "Click", destructive_hint = false)
+    )]
+    async fn click(&self, Parameters(a): Parameters<ClickArgs>) -> Result<CallToolResult, McpError> {
+        let action = Action::Click {
+            at: pt(a.x, a.y),
+            button: a.button.unwrap_or(Button::Left),
+            count: a.count.unwrap_or(1),
+            modifiers: a.modifiers,
+        };
+        Ok(self.act(&a.session_id, action).await)
+    }
+
+    #[tool(description = "Move the pointer to (x, y) without clicking.", annotations(title = "Move pointer", destructive_hint = false))]
+    async fn mouse_move(&self, Parameters(a): Parameters<MoveArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::MouseMove { to: pt(a.x, a.y) }).await)
+    }
+
+    #[tool(description = "Press a button at `from`, move to `to`, release.", annotations(title = "Drag", destructive_hint = false))]
+    async fn drag(&self, Parameters(a): Parameters<DragArgs>) -> Result<CallToolResult, McpError> {
+        let action = Action::Drag { from: pt(a.from.x, a.from.y), to: pt(a.to.x, a.to.y), button: a.button.unwrap_or(Button::Left) };
+        Ok(self.act(&a.session_id, action).await)
+    }
+
+    #[tool(description = "Scroll the wheel at (x, y): dy > 0 scrolls down, dx > 0 right (wheel clicks).", annotations(title = "Scroll", destructive_hint = false))]
+    async fn scroll(&self, Parameters(a): Parameters<ScrollArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Scroll { at: pt(a.x, a.y), dx: a.dx, dy: a.dy }).await)
+    }
+
+    #[tool(
+        name = "type",
+        description = "Type text exactly into the focused window (printable ASCII, newline, tab; up to 4096 characters). Click the target window first.",
+        annotations(title = "Type text", destructive_hint = false)
+    )]
+    async fn type_text(&self, Parameters(a): Parameters<TypeArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Type { text: a.text }).await)
+    }
+
+    #[tool(
+        description = "Press key combinations, xdotool style: \"ctrl+s\", \"alt+Tab\", \"Return\", \"Escape\", \"F5\", \"super\", \"ctrl+shift+t\". Space-separated combos are pressed in sequence.",
+        annotations(title = "Press keys", destructive_hint = false)
+    )]
+    async fn key(&self, Parameters(a): Parameters<KeyArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Key { keys: a.keys }).await)
+    }
+
+    #[tool(
+        description = "Wait: a fixed time (ms), and/or until the screen stops changing (until_stable). Prefer until_stable over fixed sleeps.",
+        annotations(title = "Wait", read_only_hint = true)
+    )]
+    async fn wait(&self, Parameters(a): Parameters<WaitArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Wait { ms: a.ms, until_stable: a.until_stable, timeout_ms: a.timeout_ms }).await)
+    }
+
+    #[tool(
+        description = "Run a shell command inside the guest through the guest agent (root, DISPLAY=:0); returns exit_code, stdout, stderr.",
+        annotations(title = "Run command in guest", destructive_hint = true, open_world_hint = false)
+    )]
+    async fn exec(&self, Parameters(a): Parameters<ExecArgs>) -> Result<CallToolResult, McpError> {
+        Ok(self.act(&a.session_id, Action::Exec { command: a.command, timeout_ms: a.timeout_ms }).await)
+    }
+}
+
+#[prompt_router]
+impl DeskvmServer {
+    #[prompt(name = "use-desktop", description = "How to operate a deskvm desktop well: look, act in screenshot coordinates, wait for the screen to settle.")]
+    async fn use_desktop(&self, Parameters(a): Parameters<UseDesktopArgs>) -> GetPromptResult {
+        let mut messages = vec![PromptMessage::new_text(Role::User, include_str!("../../prompts/use-desktop.md"))];
+        if let Some(task) = a.task.filter(|t| !t.trim().is_empty()) {
+            messages.push(PromptMessage::new_text(Role::User, format!("Your task: {task}")));
+        }
+        GetPromptResult::new(messages)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for DeskvmServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_prompts().build())
+            .with_server_info(Implementation::new("deskvm", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "deskvm gives you a real Linux desktop in a VM. Call session_start, then screenshot to look, \
+                 click/type/key to act, wait(until_stable) after changes, session_stop when done. \
+                 Coordinates are pixels of your latest screenshot.",
+            )
+    }
+}

@@ -1,0 +1,185 @@
+//! Bringing a VM to a usable desktop: resume a ready state, or cold boot and wait for the guest's
+//! own readiness signal; and making the ready state in the first place.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::SessionError;
+use crate::backend::{Backend, Instance};
+use crate::image::ready::ReadyState;
+use crate::image::GuestImage;
+use crate::vm::spec::{RuntimeFiles, VmSpec};
+use crate::vm::{Button, Vm, VmError};
+
+/// Line the guest writes to its first serial port once the terminal window exists.
+pub const READY_MARKER: &str = "DESKVM_READY";
+pub const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Startup {
+    /// Resumed from a saved ready state.
+    ReadyState,
+    /// Booted the guest kernel (no ready state for this QEMU build and machine).
+    ColdBoot,
+}
+
+pub struct Booted {
+    pub vm: Vm,
+    pub instance: Box<dyn Instance>,
+    pub startup: Startup,
+}
+
+pub async fn qemu_img_overlay(backing: &Path, overlay: &Path) -> Result<(), SessionError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(|e| SessionError::Setup(format!("could not run qemu-img (apt-get install qemu-utils): {e}")))?;
+    if !out.status.success() {
+        return Err(SessionError::Setup(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Starts a VM in `files.dir`: from `ready` when given, else a cold boot of `image`.
+pub async fn start_vm(
+    backend: &dyn Backend,
+    id: &str,
+    image: &GuestImage,
+    mut spec: VmSpec,
+    ready: Option<&ReadyState>,
+    files: &RuntimeFiles,
+) -> Result<Booted, SessionError> {
+    let backing: PathBuf = ready.map(|r| r.disk()).unwrap_or_else(|| image.base());
+    qemu_img_overlay(&backing, &files.disk()).await?;
+    spec.incoming = ready.map(|r| r.state());
+    let (width, height) = (spec.width, spec.height);
+    let instance = backend.launch(id, &spec, files).await?;
+    let exited = instance.exited();
+    let attach = Vm::attach(files.clone(), width, height, Duration::from_secs(30));
+    let mut vm = tokio::select! {
+        vm = attach => vm?,
+        reason = exit_reason(exited.clone()) => {
+            return Err(SessionError::Setup(reason.unwrap_or_else(|| "qemu exited".into())));
+        }
+    };
+    let startup = if ready.is_some() {
+        vm.qmp().resume_incoming(Duration::from_secs(60)).await.map_err(VmError::from)?;
+        Startup::ReadyState
+    } else {
+        wait_for_desktop(&mut vm, &exited, COLD_BOOT_TIMEOUT).await?;
+        Startup::ColdBoot
+    };
+    Ok(Booted { vm, instance, startup })
+}
+
+/// Resolves with the VM's exit reason once it is gone.
+pub async fn exit_reason(mut exited: tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
+    let reason = exited.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+    reason
+}
+
+/// Waits for the guest's readiness line on the serial port, then for the screen to settle.
+/// Pixels alone are not enough: the console sits still at the final resolution before X starts.
+pub async fn wait_for_desktop(
+    vm: &mut Vm,
+    exited: &tokio::sync::watch::Receiver<Option<String>>,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let started = Instant::now();
+    loop {
+        if let Some(reason) = exited.borrow().clone() {
+            return Err(SessionError::Setup(format!("the guest stopped while booting: {reason}")));
+        }
+        let serial = tokio::fs::read_to_string(vm.files.serial()).await.unwrap_or_default();
+        if serial.contains(READY_MARKER) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            let tail: Vec<&str> = serial.lines().rev().take(5).collect();
+            return Err(SessionError::Setup(format!(
+                "the desktop did not report ready within {} s (serial log tail: {})",
+                timeout.as_secs(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    vm.settle(Duration::from_secs(20), Duration::from_millis(300), 3).await?;
+    Ok(())
+}
+
+/// Where the terminal of the default guest sits; a point well inside it.
+pub const TERMINAL_POINT: (u32, u32) = (400, 300);
+
+/// Boots the image, proves that a click and typed keys reach the terminal, and saves the running
+/// desktop as the ready state for this QEMU build and machine.
+pub async fn make_ready_state(
+    backend: &dyn Backend,
+    image: &GuestImage,
+    spec: VmSpec,
+    work: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<ReadyState, SessionError> {
+    let target = ReadyState::path_for(image, backend.qemu_version(), &spec);
+    let files = RuntimeFiles { dir: work.to_path_buf() };
+    let started = Instant::now();
+    progress(&format!("cold-booting the guest under {} to save a ready state", spec.accel.as_str()));
+    let Booted { mut vm, mut instance, .. } = start_vm(backend, "ready", image, spec, None, &files).await?;
+    progress(&format!("desktop ready after {:.1} s; checking that input reaches it", started.elapsed().as_secs_f64()));
+
+    vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[]).await?;
+    let token = format!("deskvm-input-ok-{}", std::process::id());
+    let strokes = crate::vm::input::strokes_for_text(&format!(" echo {token} > /tmp/.deskvm-input; clear\n"))?;
+    vm.type_strokes(&strokes).await?;
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = vm.exec("cat /tmp/.deskvm-input 2>/dev/null; rm -f /tmp/.deskvm-input", Duration::from_secs(10)).await?.stdout;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if seen.trim() != token {
+        instance.stop().await;
+        return Err(SessionError::Setup(format!("input did not reach the guest terminal (read back {seen:?})")));
+    }
+    vm.exec("sync", Duration::from_secs(30)).await?;
+    vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3).await?;
+
+    progress("input works; saving the ready state");
+    let tmp = target.dir.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    let partial = ReadyState { dir: tmp.clone() };
+    vm.qmp().save_state(&partial.state(), Duration::from_secs(120)).await.map_err(VmError::from)?;
+    vm.qmp().quit().await;
+    instance.stop().await;
+    std::fs::rename(files.disk(), partial.disk())?;
+    // Read-only: every session's overlay is backed by this exact file.
+    for f in [partial.disk(), partial.state()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
+    }
+    let meta = serde_json::json!({
+        "qemu_version": backend.qemu_version(),
+        "image": image.name,
+        "saved_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "boot_seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(partial.meta(), serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+    if target.dir.exists() {
+        std::fs::remove_dir_all(&target.dir)?;
+    }
+    std::fs::rename(&tmp, &target.dir)?;
+    progress(&format!("ready state saved: {}", target.dir.display()));
+    Ok(target)
+}

@@ -1,0 +1,242 @@
+//! The VM as a session sees it: a display to look at, a pointer and keyboard to drive, and a
+//! guest agent to run commands. Backend-neutral: it only needs the sockets in the runtime dir.
+
+pub mod display;
+pub mod input;
+pub mod qga;
+pub mod qmp;
+pub mod spec;
+
+use std::time::{Duration, Instant};
+
+use qapi::qmp::{
+    InputAxis, InputBtnEvent, InputButton, InputEvent, InputKeyEvent, InputMoveEvent, KeyValue,
+    QKeyCode,
+};
+use thiserror::Error;
+use tokio::sync::OnceCell;
+
+use display::{DisplayError, Frame};
+use input::{QCode, Stroke};
+use qga::{ExecOutput, Qga, QgaError};
+use qmp::{Qmp, QmpError};
+use spec::RuntimeFiles;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Qga(#[from] QgaError),
+    #[error(transparent)]
+    Display(#[from] DisplayError),
+    #[error("could not read the screendump")]
+    ScreenFile(#[source] std::io::Error),
+}
+
+/// Key pacing. A guest under TCG drains its keyboard queue slowly; unpaced bursts were lost
+/// whole (see the field notes), so each press and release waits this long.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub key_hold: Duration,
+    pub key_gap: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing { key_hold: Duration::from_millis(8), key_gap: Duration::from_millis(8) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Button {
+    Left,
+    Right,
+    Middle,
+}
+
+impl Button {
+    fn qemu(self) -> InputButton {
+        match self {
+            Button::Left => InputButton::left,
+            Button::Right => InputButton::right,
+            Button::Middle => InputButton::middle,
+        }
+    }
+}
+
+pub struct Vm {
+    pub files: RuntimeFiles,
+    qmp: Qmp,
+    qga: OnceCell<Qga>,
+    pub pacing: Pacing,
+    /// Guest screen size in pixels, refreshed by every screendump.
+    pub width: u32,
+    pub height: u32,
+}
+
+fn qcode(name: QCode) -> QKeyCode {
+    name.parse().unwrap_or_else(|_| panic!("input tables name an unknown qcode {name}"))
+}
+
+fn key_event(name: QCode, down: bool) -> InputEvent {
+    InputEvent::key(InputKeyEvent { down, key: KeyValue::qcode(qcode(name).into()) }.into())
+}
+
+fn btn_event(button: InputButton, down: bool) -> InputEvent {
+    InputEvent::btn(InputBtnEvent { button, down }.into())
+}
+
+impl Vm {
+    pub async fn attach(files: RuntimeFiles, width: u32, height: u32, timeout: Duration) -> Result<Self, VmError> {
+        let qmp = Qmp::connect(&files.qmp(), timeout).await?;
+        Ok(Vm { files, qmp, qga: OnceCell::new(), pacing: Pacing::default(), width, height })
+    }
+
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// The guest agent, connected on first use (it starts a few seconds into a cold boot).
+    pub async fn agent(&self, timeout: Duration) -> Result<&Qga, VmError> {
+        let path = self.files.qga();
+        Ok(self.qga.get_or_try_init(|| async move { Qga::connect(&path, timeout).await }).await?)
+    }
+
+    pub async fn exec(&self, script: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
+        Ok(self.agent(Duration::from_secs(30)).await?.sh(script, timeout).await?)
+    }
+
+    pub async fn frame(&mut self) -> Result<Frame, VmError> {
+        let path = self.files.screen();
+        self.qmp.screendump(&path).await?;
+        let bytes = tokio::fs::read(&path).await.map_err(VmError::ScreenFile)?;
+        let frame = Frame::from_ppm(&bytes)?;
+        self.width = frame.width();
+        self.height = frame.height();
+        Ok(frame)
+    }
+
+    fn abs(&self, x: u32, y: u32) -> [InputEvent; 2] {
+        [
+            InputEvent::abs(InputMoveEvent { axis: InputAxis::x, value: input::to_abs(x, self.width) }.into()),
+            InputEvent::abs(InputMoveEvent { axis: InputAxis::y, value: input::to_abs(y, self.height) }.into()),
+        ]
+    }
+
+    pub async fn move_to(&self, x: u32, y: u32) -> Result<(), VmError> {
+        Ok(self.qmp.send_events(self.abs(x, y).to_vec()).await?)
+    }
+
+    async fn hold(&self, keys: &[QCode], down: bool) -> Result<(), VmError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let events = if down {
+            keys.iter().map(|k| key_event(k, true)).collect()
+        } else {
+            keys.iter().rev().map(|k| key_event(k, false)).collect()
+        };
+        self.qmp.send_events(events).await?;
+        tokio::time::sleep(self.pacing.key_gap).await;
+        Ok(())
+    }
+
+    pub async fn click(&self, x: u32, y: u32, button: Button, count: u32, modifiers: &[QCode]) -> Result<(), VmError> {
+        self.move_to(x, y).await?;
+        self.hold(modifiers, true).await?;
+        let result = async {
+            for i in 0..count {
+                if i > 0 {
+                    // Well inside the usual 250-400 ms double-click time.
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+                self.qmp.send_events(vec![btn_event(button.qemu(), true)]).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.qmp.send_events(vec![btn_event(button.qemu(), false)]).await?;
+            }
+            Ok::<_, VmError>(())
+        }
+        .await;
+        // Modifiers are released even when the click failed, so no key stays stuck down.
+        let released = self.hold(modifiers, false).await;
+        result.and(released)
+    }
+
+    pub async fn drag(&self, from: (u32, u32), to: (u32, u32), button: Button) -> Result<(), VmError> {
+        self.move_to(from.0, from.1).await?;
+        self.qmp.send_events(vec![btn_event(button.qemu(), true)]).await?;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let steps = 12;
+        for i in 1..=steps {
+            let x = from.0 as i64 + (to.0 as i64 - from.0 as i64) * i / steps;
+            let y = from.1 as i64 + (to.1 as i64 - from.1 as i64) * i / steps;
+            self.move_to(x as u32, y as u32).await?;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        self.qmp.send_events(vec![btn_event(button.qemu(), false)]).await?;
+        Ok(())
+    }
+
+    pub async fn scroll(&self, x: u32, y: u32, dx: i32, dy: i32) -> Result<(), VmError> {
+        self.move_to(x, y).await?;
+        let vertical = if dy > 0 { InputButton::wheel_down } else { InputButton::wheel_up };
+        let horizontal = if dx > 0 { InputButton::wheel_right } else { InputButton::wheel_left };
+        for (button, n) in [(vertical, dy.unsigned_abs()), (horizontal, dx.unsigned_abs())] {
+            for _ in 0..n {
+                self.qmp.send_events(vec![btn_event(button, true), btn_event(button, false)]).await?;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Presses the keys together (in order) and releases them in reverse.
+    pub async fn combo(&self, keys: &[QCode]) -> Result<(), VmError> {
+        self.hold(keys, true).await?;
+        tokio::time::sleep(self.pacing.key_hold).await;
+        self.hold(keys, false).await
+    }
+
+    pub async fn type_strokes(&self, strokes: &[Stroke]) -> Result<(), VmError> {
+        for s in strokes {
+            let mut down = Vec::with_capacity(2);
+            if s.shift {
+                down.push(key_event("shift", true));
+            }
+            down.push(key_event(s.key, true));
+            self.qmp.send_events(down).await?;
+            tokio::time::sleep(self.pacing.key_hold).await;
+            let mut up = vec![key_event(s.key, false)];
+            if s.shift {
+                up.push(key_event("shift", false));
+            }
+            self.qmp.send_events(up).await?;
+            tokio::time::sleep(self.pacing.key_gap).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until `needed` consecutive frames, `interval` apart, differ by fewer than the settle
+    /// threshold; returns the last frame and whether it settled before `timeout`.
+    pub async fn settle(&mut self, timeout: Duration, interval: Duration, needed: u32) -> Result<(Frame, bool), VmError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.frame().await?;
+        let mut quiet = 0;
+        while Instant::now() < deadline {
+            tokio::time::sleep(interval).await;
+            let next = self.frame().await?;
+            if next.changed_pixels(&last) < display::SETTLE_THRESHOLD_PX {
+                quiet += 1;
+                if quiet >= needed {
+                    return Ok((next, true));
+                }
+            } else {
+                quiet = 0;
+            }
+            last = next;
+        }
+        Ok((last, false))
+    }
+}

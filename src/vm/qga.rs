@@ -1,0 +1,128 @@
+//! The QEMU guest agent over virtio-serial: commands and files inside the guest without any
+//! guest network.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qapi::futures::{QapiService, QgaStreamTokio};
+use qapi::qga;
+use qapi::ExecuteError;
+use thiserror::Error;
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+
+type Writer = QgaStreamTokio<WriteHalf<UnixStream>>;
+
+#[derive(Debug, Error)]
+pub enum QgaError {
+    #[error("guest agent at {path} did not answer within {secs} s")]
+    Unreachable { path: PathBuf, secs: u64 },
+    #[error("guest agent {command} failed: {message}")]
+    Command { command: &'static str, message: String },
+    #[error("guest agent connection lost during {command}")]
+    Lost { command: &'static str, #[source] source: io::Error },
+    #[error("guest command did not exit within {secs} s")]
+    ExecTimeout { secs: u64 },
+}
+
+pub struct Qga {
+    svc: QapiService<Writer>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Qga {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(skip)]
+    pub stdout_bytes: Vec<u8>,
+}
+
+impl Qga {
+    /// Connects and synchronizes (guest-sync flushes anything a previous client left behind).
+    /// The agent may not be up yet while the guest boots, so this retries until `timeout`.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QgaError> {
+        let deadline = Instant::now() + timeout;
+        let unreachable = || QgaError::Unreachable { path: path.into(), secs: timeout.as_secs() };
+        loop {
+            if let Ok(stream) = QgaStreamTokio::open_uds(path).await {
+                let (svc, reader) = stream.spawn_tokio();
+                let qga = Qga { svc, reader };
+                let id = (std::process::id() as i32) ^ (Instant::now().elapsed().subsec_nanos() as i32);
+                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(3));
+                if let Ok(Ok(())) = tokio::time::timeout(left, qga.svc.guest_sync(id)).await {
+                    return Ok(qga);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unreachable());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn execute<C>(&self, command: C) -> Result<C::Ok, QgaError>
+    where
+        C: qapi::Command + qga::QgaCommand,
+    {
+        match self.svc.execute(command).await {
+            Ok(ok) => Ok(ok),
+            Err(ExecuteError::Qapi(e)) => Err(QgaError::Command { command: C::NAME, message: e.desc }),
+            Err(ExecuteError::Io(source)) => Err(QgaError::Lost { command: C::NAME, source }),
+        }
+    }
+
+    /// Runs `sh -c script` in the guest as root with DISPLAY=:0 and waits for it.
+    pub async fn sh(&self, script: &str, timeout: Duration) -> Result<ExecOutput, QgaError> {
+        let pid = self
+            .execute(qga::guest_exec {
+                path: "/bin/sh".into(),
+                arg: Some(vec!["-c".into(), script.into()]),
+                env: Some(vec![
+                    "DISPLAY=:0".into(),
+                    "HOME=/root".into(),
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ]),
+                input_data: None,
+                capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
+            })
+            .await?
+            .pid;
+        let deadline = Instant::now() + timeout;
+        let mut poll = Duration::from_millis(5);
+        loop {
+            let st = self.execute(qga::guest_exec_status { pid }).await?;
+            if st.exited {
+                let out = st.out_data.unwrap_or_default();
+                return Ok(ExecOutput {
+                    exit_code: st.exitcode.unwrap_or_else(|| 128 + st.signal.unwrap_or(0)),
+                    stdout: String::from_utf8_lossy(&out).into_owned(),
+                    stderr: String::from_utf8_lossy(&st.err_data.unwrap_or_default()).into_owned(),
+                    stdout_bytes: out,
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(QgaError::ExecTimeout { secs: timeout.as_secs() });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Sets the guest clock from the host's (a resumed ready state wakes up in the past).
+    pub async fn sync_clock(&self) -> Result<(), QgaError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        self.execute(qga::guest_set_time { time: Some(now) }).await.map(drop)
+    }
+}

@@ -1,0 +1,66 @@
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use deskvm::client::Client;
+use serde_json::{json, Value};
+
+/// A server with its own runtime dir (so cleanup can be checked) and the shared image cache.
+pub struct Server {
+    pub client: Client,
+    pub runtime: PathBuf,
+}
+
+pub async fn server() -> Result<Server> {
+    let runtime = std::env::temp_dir().join(format!("dvt-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&runtime)?;
+    let rt = runtime.to_string_lossy().into_owned();
+    let client = Client::spawn(Path::new(env!("CARGO_BIN_EXE_deskvm")), &[], &[("DESKVM_RUNTIME_DIR", &rt)]).await?;
+    Ok(Server { client, runtime })
+}
+
+pub fn sid(info: &Value) -> String {
+    info["session_id"].as_str().expect("session_start returns session_id").to_string()
+}
+
+pub async fn start(client: &Client) -> Result<String> {
+    let info = client.call_ok("session_start", json!({})).await.context(
+        "session_start failed: the guest image and ready state come from `deskvm setup` (run by .ci/run)",
+    )?;
+    assert_eq!(info["startup"], "ready_state", "sessions must resume the ready state: {info}");
+    Ok(sid(&info))
+}
+
+/// Runs a command in the guest and returns stdout.
+pub async fn guest(client: &Client, sid: &str, command: &str) -> Result<String> {
+    let out = client.call_ok("exec", json!({ "session_id": sid, "command": command })).await?;
+    Ok(out["stdout"].as_str().unwrap_or_default().to_string())
+}
+
+/// Polls a guest file until it has at least `min_len` bytes (typing lands asynchronously).
+pub async fn read_guest_file(client: &Client, sid: &str, path: &str, min_len: usize) -> Result<String> {
+    let mut last = String::new();
+    for _ in 0..40 {
+        last = guest(client, sid, &format!("cat {path} 2>/dev/null")).await?;
+        if last.len() >= min_len {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(last)
+}
+
+pub async fn wait_stable(client: &Client, sid: &str) -> Result<()> {
+    client.call_ok("wait", json!({ "session_id": sid, "ms": 200, "until_stable": true })).await?;
+    Ok(())
+}
+
+/// The tool error's structured kind and message.
+pub async fn tool_error(client: &Client, tool: &str, args: Value) -> Result<(String, String)> {
+    let r = client.call(tool, args).await?;
+    assert_eq!(r.is_error, Some(true), "{tool} should have failed: {}", deskvm::client::text_of(&r));
+    let s = r.structured_content.expect("errors carry structured content");
+    Ok((s["error"].as_str().unwrap_or_default().into(), s["message"].as_str().unwrap_or_default().into()))
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what deskvm needs on a Debian host (run as root; `deskvm setup` runs it when something
+# is missing). On bookworm QEMU comes from bookworm-backports: QEMU 7.2 had screendump bugs, and
+# ready states must be made and resumed by one QEMU build.
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "host-setup.sh: run as root (apt-get install)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+. /etc/os-release
+QEMU_SUITE=()
+if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/deskvm-backports.list
+  fi
+  QEMU_SUITE=(-t bookworm-backports)
+fi
+# A third-party source that cannot be reached must not stop the Debian packages.
+apt-get update -q || echo "host-setup.sh: apt-get update reported errors; continuing with the lists it got" >&2
+apt-get install -y -q "${QEMU_SUITE[@]}" qemu-system-x86 qemu-utils
+apt-get install -y -q debootstrap e2fsprogs
