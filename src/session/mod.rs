@@ -159,6 +159,8 @@ struct Lane {
     instance: Box<dyn Instance>,
     /// Scale of the latest screenshot: coordinates are in its pixel space.
     scale: f64,
+    /// When the latest click or drag was sent (see [`Lane::input_barrier`]).
+    last_pointer: Option<Instant>,
 }
 
 pub struct Session {
@@ -272,7 +274,7 @@ impl SessionManager {
         let exited = booted.instance.exited();
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane { vm: booted.vm, instance: booted.instance, scale: 1.0 }),
+            lane: Mutex::new(Lane { vm: booted.vm, instance: booted.instance, scale: 1.0, last_pointer: None }),
             exited,
             files,
         });
@@ -390,6 +392,17 @@ async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), Sess
 }
 
 impl Lane {
+    /// Keys typed right after a click can overtake it: the window manager moves the focus only
+    /// once it has handled the click, and under TCG that took long enough for the first three
+    /// characters to reach the previously focused window. So keyboard input that follows a click
+    /// waits (at most 1.5 s) until the screen stops changing, which the focus change always does.
+    async fn input_barrier(&mut self) -> Result<(), SessionError> {
+        if self.last_pointer.take().is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            self.vm.settle(Duration::from_millis(1500), Duration::from_millis(50), 2).await?;
+        }
+        Ok(())
+    }
+
     /// Maps a point in screenshot space to screen pixels, or says which range is valid.
     fn to_screen(&self, p: Point, what: &str) -> Result<(u32, u32), SessionError> {
         let (w, h) = crate::vm::display::scaled_size(self.vm.width, self.vm.height, self.scale);
@@ -442,6 +455,7 @@ impl Lane {
                 }
                 let (x, y) = self.to_screen(at, "click")?;
                 self.vm.click(x, y, button, count, &mods).await?;
+                self.last_pointer = Some(Instant::now());
                 Ok(Outcome::Done { message: format!("clicked {button:?} x{count} at ({}, {})", at.x, at.y).to_lowercase() })
             }
             Action::MouseMove { to } => {
@@ -453,6 +467,7 @@ impl Lane {
                 let a = self.to_screen(from, "drag start")?;
                 let b = self.to_screen(to, "drag end")?;
                 self.vm.drag(a, b, button).await?;
+                self.last_pointer = Some(Instant::now());
                 Ok(Outcome::Done { message: format!("dragged from ({}, {}) to ({}, {})", from.x, from.y, to.x, to.y) })
             }
             Action::Scroll { at, dx, dy } => {
@@ -467,6 +482,7 @@ impl Lane {
             }
             Action::Type { text } => {
                 let strokes = input::strokes_for_text(&text)?;
+                self.input_barrier().await?;
                 self.vm.type_strokes(&strokes).await?;
                 Ok(Outcome::Done { message: format!("typed {} characters", strokes.len()) })
             }
@@ -477,6 +493,7 @@ impl Lane {
                 if combos.is_empty() {
                     return Err(InputError::EmptyCombo(keys).into());
                 }
+                self.input_barrier().await?;
                 for c in &combos {
                     self.vm.combo(c).await?;
                 }
