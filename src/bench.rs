@@ -45,7 +45,7 @@ pub struct Options {
 
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let client = Client::spawn(&exe, &["--accel", &o.accel], &[("RUST_LOG", "warn")]).await?;
+    let client = Client::spawn(&exe, &["--accel", &o.accel], &[("RUST_LOG", "warn,qapi=error")]).await?;
     println!("deskvm bench: {} cores, through an MCP client over stdio", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
     let mut starts = Vec::new();

@@ -72,7 +72,7 @@ enum ImageCmd {
 async fn main() -> Result<()> {
     // stdout is the MCP transport: logs go to stderr.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "deskvm=info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "deskvm=info,qapi=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -35,18 +35,7 @@ async fn first_click_lands_and_typed_text_reads_back_exactly() -> Result<()> {
     assert_eq!((img.width(), img.height()), (1280, 800));
     assert_eq!((meta["width"].as_u64(), meta["height"].as_u64()), (Some(1280), Some(800)));
 
-    // A second terminal over the lower right takes the focus away from the first one.
-    guest(c, &sid, "xterm -geometry 40x8+820+560 -title decoy >/dev/null 2>&1 &").await?;
-    let mut active = String::new();
-    for _ in 0..40 {
-        active = guest(c, &sid, "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | awk '{print $NF}') WM_NAME 2>/dev/null").await?;
-        if active.contains("decoy") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(active.contains("decoy"), "the decoy window should have the focus, active: {active:?}");
-    wait_stable(c, &sid).await?;
+    open_decoy(c, &sid).await?;
 
     // The first pointer input of the session.
     c.call_ok("click", json!({ "session_id": sid, "x": 300, "y": 250 })).await?;
@@ -133,7 +122,13 @@ async fn a_dead_vm_fails_its_session_and_stop_cleans_up() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
 
-    let other = start(c).await?;
+    // A second session at another screen size (set with xrandr after resuming the ready state).
+    let info = c.call_ok("session_start", json!({ "width": 1024, "height": 768 })).await?;
+    assert_eq!(info["startup"], "ready_state");
+    let other = common::sid(&info);
+    let (png, _) = c.screenshot(&other, json!({})).await?;
+    let img = image::load_from_memory(&png)?;
+    assert_eq!((img.width(), img.height()), (1024, 768));
     let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &format!("deskvm-{sid} ")]).status()?;
     assert!(killed.success(), "the session's qemu should have been found");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,10 +137,30 @@ async fn a_dead_vm_fails_its_session_and_stop_cleans_up() -> Result<()> {
     let list = c.call_ok("session_list", json!({})).await?;
     assert!(list.to_string().contains("failed"), "{list}");
     // The other session is unaffected.
-    c.screenshot(&other, json!({})).await?;
+    assert_eq!(image::load_from_memory(&c.screenshot(&other, json!({})).await?.0)?.width(), 1024);
 
     c.call_ok("session_stop", json!({ "session_id": sid })).await?;
     assert!(!dir.exists(), "stop removes the runtime dir");
     c.call_ok("session_stop", json!({ "session_id": other })).await?;
+    s.client.close().await
+}
+
+/// Rapid clicks must not overflow the tablet's queue: after a burst of clicks on the desktop
+/// background, one click on the terminal still focuses it.
+#[tokio::test]
+async fn rapid_clicks_are_not_lost() -> Result<()> {
+    let s = server().await?;
+    let c = &s.client;
+    let sid = start(c).await?;
+    open_decoy(c, &sid).await?;
+    // Clicks inside the decoy keep the focus there.
+    for i in 0..30u32 {
+        c.call_ok("click", json!({ "session_id": sid, "x": 900 + i, "y": 640 })).await?;
+    }
+    assert!(active_window(c, &sid).await?.contains("decoy"));
+    c.call_ok("click", json!({ "session_id": sid, "x": 300, "y": 250 })).await?;
+    c.call_ok("type", json!({ "session_id": sid, "text": "echo after-burst > /tmp/burst.txt\n" })).await?;
+    assert_eq!(read_guest_file(c, &sid, "/tmp/burst.txt", 1).await?, "after-burst\n");
+    c.call_ok("session_stop", json!({ "session_id": sid })).await?;
     s.client.close().await
 }

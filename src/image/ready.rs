@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 use super::GuestImage;
 use crate::vm::spec::{hex, VmSpec};
 
+/// Bumped when the way a ready state is made changes, so old states are not resumed.
+const FORMAT: &str = "2";
+
 #[derive(Debug, Clone)]
 pub struct ReadyState {
     pub dir: PathBuf,
@@ -27,6 +30,8 @@ impl ReadyState {
 
     pub fn key(qemu_version: &str, spec: &VmSpec) -> String {
         let mut h = Sha256::new();
+        h.update(FORMAT.as_bytes());
+        h.update([0]);
         h.update(qemu_version.as_bytes());
         h.update([0]);
         h.update(spec.fingerprint().as_bytes());

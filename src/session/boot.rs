@@ -150,7 +150,9 @@ pub async fn make_ready_state(
         instance.stop().await;
         return Err(SessionError::Setup(format!("input did not reach the guest terminal (read back {seen:?})")));
     }
-    vm.exec("sync", Duration::from_secs(30)).await?;
+    // The guest's page cache would be saved with it: dropping it makes the state ~40% smaller,
+    // which is what a session start reads.
+    vm.exec("sync; echo 3 > /proc/sys/vm/drop_caches", Duration::from_secs(30)).await?;
     vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3).await?;
 
     progress("input works; saving the ready state");

@@ -41,7 +41,8 @@ impl Frame {
         let img = if (w, h) == (self.width(), self.height()) {
             &self.image
         } else {
-            resized = imageops::resize(&self.image, w, h, imageops::FilterType::Triangle);
+            // Area averaging: sharp enough for text at 0.5x and ~10x faster than a triangle filter.
+            resized = imageops::thumbnail(&self.image, w, h);
             &resized
         };
         let mut out = Vec::with_capacity((w * h) as usize / 2);

@@ -34,17 +34,26 @@ pub enum VmError {
     ScreenFile(#[source] std::io::Error),
 }
 
-/// Key pacing. A guest under TCG drains its keyboard queue slowly; unpaced bursts were lost
-/// whole (see the field notes), so each press and release waits this long.
+/// Input pacing. QEMU's emulated keyboard and tablet have short queues (16 entries for the USB
+/// tablet) and drop what does not fit; a guest under TCG drains them slowly. Unpaced key bursts
+/// were lost whole (field notes), and 30 clicks sent 25 ms apart lost the next click's button
+/// press. Every batch of events is therefore followed by a pause.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     pub key_hold: Duration,
     pub key_gap: Duration,
+    pub pointer_hold: Duration,
+    pub pointer_gap: Duration,
 }
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing { key_hold: Duration::from_millis(8), key_gap: Duration::from_millis(8) }
+        Pacing {
+            key_hold: Duration::from_millis(8),
+            key_gap: Duration::from_millis(8),
+            pointer_hold: Duration::from_millis(20),
+            pointer_gap: Duration::from_millis(20),
+        }
     }
 }
 
@@ -126,7 +135,21 @@ impl Vm {
     }
 
     pub async fn move_to(&self, x: u32, y: u32) -> Result<(), VmError> {
-        Ok(self.qmp.send_events(self.abs(x, y).to_vec()).await?)
+        self.qmp.send_events(self.abs(x, y).to_vec()).await?;
+        tokio::time::sleep(self.pacing.pointer_gap).await;
+        Ok(())
+    }
+
+    /// One press and release. The press travels with the position (one tablet report), so a
+    /// click costs two queue entries.
+    async fn press_release(&self, x: u32, y: u32, button: InputButton) -> Result<(), VmError> {
+        let mut down = self.abs(x, y).to_vec();
+        down.push(btn_event(button, true));
+        self.qmp.send_events(down).await?;
+        tokio::time::sleep(self.pacing.pointer_hold).await;
+        self.qmp.send_events(vec![btn_event(button, false)]).await?;
+        tokio::time::sleep(self.pacing.pointer_gap).await;
+        Ok(())
     }
 
     async fn hold(&self, keys: &[QCode], down: bool) -> Result<(), VmError> {
@@ -144,17 +167,11 @@ impl Vm {
     }
 
     pub async fn click(&self, x: u32, y: u32, button: Button, count: u32, modifiers: &[QCode]) -> Result<(), VmError> {
-        self.move_to(x, y).await?;
         self.hold(modifiers, true).await?;
         let result = async {
-            for i in 0..count {
-                if i > 0 {
-                    // Well inside the usual 250-400 ms double-click time.
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                }
-                self.qmp.send_events(vec![btn_event(button.qemu(), true)]).await?;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                self.qmp.send_events(vec![btn_event(button.qemu(), false)]).await?;
+            // Repeats stay well inside the usual 250-400 ms double-click time.
+            for _ in 0..count {
+                self.press_release(x, y, button.qemu()).await?;
             }
             Ok::<_, VmError>(())
         }
@@ -165,17 +182,18 @@ impl Vm {
     }
 
     pub async fn drag(&self, from: (u32, u32), to: (u32, u32), button: Button) -> Result<(), VmError> {
-        self.move_to(from.0, from.1).await?;
-        self.qmp.send_events(vec![btn_event(button.qemu(), true)]).await?;
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut down = self.abs(from.0, from.1).to_vec();
+        down.push(btn_event(button.qemu(), true));
+        self.qmp.send_events(down).await?;
+        tokio::time::sleep(self.pacing.pointer_hold).await;
         let steps = 12;
         for i in 1..=steps {
             let x = from.0 as i64 + (to.0 as i64 - from.0 as i64) * i / steps;
             let y = from.1 as i64 + (to.1 as i64 - from.1 as i64) * i / steps;
             self.move_to(x as u32, y as u32).await?;
-            tokio::time::sleep(Duration::from_millis(15)).await;
         }
         self.qmp.send_events(vec![btn_event(button.qemu(), false)]).await?;
+        tokio::time::sleep(self.pacing.pointer_gap).await;
         Ok(())
     }
 
@@ -185,8 +203,9 @@ impl Vm {
         let horizontal = if dx > 0 { InputButton::wheel_right } else { InputButton::wheel_left };
         for (button, n) in [(vertical, dy.unsigned_abs()), (horizontal, dx.unsigned_abs())] {
             for _ in 0..n {
-                self.qmp.send_events(vec![btn_event(button, true), btn_event(button, false)]).await?;
-                tokio::time::sleep(Duration::from_millis(15)).await;
+                self.qmp.send_events(vec![btn_event(button, true)]).await?;
+                self.qmp.send_events(vec![btn_event(button, false)]).await?;
+                tokio::time::sleep(self.pacing.pointer_gap).await;
             }
         }
         Ok(())

@@ -64,3 +64,24 @@ pub async fn tool_error(client: &Client, tool: &str, args: Value) -> Result<(Str
     let s = r.structured_content.expect("errors carry structured content");
     Ok((s["error"].as_str().unwrap_or_default().into(), s["message"].as_str().unwrap_or_default().into()))
 }
+
+/// The title of the focused window.
+pub async fn active_window(client: &Client, sid: &str) -> Result<String> {
+    guest(client, sid, "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | awk '{print $NF}') WM_NAME 2>/dev/null").await
+}
+
+/// Opens a second terminal titled "decoy" over the lower right of the screen and waits until it
+/// has the focus, so that a later click on the first terminal has to move the focus.
+pub async fn open_decoy(client: &Client, sid: &str) -> Result<()> {
+    guest(client, sid, "xterm -geometry 40x8+820+560 -title decoy >/dev/null 2>&1 &").await?;
+    let mut active = String::new();
+    for _ in 0..40 {
+        active = active_window(client, sid).await?;
+        if active.contains("decoy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(active.contains("decoy"), "the decoy window should have the focus, active: {active:?}");
+    wait_stable(client, sid).await
+}
