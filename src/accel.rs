@@ -19,7 +19,10 @@ pub struct Probe {
 }
 
 fn host_kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn cache_file(layout: &Layout, qemu_version: &str, kernel: &Path) -> std::path::PathBuf {
@@ -28,22 +31,41 @@ fn cache_file(layout: &Layout, qemu_version: &str, kernel: &Path) -> std::path::
         h.update(part.as_bytes());
         h.update([0]);
     }
-    layout.cache.join(format!("accel-{}.json", hex(&h.finalize()[..6])))
+    layout
+        .cache
+        .join(format!("accel-{}.json", hex(&h.finalize()[..6])))
 }
 
 /// The accelerator to use: an explicit choice wins; else a cached probe; else a new probe.
-pub async fn detect(layout: &Layout, qemu: &Path, qemu_version: &str, kernel: &Path, initrd: &Path) -> Probe {
-    let kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+pub async fn detect(
+    layout: &Layout,
+    qemu: &Path,
+    qemu_version: &str,
+    kernel: &Path,
+    initrd: &Path,
+) -> Probe {
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !kvm_usable {
-        return Probe { accel: Accel::Tcg, reason: "/dev/kvm is missing or not accessible".into() };
+        return Probe {
+            accel: Accel::Tcg,
+            reason: "/dev/kvm is missing or not accessible".into(),
+        };
     }
     let cache = cache_file(layout, qemu_version, kernel);
-    if let Some(p) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice::<Probe>(&b).ok()) {
+    if let Some(p) = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Probe>(&b).ok())
+    {
         return p;
     }
     let probe = probe_kvm(qemu, kernel, initrd).await;
     if let Ok(json) = serde_json::to_vec_pretty(&probe) {
-        let _ = crate::storage::private_dir(&layout.cache).and_then(|_| std::fs::write(&cache, json));
+        let _ =
+            crate::storage::private_dir(&layout.cache).and_then(|_| std::fs::write(&cache, json));
     }
     probe
 }
@@ -54,7 +76,15 @@ async fn probe_kvm(qemu: &Path, kernel: &Path, initrd: &Path) -> Probe {
     let serial = dir.join("serial.log");
     let started = Instant::now();
     let child = tokio::process::Command::new(qemu)
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-m", "256"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-m",
+            "256",
+        ])
         .args(["-accel", "kvm", "-cpu", "host", "-kernel"])
         .arg(kernel)
         .arg("-initrd")
@@ -68,18 +98,38 @@ async fn probe_kvm(qemu: &Path, kernel: &Path, initrd: &Path) -> Probe {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return Probe { accel: Accel::Tcg, reason: format!("could not start the KVM probe: {e}") },
+        Err(e) => {
+            return Probe {
+                accel: Accel::Tcg,
+                reason: format!("could not start the KVM probe: {e}"),
+            }
+        }
     };
     // A kernel that reaches userspace prints this; under a broken KVM it hangs long before.
-    let mut result = Probe { accel: Accel::Tcg, reason: format!("a guest kernel did not boot under KVM within {} s", PROBE_TIMEOUT.as_secs()) };
+    let mut result = Probe {
+        accel: Accel::Tcg,
+        reason: format!(
+            "a guest kernel did not boot under KVM within {} s",
+            PROBE_TIMEOUT.as_secs()
+        ),
+    };
     while started.elapsed() < PROBE_TIMEOUT {
         let log = std::fs::read_to_string(&serial).unwrap_or_default();
         if log.contains("Run /init as init process") || log.contains("Freeing unused kernel") {
-            result = Probe { accel: Accel::Kvm, reason: format!("a guest kernel booted under KVM in {} ms", started.elapsed().as_millis()) };
+            result = Probe {
+                accel: Accel::Kvm,
+                reason: format!(
+                    "a guest kernel booted under KVM in {} ms",
+                    started.elapsed().as_millis()
+                ),
+            };
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            result = Probe { accel: Accel::Tcg, reason: format!("QEMU with KVM exited early ({status})") };
+            result = Probe {
+                accel: Accel::Tcg,
+                reason: format!("QEMU with KVM exited early ({status})"),
+            };
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

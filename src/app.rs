@@ -49,12 +49,26 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
-    HOST_TOOLS.iter().copied().filter(|(t, _)| !on_path(t) && !Path::new("/usr/sbin").join(t).is_file() && !Path::new("/sbin").join(t).is_file()).collect()
+    HOST_TOOLS
+        .iter()
+        .copied()
+        .filter(|(t, _)| {
+            !on_path(t)
+                && !Path::new("/usr/sbin").join(t).is_file()
+                && !Path::new("/sbin").join(t).is_file()
+        })
+        .collect()
 }
 
 /// QEMU older than 8 had broken PPM/PNG screendumps and lacks what the ready state relies on.
 fn qemu_major(version: &str) -> Option<u32> {
-    version.split("version ").nth(1)?.split('.').next()?.parse().ok()
+    version
+        .split("version ")
+        .nth(1)?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub async fn install_host_packages() -> Result<()> {
@@ -67,7 +81,14 @@ pub async fn install_host_packages() -> Result<()> {
         return Ok(());
     }
     let what: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
-    eprintln!("deskvm setup: installing host packages ({})", if what.is_empty() { "newer QEMU".into() } else { what.join(", ") });
+    eprintln!(
+        "deskvm setup: installing host packages ({})",
+        if what.is_empty() {
+            "newer QEMU".into()
+        } else {
+            what.join(", ")
+        }
+    );
     if unsafe { libc::geteuid() } != 0 {
         bail!("missing host packages {what:?}; run `sudo deskvm setup` or install them with apt-get (QEMU 8 or newer; on bookworm from bookworm-backports)");
     }
@@ -83,19 +104,39 @@ pub async fn install_host_packages() -> Result<()> {
     Ok(())
 }
 
-pub async fn resolve_accel(layout: &Layout, backend: &LocalBackend, choice: AccelChoice) -> accel::Probe {
+pub async fn resolve_accel(
+    layout: &Layout,
+    backend: &LocalBackend,
+    choice: AccelChoice,
+) -> accel::Probe {
     match choice {
-        AccelChoice::Fixed(a) => accel::Probe { accel: a, reason: "chosen with --accel / DESKVM_ACCEL".into() },
+        AccelChoice::Fixed(a) => accel::Probe {
+            accel: a,
+            reason: "chosen with --accel / DESKVM_ACCEL".into(),
+        },
         AccelChoice::Auto => match GuestImage::locate(layout, DEFAULT_IMAGE) {
-            Ok(img) => accel::detect(layout, Path::new(QEMU), backend.qemu_version(), &img.kernel(), &img.initrd()).await,
-            Err(_) => accel::Probe { accel: Accel::Tcg, reason: "no guest kernel to probe KVM with yet".into() },
+            Ok(img) => {
+                accel::detect(
+                    layout,
+                    Path::new(QEMU),
+                    backend.qemu_version(),
+                    &img.kernel(),
+                    &img.initrd(),
+                )
+                .await
+            }
+            Err(_) => accel::Probe {
+                accel: Accel::Tcg,
+                reason: "no guest kernel to probe KVM with yet".into(),
+            },
         },
     }
 }
 
 pub async fn manager(choice: AccelChoice, max_sessions: usize) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
-    storage::private_dir(&layout.sessions()).with_context(|| format!("creating {}", layout.sessions().display()))?;
+    storage::private_dir(&layout.sessions())
+        .with_context(|| format!("creating {}", layout.sessions().display()))?;
     let backend = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &backend, choice).await;
     tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, qemu = backend.qemu_version(), "accelerator");
@@ -120,8 +161,17 @@ pub async fn build_image(choice: AccelChoice, force: bool, with_ready: bool) -> 
     }
     let backend = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &backend, choice).await;
-    eprintln!("deskvm: accelerator {} ({})", probe.accel.as_str(), probe.reason);
-    let mgr = SessionManager::new(ManagerConfig { layout: layout.clone(), backend: Arc::new(backend), accel: probe.accel, max_sessions: 1 });
+    eprintln!(
+        "deskvm: accelerator {} ({})",
+        probe.accel.as_str(),
+        probe.reason
+    );
+    let mgr = SessionManager::new(ManagerConfig {
+        layout: layout.clone(),
+        backend: Arc::new(backend),
+        accel: probe.accel,
+        max_sessions: 1,
+    });
     let spec = mgr.machine_spec(&image, DEFAULT_MEMORY_MB, false);
     if !force {
         if let Some(r) = ReadyState::find(&image, mgr.backend().qemu_version(), &spec) {
@@ -129,7 +179,9 @@ pub async fn build_image(choice: AccelChoice, force: bool, with_ready: bool) -> 
             return Ok(image);
         }
     }
-    let work = layout.sessions().join(format!("ready-{}", std::process::id()));
+    let work = layout
+        .sessions()
+        .join(format!("ready-{}", std::process::id()));
     storage::owned_dir(&work)?;
     let result = boot::make_ready_state(mgr.backend(), &image, spec, &work, &say).await;
     let _ = storage::remove_owned_dir(&work);
@@ -159,13 +211,21 @@ pub async fn doctor(choice: AccelChoice) -> bool {
     };
     for (tool, pkg) in HOST_TOOLS {
         let present = !missing_tools().iter().any(|(t, _)| t == tool);
-        report(present, format!("{tool} present"), &format!("sudo deskvm setup (or apt-get install {pkg})"));
+        report(
+            present,
+            format!("{tool} present"),
+            &format!("sudo deskvm setup (or apt-get install {pkg})"),
+        );
     }
     let backend = LocalBackend::new().await;
     match &backend {
         Ok(b) => {
             let good = qemu_major(b.qemu_version()).is_some_and(|m| m >= 8);
-            report(good, format!("QEMU: {}", b.qemu_version()), "install QEMU 8 or newer (bookworm: -t bookworm-backports qemu-system-x86)");
+            report(
+                good,
+                format!("QEMU: {}", b.qemu_version()),
+                "install QEMU 8 or newer (bookworm: -t bookworm-backports qemu-system-x86)",
+            );
         }
         Err(e) => report(false, format!("QEMU: {e}"), "sudo deskvm setup"),
     }
@@ -176,9 +236,18 @@ pub async fn doctor(choice: AccelChoice) -> bool {
     }
     if let Ok(b) = &backend {
         let probe = resolve_accel(&layout, b, choice).await;
-        println!("info  accelerator: {} ({})", probe.accel.as_str(), probe.reason);
+        println!(
+            "info  accelerator: {} ({})",
+            probe.accel.as_str(),
+            probe.reason
+        );
         if let Ok(img) = &image {
-            let mgr = SessionManager::new(ManagerConfig { layout: layout.clone(), backend: Arc::new(LocalBackend::new().await.expect("checked above")), accel: probe.accel, max_sessions: 1 });
+            let mgr = SessionManager::new(ManagerConfig {
+                layout: layout.clone(),
+                backend: Arc::new(LocalBackend::new().await.expect("checked above")),
+                accel: probe.accel,
+                max_sessions: 1,
+            });
             let spec = mgr.machine_spec(img, DEFAULT_MEMORY_MB, false);
             match ReadyState::find(img, b.qemu_version(), &spec) {
                 Some(r) => report(true, format!("ready state: {}", r.dir.display()), ""),
@@ -187,12 +256,21 @@ pub async fn doctor(choice: AccelChoice) -> bool {
         }
     }
     let docker = on_path("docker") || std::env::var_os("DOCKER_HOST").is_some();
-    println!("info  docker client: {}", if docker { "present (Docker backend: not in this version)" } else { "absent" });
+    println!(
+        "info  docker client: {}",
+        if docker {
+            "present (Docker backend: not in this version)"
+        } else {
+            "absent"
+        }
+    );
     println!("info  cache dir: {}", layout.cache.display());
     println!("info  runtime dir: {}", layout.runtime.display());
     ok
 }
 
 pub fn default_demo_dir() -> PathBuf {
-    std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")).join("deskvm-demo")
+    std::env::current_dir()
+        .unwrap_or_else(|_| PathBuf::from("."))
+        .join("deskvm-demo")
 }

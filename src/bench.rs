@@ -45,35 +45,76 @@ pub struct Options {
 
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let client = Client::spawn(&exe, &["--accel", &o.accel], &[("RUST_LOG", "warn,qapi=error")]).await?;
-    println!("deskvm bench: {} cores, through an MCP client over stdio", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let client = Client::spawn(
+        &exe,
+        &["--accel", &o.accel],
+        &[("RUST_LOG", "warn,qapi=error")],
+    )
+    .await?;
+    println!(
+        "deskvm bench: {} cores, through an MCP client over stdio",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     let mut starts = Vec::new();
     for _ in 0..o.starts {
         let t = Instant::now();
         let info = client.call_ok("session_start", json!({})).await?;
-        let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+        let sid = info["session_id"]
+            .as_str()
+            .context("no session_id")?
+            .to_string();
         if info["startup"] != "ready_state" {
-            bail!("session did not start from a ready state ({}); run `deskvm setup` first", info["startup"]);
+            bail!(
+                "session did not start from a ready state ({}); run `deskvm setup` first",
+                info["startup"]
+            );
         }
         client.screenshot(&sid, json!({})).await?;
         starts.push(ms(t.elapsed()));
-        client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+        client
+            .call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
     }
     summary("start (ready state) -> first screenshot", starts);
 
     if o.cold {
         let t = Instant::now();
         // A machine with no saved ready state (other memory size) must boot.
-        let info = client.call_ok("session_start", json!({ "memory_mb": 1536 })).await?;
-        let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+        let info = client
+            .call_ok("session_start", json!({ "memory_mb": 1536 }))
+            .await?;
+        let sid = info["session_id"]
+            .as_str()
+            .context("no session_id")?
+            .to_string();
         client.screenshot(&sid, json!({})).await?;
-        summary(&format!("start ({}) -> first screenshot", info["startup"].as_str().unwrap_or("?")), vec![ms(t.elapsed())]);
-        client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+        summary(
+            &format!(
+                "start ({}) -> first screenshot",
+                info["startup"].as_str().unwrap_or("?")
+            ),
+            vec![ms(t.elapsed())],
+        );
+        client
+            .call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
     }
 
     let info = client.call_ok("session_start", json!({})).await?;
-    let sid = info["session_id"].as_str().context("no session_id")?.to_string();
+    let sid = info["session_id"]
+        .as_str()
+        .context("no session_id")?
+        .to_string();
+    if let Some(kib) = qemu_rss_kib(&sid) {
+        println!(
+            "{:<38} {} MiB (QEMU RSS, 1024 MiB guest, after resume)",
+            "memory per session",
+            kib / 1024
+        );
+    }
     let mut shots = Vec::new();
     let mut bytes = 0usize;
     for _ in 0..o.shots {
@@ -83,7 +124,11 @@ pub async fn run(o: Options) -> Result<()> {
         bytes += png.len();
     }
     summary("screenshot 1280x800 PNG", shots);
-    println!("{:<38} {} KiB per screenshot", "", bytes / o.shots.max(1) / 1024);
+    println!(
+        "{:<38} {} KiB per screenshot",
+        "",
+        bytes / o.shots.max(1) / 1024
+    );
     let mut half = Vec::new();
     for _ in 0..o.shots {
         let t = Instant::now();
@@ -93,27 +138,70 @@ pub async fn run(o: Options) -> Result<()> {
     summary("screenshot scale 0.5", half);
     client.screenshot(&sid, json!({})).await?;
 
+    // The desktop background: a left click there changes nothing visible.
     let mut clicks = Vec::new();
     for i in 0..o.clicks {
-        // The desktop background: a left click there changes nothing.
         let t = Instant::now();
-        client.call_ok("click", json!({ "session_id": sid, "x": 1000 + (i % 50) as u32, "y": 700 })).await?;
+        client
+            .call_ok(
+                "click",
+                json!({ "session_id": sid, "x": 1000 + (i % 50) as u32, "y": 700 }),
+            )
+            .await?;
         clicks.push(ms(t.elapsed()));
     }
-    summary("click", clicks);
+    summary("click, back to back (input barrier)", clicks);
+    let mut idle = Vec::new();
+    for i in 0..(o.clicks / 3).max(1) {
+        // More than 2 s after the previous click: no barrier, as when an agent looks first.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let t = Instant::now();
+        client
+            .call_ok(
+                "click",
+                json!({ "session_id": sid, "x": 1000 + i as u32, "y": 700 }),
+            )
+            .await?;
+        idle.push(ms(t.elapsed()));
+    }
+    summary("click, after 2 s idle", idle);
 
-    client.call_ok("click", json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 })).await?;
-    client.call_ok("type", json!({ "session_id": sid, "text": "stty -echo; cat > /tmp/bench.txt\n" })).await?;
+    client
+        .call_ok(
+            "click",
+            json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
+        )
+        .await?;
+    client
+        .call_ok(
+            "type",
+            json!({ "session_id": sid, "text": "stty -echo; cat > /tmp/bench.txt\n" }),
+        )
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut rng = rand::rng();
-    let text: String = (0..o.chars).map(|_| rng.random_range(0x20u8..=0x7e) as char).collect();
+    let text: String = (0..o.chars)
+        .map(|_| rng.random_range(0x20u8..=0x7e) as char)
+        .collect();
     let t = Instant::now();
-    client.call_ok("type", json!({ "session_id": sid, "text": format!("{text}\n") })).await?;
+    client
+        .call_ok(
+            "type",
+            json!({ "session_id": sid, "text": format!("{text}\n") }),
+        )
+        .await?;
     let took = t.elapsed();
-    client.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" })).await?;
+    client
+        .call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" }))
+        .await?;
     let mut back = String::new();
     for _ in 0..20 {
-        let out = client.call_ok("exec", json!({ "session_id": sid, "command": "cat /tmp/bench.txt" })).await?;
+        let out = client
+            .call_ok(
+                "exec",
+                json!({ "session_id": sid, "command": "cat /tmp/bench.txt" }),
+            )
+            .await?;
         back = out["stdout"].as_str().unwrap_or_default().to_string();
         if back.len() > text.len() {
             break;
@@ -121,19 +209,46 @@ pub async fn run(o: Options) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let expected = format!("{text}\n");
-    let lost = if back == expected { 0 } else { expected.len().abs_diff(back.len()).max(1) };
+    let lost = if back == expected {
+        0
+    } else {
+        expected.len().abs_diff(back.len()).max(1)
+    };
     println!(
         "{:<38} {} chars in {:.2} s = {:.1} chars/s, read back {} (mismatched chars: {lost})",
         "type (random printable ASCII)",
         o.chars + 1,
         took.as_secs_f64(),
         (o.chars + 1) as f64 / took.as_secs_f64(),
-        if back == expected { "byte-exact" } else { "DIFFERENT" },
+        if back == expected {
+            "byte-exact"
+        } else {
+            "DIFFERENT"
+        },
     );
-    client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    client
+        .call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
     client.close().await?;
     if back != expected {
         bail!("typed text was not read back exactly:\nexpected {expected:?}\n     got {back:?}");
     }
     Ok(())
+}
+
+/// Resident memory of the session's QEMU process (found by its `-name deskvm-<id>`).
+fn qemu_rss_kib(session_id: &str) -> Option<u64> {
+    let needle = format!("deskvm-{session_id}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == needle.as_bytes())
+        {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            return line.split_whitespace().nth(1)?.parse().ok();
+        }
+    }
+    None
 }

@@ -30,11 +30,23 @@ impl Client {
     }
 
     pub async fn tool_names(&self) -> Result<Vec<String>> {
-        Ok(self.svc.list_all_tools().await?.into_iter().map(|t| t.name.to_string()).collect())
+        Ok(self
+            .svc
+            .list_all_tools()
+            .await?
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect())
     }
 
     pub async fn prompt_names(&self) -> Result<Vec<String>> {
-        Ok(self.svc.list_all_prompts().await?.into_iter().map(|p| p.name).collect())
+        Ok(self
+            .svc
+            .list_all_prompts()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect())
     }
 
     /// Calls a tool and returns its raw result (tool errors included).
@@ -45,7 +57,10 @@ impl Client {
             other => return Err(anyhow!("tool arguments must be an object, got {other}")),
         };
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
-        Ok(self.svc.call_tool(params).await.with_context(|| format!("calling {tool}"))?)
+        self.svc
+            .call_tool(params)
+            .await
+            .with_context(|| format!("calling {tool}"))
     }
 
     /// Calls a tool; a tool error becomes an `Err` carrying its message.
@@ -84,5 +99,9 @@ impl Client {
 
 /// All text content of a result, joined.
 pub fn text_of(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

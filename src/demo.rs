@@ -16,32 +16,70 @@ pub const DEMO_COMMAND: &str =
 pub async fn run(out: &Path, accel: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let exe = std::env::current_exe()?;
-    let client = Client::spawn(&exe, &["--accel", accel], &[("RUST_LOG", "warn,qapi=error")]).await?;
+    let client = Client::spawn(
+        &exe,
+        &["--accel", accel],
+        &[("RUST_LOG", "warn,qapi=error")],
+    )
+    .await?;
     let t = Instant::now();
     let info = client.call_ok("session_start", json!({})).await?;
-    let sid = info["session_id"].as_str().context("session_start returned no session_id")?.to_string();
+    let sid = info["session_id"]
+        .as_str()
+        .context("session_start returned no session_id")?
+        .to_string();
     println!(
         "session {sid}: {}x{} on {} ({}), started from {} in {} ms",
-        info["width"], info["height"], info["backend"], info["accelerator"], info["startup"], info["startup_ms"]
+        info["width"],
+        info["height"],
+        info["backend"],
+        info["accelerator"],
+        info["startup"],
+        info["startup_ms"]
     );
     let result = async {
         let (png, _) = client.screenshot(&sid, json!({})).await?;
         let before = out.join("1-before.png");
         std::fs::write(&before, png)?;
-        println!("first screenshot {} ms after session_start: {}", t.elapsed().as_millis(), before.display());
+        println!(
+            "first screenshot {} ms after session_start: {}",
+            t.elapsed().as_millis(),
+            before.display()
+        );
 
-        client.call_ok("click", json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 })).await?;
-        client.call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND })).await?;
-        println!("clicked into the terminal and typed: {}", DEMO_COMMAND.trim_end());
-        let waited = client.call_ok("wait", json!({ "session_id": sid, "ms": 2000, "until_stable": true })).await?;
+        client
+            .call_ok(
+                "click",
+                json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
+            )
+            .await?;
+        client
+            .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
+            .await?;
+        println!(
+            "clicked into the terminal and typed: {}",
+            DEMO_COMMAND.trim_end()
+        );
+        let waited = client
+            .call_ok(
+                "wait",
+                json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
+            )
+            .await?;
         let (png, _) = client.screenshot(&sid, json!({})).await?;
         let after = out.join("2-after.png");
         std::fs::write(&after, png)?;
-        println!("screen settled (stable: {}); second screenshot: {}", waited["stable"], after.display());
+        println!(
+            "screen settled (stable: {}); second screenshot: {}",
+            waited["stable"],
+            after.display()
+        );
         Ok::<_, anyhow::Error>(())
     }
     .await;
-    client.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    client
+        .call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
     client.close().await?;
     result?;
     println!("session stopped. Files: {}", out.display());

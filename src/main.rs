@@ -7,7 +7,11 @@ use deskvm::mcp::DeskvmServer;
 use rmcp::ServiceExt;
 
 #[derive(Parser)]
-#[command(name = "deskvm", version, about = "An MCP server that gives AI agents a real desktop in a QEMU VM")]
+#[command(
+    name = "deskvm",
+    version,
+    about = "An MCP server that gives AI agents a real desktop in a QEMU VM"
+)]
 struct Cli {
     /// Accelerator: auto (probe what really works), kvm or tcg.
     #[arg(long, global = true, env = "DESKVM_ACCEL", default_value = "auto")]
@@ -72,7 +76,10 @@ enum ImageCmd {
 async fn main() -> Result<()> {
     // stdout is the MCP transport: logs go to stderr.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "deskvm=info,qapi=error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "deskvm=info,qapi=error".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -80,7 +87,9 @@ async fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Serve { max_sessions } => {
             let manager = app::manager(cli.accel, max_sessions).await?;
-            let service = DeskvmServer::new(manager.clone()).serve(rmcp::transport::stdio()).await?;
+            let service = DeskvmServer::new(manager.clone())
+                .serve(rmcp::transport::stdio())
+                .await?;
             tokio::select! {
                 r = service.waiting() => { r?; }
                 _ = shutdown_signal() => {}
@@ -88,7 +97,9 @@ async fn main() -> Result<()> {
             manager.shutdown().await;
         }
         Cmd::Setup => app::setup(cli.accel).await?,
-        Cmd::Image { cmd: ImageCmd::Build { force, no_ready } } => {
+        Cmd::Image {
+            cmd: ImageCmd::Build { force, no_ready },
+        } => {
             app::build_image(cli.accel, force, !no_ready).await?;
         }
         Cmd::Demo { out } => {
@@ -100,15 +111,30 @@ async fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Cmd::Bench { starts, shots, clicks, chars, cold } => {
-            deskvm::bench::run(deskvm::bench::Options { starts, shots, clicks, chars, cold, accel: accel_name }).await?;
+        Cmd::Bench {
+            starts,
+            shots,
+            clicks,
+            chars,
+            cold,
+        } => {
+            deskvm::bench::run(deskvm::bench::Options {
+                starts,
+                shots,
+                clicks,
+                chars,
+                cold,
+                accel: accel_name,
+            })
+            .await?;
         }
     }
     Ok(())
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -27,7 +27,10 @@ impl Layout {
         // $XDG_RUNTIME_DIR when there is one, else /tmp/deskvm-<uid>.
         let runtime = std::env::var_os("DESKVM_RUNTIME_DIR")
             .map(PathBuf::from)
-            .or_else(|| dirs.as_ref().and_then(|d| d.runtime_dir().map(Path::to_path_buf)))
+            .or_else(|| {
+                dirs.as_ref()
+                    .and_then(|d| d.runtime_dir().map(Path::to_path_buf))
+            })
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/deskvm-{}", unsafe { libc::getuid() })));
         Layout { cache, runtime }
     }
@@ -44,14 +47,20 @@ impl Layout {
 /// Creates `path` (and parents) with mode 0700 and asserts the final mode, since an existing
 /// directory keeps whatever mode it had.
 pub fn private_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
 /// A private directory owned by deskvm: mode 0700 and carrying the owner marker.
 pub fn owned_dir(path: &Path) -> io::Result<()> {
     private_dir(path)?;
-    fs::write(path.join(OWNER_MARKER), format!("pid {}\n", std::process::id()))
+    fs::write(
+        path.join(OWNER_MARKER),
+        format!("pid {}\n", std::process::id()),
+    )
 }
 
 /// Removes a directory only if deskvm created it.

@@ -28,11 +28,23 @@ impl LocalBackend {
 
 /// First line of `qemu --version`, e.g. "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)".
 pub async fn qemu_version(qemu: &std::path::Path) -> Result<String, BackendError> {
-    let out = Command::new(qemu).arg("--version").output().await.map_err(|source| BackendError::Spawn {
-        program: format!("{} (install QEMU: `deskvm setup`, or apt-get install qemu-system-x86)", qemu.display()),
-        source,
-    })?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string())
+    let out = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|source| BackendError::Spawn {
+            program: format!(
+                "{} (install QEMU: `deskvm setup`, or apt-get install qemu-system-x86)",
+                qemu.display()
+            ),
+            source,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string())
 }
 
 impl Backend for LocalBackend {

@@ -12,7 +12,11 @@ use crate::vm::spec::{RuntimeFiles, VmSpec};
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error("could not start {program}")]
-    Spawn { program: String, #[source] source: std::io::Error },
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
     #[error("I/O error in the session runtime dir")]

@@ -89,21 +89,35 @@ impl GuestImage {
             return Err(ImageError::Unknown { name: name.into() });
         }
         let dir = Self::dir_for(layout, name);
-        let img = GuestImage { name: name.into(), dir: dir.clone() };
+        let img = GuestImage {
+            name: name.into(),
+            dir: dir.clone(),
+        };
         if img.base().exists() && img.kernel().exists() && img.initrd().exists() {
             Ok(img)
         } else {
-            Err(ImageError::NotBuilt { name: name.into(), dir })
+            Err(ImageError::NotBuilt {
+                name: name.into(),
+                dir,
+            })
         }
     }
 
     /// Builds the image unless it is already in the cache (or `force`). Progress lines go to
     /// `progress` as the recipe prints them.
-    pub async fn build(layout: &Layout, name: &str, force: bool, progress: &(dyn Fn(&str) + Sync)) -> Result<Self, ImageError> {
+    pub async fn build(
+        layout: &Layout,
+        name: &str,
+        force: bool,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Self, ImageError> {
         if !force {
             match Self::locate(layout, name) {
                 Ok(img) => {
-                    progress(&format!("guest image {name} is up to date: {}", img.dir.display()));
+                    progress(&format!(
+                        "guest image {name} is up to date: {}",
+                        img.dir.display()
+                    ));
                     return Ok(img);
                 }
                 Err(ImageError::NotBuilt { .. }) => {}
@@ -123,7 +137,11 @@ impl GuestImage {
         }
         storage::private_dir(&layout.images())?;
         write_recipe(&recipe_dir)?;
-        progress(&format!("building guest image {name} (recipe {}) in {}", recipe_hash(), work.display()));
+        progress(&format!(
+            "building guest image {name} (recipe {}) in {}",
+            recipe_hash(),
+            work.display()
+        ));
         let mut child = tokio::process::Command::new("bash")
             .arg(recipe_dir.join("build-rootfs.sh"))
             .arg(&work)
@@ -162,7 +180,10 @@ impl GuestImage {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::rename(&work, &dir)?;
-        Ok(GuestImage { name: name.into(), dir })
+        Ok(GuestImage {
+            name: name.into(),
+            dir,
+        })
     }
 }
 
@@ -191,7 +212,10 @@ mod tests {
 
     #[test]
     fn unknown_images_are_named_with_the_valid_ones() {
-        let layout = Layout { cache: "/nonexistent".into(), runtime: "/nonexistent".into() };
+        let layout = Layout {
+            cache: "/nonexistent".into(),
+            runtime: "/nonexistent".into(),
+        };
         let err = GuestImage::locate(&layout, "windows").unwrap_err();
         assert!(err.to_string().contains("debian-desktop"), "{err}");
         let err = GuestImage::locate(&layout, DEFAULT_IMAGE).unwrap_err();

@@ -39,7 +39,11 @@ impl ReadyState {
     }
 
     pub fn path_for(image: &GuestImage, qemu_version: &str, spec: &VmSpec) -> Self {
-        ReadyState { dir: image.dir.join(format!("ready-{}", Self::key(qemu_version, spec))) }
+        ReadyState {
+            dir: image
+                .dir
+                .join(format!("ready-{}", Self::key(qemu_version, spec))),
+        }
     }
 
     /// The state for this QEMU build and machine, if one was saved (meta.json is written last).

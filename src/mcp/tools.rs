@@ -8,7 +8,10 @@ use rmcp::model::{
     CallToolResult, ContentBlock, GetPromptResult, Implementation, PromptMessage, Role,
     ServerCapabilities, ServerConfig,
 };
-use rmcp::{prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler};
+use rmcp::{
+    prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData as McpError,
+    ServerHandler,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -163,7 +166,11 @@ fn pt(x: f64, y: f64) -> Point {
 
 impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
-        DeskvmServer { manager, tool_router: Self::tool_router(), prompt_router: Self::prompt_router() }
+        DeskvmServer {
+            manager,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
     }
 
     async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
@@ -186,17 +193,29 @@ impl DeskvmServer {
 
 fn render(outcome: Outcome, ms: u64) -> CallToolResult {
     match outcome {
-        Outcome::Screenshot { png, width, height, scale } => {
+        Outcome::Screenshot {
+            png,
+            width,
+            height,
+            scale,
+        } => {
             let meta = json!({ "width": width, "height": height, "scale": scale, "ms": ms });
             let mut r = CallToolResult::success(vec![
-                ContentBlock::image(base64::engine::general_purpose::STANDARD.encode(&png), "image/png"),
+                ContentBlock::image(
+                    base64::engine::general_purpose::STANDARD.encode(&png),
+                    "image/png",
+                ),
                 ContentBlock::text(meta.to_string()),
             ]);
             r.structured_content = Some(meta);
             r
         }
-        Outcome::Done { message } => structured(json!({ "ok": true, "message": message, "ms": ms })),
-        Outcome::Waited { waited_ms, stable } => structured(json!({ "waited_ms": waited_ms, "stable": stable })),
+        Outcome::Done { message } => {
+            structured(json!({ "ok": true, "message": message, "ms": ms }))
+        }
+        Outcome::Waited { waited_ms, stable } => {
+            structured(json!({ "waited_ms": waited_ms, "stable": stable }))
+        }
         Outcome::Exec(out) => structured(serde_json::to_value(out).unwrap_or_default()),
     }
 }
@@ -205,17 +224,34 @@ fn render(outcome: Outcome, ms: u64) -> CallToolResult {
 impl DeskvmServer {
     #[tool(
         description = "Start a desktop session (a Debian/Xorg desktop in a QEMU VM with a terminal open). Returns session_id, screen size, accelerator, backend and startup time.",
-        annotations(title = "Start desktop session", read_only_hint = false, destructive_hint = false, open_world_hint = false)
+        annotations(
+            title = "Start desktop session",
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn session_start(&self, Parameters(a): Parameters<SessionStartArgs>) -> Result<CallToolResult, McpError> {
-        let req = StartRequest { width: a.width, height: a.height, image: a.image, memory_mb: a.memory_mb, network: a.network };
+    async fn session_start(
+        &self,
+        Parameters(a): Parameters<SessionStartArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let req = StartRequest {
+            width: a.width,
+            height: a.height,
+            image: a.image,
+            memory_mb: a.memory_mb,
+            network: a.network,
+        };
         Ok(match self.manager.start(req).await {
             Ok(info) => structured(serde_json::to_value(info).unwrap_or_default()),
             Err(e) => tool_error(e),
         })
     }
 
-    #[tool(description = "List running desktop sessions.", annotations(title = "List sessions", read_only_hint = true))]
+    #[tool(
+        description = "List running desktop sessions.",
+        annotations(title = "List sessions", read_only_hint = true)
+    )]
     async fn session_list(&self) -> Result<CallToolResult, McpError> {
         let list = self.manager.list().await;
         Ok(structured(json!({ "sessions": list })))
@@ -223,9 +259,16 @@ impl DeskvmServer {
 
     #[tool(
         description = "Stop a desktop session: its VM and runtime files are removed.",
-        annotations(title = "Stop session", destructive_hint = true, idempotent_hint = false)
+        annotations(
+            title = "Stop session",
+            destructive_hint = true,
+            idempotent_hint = false
+        )
     )]
-    async fn session_stop(&self, Parameters(a): Parameters<SessionArgs>) -> Result<CallToolResult, McpError> {
+    async fn session_stop(
+        &self,
+        Parameters(a): Parameters<SessionArgs>,
+    ) -> Result<CallToolResult, McpError> {
         Ok(match self.manager.stop(&a.session_id).await {
             Ok(()) => structured(json!({ "ok": true, "session_id": a.session_id })),
             Err(e) => tool_error(e),
@@ -236,15 +279,29 @@ impl DeskvmServer {
         description = "Take a PNG screenshot. Optional scale/max_width downscale it; click coordinates then refer to the returned image's pixels.",
         annotations(title = "Screenshot", read_only_hint = true)
     )]
-    async fn screenshot(&self, Parameters(a): Parameters<ScreenshotArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Screenshot { scale: a.scale, max_width: a.max_width }).await)
+    async fn screenshot(
+        &self,
+        Parameters(a): Parameters<ScreenshotArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(self
+            .act(
+                &a.session_id,
+                Action::Screenshot {
+                    scale: a.scale,
+                    max_width: a.max_width,
+                },
+            )
+            .await)
     }
 
     #[tool(
         description = "Click at (x, y) in the latest screenshot's pixels. button: left|right|middle; count 1..3 (double/triple click); modifiers held during the click.",
         annotations(title = "Click", destructive_hint = false)
     )]
-    async fn click(&self, Parameters(a): Parameters<ClickArgs>) -> Result<CallToolResult, McpError> {
+    async fn click(
+        &self,
+        Parameters(a): Parameters<ClickArgs>,
+    ) -> Result<CallToolResult, McpError> {
         let action = Action::Click {
             at: pt(a.x, a.y),
             button: a.button.unwrap_or(Button::Left),
@@ -254,20 +311,50 @@ impl DeskvmServer {
         Ok(self.act(&a.session_id, action).await)
     }
 
-    #[tool(description = "Move the pointer to (x, y) without clicking.", annotations(title = "Move pointer", destructive_hint = false))]
-    async fn mouse_move(&self, Parameters(a): Parameters<MoveArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::MouseMove { to: pt(a.x, a.y) }).await)
+    #[tool(
+        description = "Move the pointer to (x, y) without clicking.",
+        annotations(title = "Move pointer", destructive_hint = false)
+    )]
+    async fn mouse_move(
+        &self,
+        Parameters(a): Parameters<MoveArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(self
+            .act(&a.session_id, Action::MouseMove { to: pt(a.x, a.y) })
+            .await)
     }
 
-    #[tool(description = "Press a button at `from`, move to `to`, release.", annotations(title = "Drag", destructive_hint = false))]
+    #[tool(
+        description = "Press a button at `from`, move to `to`, release.",
+        annotations(title = "Drag", destructive_hint = false)
+    )]
     async fn drag(&self, Parameters(a): Parameters<DragArgs>) -> Result<CallToolResult, McpError> {
-        let action = Action::Drag { from: pt(a.from.x, a.from.y), to: pt(a.to.x, a.to.y), button: a.button.unwrap_or(Button::Left) };
+        let action = Action::Drag {
+            from: pt(a.from.x, a.from.y),
+            to: pt(a.to.x, a.to.y),
+            button: a.button.unwrap_or(Button::Left),
+        };
         Ok(self.act(&a.session_id, action).await)
     }
 
-    #[tool(description = "Scroll the wheel at (x, y): dy > 0 scrolls down, dx > 0 right (wheel clicks).", annotations(title = "Scroll", destructive_hint = false))]
-    async fn scroll(&self, Parameters(a): Parameters<ScrollArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Scroll { at: pt(a.x, a.y), dx: a.dx, dy: a.dy }).await)
+    #[tool(
+        description = "Scroll the wheel at (x, y): dy > 0 scrolls down, dx > 0 right (wheel clicks).",
+        annotations(title = "Scroll", destructive_hint = false)
+    )]
+    async fn scroll(
+        &self,
+        Parameters(a): Parameters<ScrollArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(self
+            .act(
+                &a.session_id,
+                Action::Scroll {
+                    at: pt(a.x, a.y),
+                    dx: a.dx,
+                    dy: a.dy,
+                },
+            )
+            .await)
     }
 
     #[tool(
@@ -275,7 +362,10 @@ impl DeskvmServer {
         description = "Type text exactly into the focused window (printable ASCII, newline, tab; up to 4096 characters). Click the target window first.",
         annotations(title = "Type text", destructive_hint = false)
     )]
-    async fn type_text(&self, Parameters(a): Parameters<TypeArgs>) -> Result<CallToolResult, McpError> {
+    async fn type_text(
+        &self,
+        Parameters(a): Parameters<TypeArgs>,
+    ) -> Result<CallToolResult, McpError> {
         Ok(self.act(&a.session_id, Action::Type { text: a.text }).await)
     }
 
@@ -292,25 +382,55 @@ impl DeskvmServer {
         annotations(title = "Wait", read_only_hint = true)
     )]
     async fn wait(&self, Parameters(a): Parameters<WaitArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Wait { ms: a.ms, until_stable: a.until_stable, timeout_ms: a.timeout_ms }).await)
+        Ok(self
+            .act(
+                &a.session_id,
+                Action::Wait {
+                    ms: a.ms,
+                    until_stable: a.until_stable,
+                    timeout_ms: a.timeout_ms,
+                },
+            )
+            .await)
     }
 
     #[tool(
         description = "Run a shell command inside the guest through the guest agent (root, DISPLAY=:0); returns exit_code, stdout, stderr.",
-        annotations(title = "Run command in guest", destructive_hint = true, open_world_hint = false)
+        annotations(
+            title = "Run command in guest",
+            destructive_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn exec(&self, Parameters(a): Parameters<ExecArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Exec { command: a.command, timeout_ms: a.timeout_ms }).await)
+        Ok(self
+            .act(
+                &a.session_id,
+                Action::Exec {
+                    command: a.command,
+                    timeout_ms: a.timeout_ms,
+                },
+            )
+            .await)
     }
 }
 
 #[prompt_router]
 impl DeskvmServer {
-    #[prompt(name = "use-desktop", description = "How to operate a deskvm desktop well: look, act in screenshot coordinates, wait for the screen to settle.")]
+    #[prompt(
+        name = "use-desktop",
+        description = "How to operate a deskvm desktop well: look, act in screenshot coordinates, wait for the screen to settle."
+    )]
     async fn use_desktop(&self, Parameters(a): Parameters<UseDesktopArgs>) -> GetPromptResult {
-        let mut messages = vec![PromptMessage::new_text(Role::User, include_str!("../../prompts/use-desktop.md"))];
+        let mut messages = vec![PromptMessage::new_text(
+            Role::User,
+            include_str!("../../prompts/use-desktop.md"),
+        )];
         if let Some(task) = a.task.filter(|t| !t.trim().is_empty()) {
-            messages.push(PromptMessage::new_text(Role::User, format!("Your task: {task}")));
+            messages.push(PromptMessage::new_text(
+                Role::User,
+                format!("Your task: {task}"),
+            ));
         }
         GetPromptResult::new(messages)
     }

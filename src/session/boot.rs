@@ -37,7 +37,11 @@ pub async fn qemu_img_overlay(backing: &Path, overlay: &Path) -> Result<(), Sess
         .arg(overlay)
         .output()
         .await
-        .map_err(|e| SessionError::Setup(format!("could not run qemu-img (apt-get install qemu-utils): {e}")))?;
+        .map_err(|e| {
+            SessionError::Setup(format!(
+                "could not run qemu-img (apt-get install qemu-utils): {e}"
+            ))
+        })?;
     if !out.status.success() {
         return Err(SessionError::Setup(format!(
             "qemu-img create failed: {}",
@@ -56,8 +60,10 @@ pub async fn start_vm(
     ready: Option<&ReadyState>,
     files: &RuntimeFiles,
 ) -> Result<Booted, SessionError> {
+    let t = Instant::now();
     let backing: PathBuf = ready.map(|r| r.disk()).unwrap_or_else(|| image.base());
     qemu_img_overlay(&backing, &files.disk()).await?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "overlay created");
     spec.incoming = ready.map(|r| r.state());
     let (width, height) = (spec.width, spec.height);
     let instance = backend.launch(id, &spec, files).await?;
@@ -69,19 +75,37 @@ pub async fn start_vm(
             return Err(SessionError::Setup(reason.unwrap_or_else(|| "qemu exited".into())));
         }
     };
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "QMP connected");
     let startup = if ready.is_some() {
-        vm.qmp().resume_incoming(Duration::from_secs(60)).await.map_err(VmError::from)?;
+        vm.qmp()
+            .resume_incoming(Duration::from_secs(60))
+            .await
+            .map_err(VmError::from)?;
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "ready state loaded, guest running"
+        );
         Startup::ReadyState
     } else {
         wait_for_desktop(&mut vm, &exited, COLD_BOOT_TIMEOUT).await?;
         Startup::ColdBoot
     };
-    Ok(Booted { vm, instance, startup })
+    Ok(Booted {
+        vm,
+        instance,
+        startup,
+    })
 }
 
 /// Resolves with the VM's exit reason once it is gone.
-pub async fn exit_reason(mut exited: tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
-    let reason = exited.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+pub async fn exit_reason(
+    mut exited: tokio::sync::watch::Receiver<Option<String>>,
+) -> Option<String> {
+    let reason = exited
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone());
     reason
 }
 
@@ -95,9 +119,13 @@ pub async fn wait_for_desktop(
     let started = Instant::now();
     loop {
         if let Some(reason) = exited.borrow().clone() {
-            return Err(SessionError::Setup(format!("the guest stopped while booting: {reason}")));
+            return Err(SessionError::Setup(format!(
+                "the guest stopped while booting: {reason}"
+            )));
         }
-        let serial = tokio::fs::read_to_string(vm.files.serial()).await.unwrap_or_default();
+        let serial = tokio::fs::read_to_string(vm.files.serial())
+            .await
+            .unwrap_or_default();
         if serial.contains(READY_MARKER) {
             break;
         }
@@ -111,7 +139,8 @@ pub async fn wait_for_desktop(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    vm.settle(Duration::from_secs(20), Duration::from_millis(300), 3).await?;
+    vm.settle(Duration::from_secs(20), Duration::from_millis(300), 3)
+        .await?;
     Ok(())
 }
 
@@ -128,19 +157,40 @@ pub async fn make_ready_state(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<ReadyState, SessionError> {
     let target = ReadyState::path_for(image, backend.qemu_version(), &spec);
-    let files = RuntimeFiles { dir: work.to_path_buf() };
+    let files = RuntimeFiles {
+        dir: work.to_path_buf(),
+    };
     let started = Instant::now();
-    progress(&format!("cold-booting the guest under {} to save a ready state", spec.accel.as_str()));
-    let Booted { mut vm, mut instance, .. } = start_vm(backend, "ready", image, spec, None, &files).await?;
-    progress(&format!("desktop ready after {:.1} s; checking that input reaches it", started.elapsed().as_secs_f64()));
+    progress(&format!(
+        "cold-booting the guest under {} to save a ready state",
+        spec.accel.as_str()
+    ));
+    let Booted {
+        mut vm,
+        mut instance,
+        ..
+    } = start_vm(backend, "ready", image, spec, None, &files).await?;
+    progress(&format!(
+        "desktop ready after {:.1} s; checking that input reaches it",
+        started.elapsed().as_secs_f64()
+    ));
 
-    vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[]).await?;
+    vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[])
+        .await?;
     let token = format!("deskvm-input-ok-{}", std::process::id());
-    let strokes = crate::vm::input::strokes_for_text(&format!(" echo {token} > /tmp/.deskvm-input; clear\n"))?;
+    let strokes = crate::vm::input::strokes_for_text(&format!(
+        " echo {token} > /tmp/.deskvm-input; clear\n"
+    ))?;
     vm.type_strokes(&strokes).await?;
     let mut seen = String::new();
     for _ in 0..50 {
-        seen = vm.exec("cat /tmp/.deskvm-input 2>/dev/null; rm -f /tmp/.deskvm-input", Duration::from_secs(10)).await?.stdout;
+        seen = vm
+            .exec(
+                "cat /tmp/.deskvm-input 2>/dev/null; rm -f /tmp/.deskvm-input",
+                Duration::from_secs(10),
+            )
+            .await?
+            .stdout;
         if !seen.is_empty() {
             break;
         }
@@ -148,12 +198,19 @@ pub async fn make_ready_state(
     }
     if seen.trim() != token {
         instance.stop().await;
-        return Err(SessionError::Setup(format!("input did not reach the guest terminal (read back {seen:?})")));
+        return Err(SessionError::Setup(format!(
+            "input did not reach the guest terminal (read back {seen:?})"
+        )));
     }
     // The guest's page cache would be saved with it: dropping it makes the state ~40% smaller,
     // which is what a session start reads.
-    vm.exec("sync; echo 3 > /proc/sys/vm/drop_caches", Duration::from_secs(30)).await?;
-    vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3).await?;
+    vm.exec(
+        "sync; echo 3 > /proc/sys/vm/drop_caches",
+        Duration::from_secs(30),
+    )
+    .await?;
+    vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3)
+        .await?;
 
     progress("input works; saving the ready state");
     let tmp = target.dir.with_extension("partial");
@@ -162,7 +219,10 @@ pub async fn make_ready_state(
     }
     std::fs::create_dir_all(&tmp)?;
     let partial = ReadyState { dir: tmp.clone() };
-    vm.qmp().save_state(&partial.state(), Duration::from_secs(120)).await.map_err(VmError::from)?;
+    vm.qmp()
+        .save_state(&partial.state(), Duration::from_secs(120))
+        .await
+        .map_err(VmError::from)?;
     vm.qmp().quit().await;
     instance.stop().await;
     std::fs::rename(files.disk(), partial.disk())?;
@@ -177,11 +237,41 @@ pub async fn make_ready_state(
         "saved_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "boot_seconds": started.elapsed().as_secs_f64(),
     });
-    std::fs::write(partial.meta(), serde_json::to_vec_pretty(&meta).unwrap_or_default())?;
+    std::fs::write(
+        partial.meta(),
+        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+    )?;
     if target.dir.exists() {
         std::fs::remove_dir_all(&target.dir)?;
     }
     std::fs::rename(&tmp, &target.dir)?;
     progress(&format!("ready state saved: {}", target.dir.display()));
+    remove_superseded(image, &target, backend.qemu_version());
     Ok(target)
+}
+
+/// Removes ready states of this image saved by the same QEMU build under another machine
+/// configuration or format: nothing can resume them any more, and each is hundreds of MB.
+fn remove_superseded(image: &GuestImage, keep: &ReadyState, qemu_version: &str) {
+    let Ok(entries) = std::fs::read_dir(&image.dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_ready = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("ready-"));
+        if !is_ready || dir == keep.dir {
+            continue;
+        }
+        let same_qemu = std::fs::read(dir.join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["qemu_version"] == qemu_version);
+        if same_qemu {
+            tracing::info!(dir = %dir.display(), "removing a superseded ready state");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }

@@ -120,15 +120,44 @@ pub struct Point {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    Screenshot { scale: Option<f64>, max_width: Option<u32> },
-    Click { at: Point, button: Button, count: u32, modifiers: Vec<String> },
-    MouseMove { to: Point },
-    Drag { from: Point, to: Point, button: Button },
-    Scroll { at: Point, dx: i32, dy: i32 },
-    Type { text: String },
-    Key { keys: String },
-    Wait { ms: Option<u64>, until_stable: bool, timeout_ms: Option<u64> },
-    Exec { command: String, timeout_ms: Option<u64> },
+    Screenshot {
+        scale: Option<f64>,
+        max_width: Option<u32>,
+    },
+    Click {
+        at: Point,
+        button: Button,
+        count: u32,
+        modifiers: Vec<String>,
+    },
+    MouseMove {
+        to: Point,
+    },
+    Drag {
+        from: Point,
+        to: Point,
+        button: Button,
+    },
+    Scroll {
+        at: Point,
+        dx: i32,
+        dy: i32,
+    },
+    Type {
+        text: String,
+    },
+    Key {
+        keys: String,
+    },
+    Wait {
+        ms: Option<u64>,
+        until_stable: bool,
+        timeout_ms: Option<u64>,
+    },
+    Exec {
+        command: String,
+        timeout_ms: Option<u64>,
+    },
 }
 
 impl Action {
@@ -148,9 +177,19 @@ impl Action {
 }
 
 pub enum Outcome {
-    Screenshot { png: Vec<u8>, width: u32, height: u32, scale: f64 },
-    Done { message: String },
-    Waited { waited_ms: u64, stable: Option<bool> },
+    Screenshot {
+        png: Vec<u8>,
+        width: u32,
+        height: u32,
+        scale: f64,
+    },
+    Done {
+        message: String,
+    },
+    Waited {
+        waited_ms: u64,
+        stable: Option<bool>,
+    },
     Exec(ExecOutput),
 }
 
@@ -185,7 +224,11 @@ pub struct SessionManager {
 
 impl SessionManager {
     pub fn new(cfg: ManagerConfig) -> Self {
-        SessionManager { cfg, sessions: RwLock::new(HashMap::new()), counter: AtomicU64::new(0) }
+        SessionManager {
+            cfg,
+            sessions: RwLock::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        }
     }
 
     pub fn accel(&self) -> Accel {
@@ -213,18 +256,34 @@ impl SessionManager {
     fn new_id(&self) -> String {
         // Short ids keep socket paths under the 108-byte limit.
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        format!("{:04x}{:04x}", (std::process::id() ^ t) & 0xffff, n & 0xffff)
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            "{:04x}{:04x}",
+            (std::process::id() ^ t) & 0xffff,
+            n & 0xffff
+        )
     }
 
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
         let started = Instant::now();
         let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
         let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
-        let memory_mb = check_range("memory_mb", req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB), MEMORY_RANGE)?;
-        let image = GuestImage::locate(&self.cfg.layout, req.image.as_deref().unwrap_or(DEFAULT_IMAGE))?;
+        let memory_mb = check_range(
+            "memory_mb",
+            req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+            MEMORY_RANGE,
+        )?;
+        let image = GuestImage::locate(
+            &self.cfg.layout,
+            req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+        )?;
         if self.sessions.read().await.len() >= self.cfg.max_sessions {
-            return Err(SessionError::TooMany { max: self.cfg.max_sessions });
+            return Err(SessionError::TooMany {
+                max: self.cfg.max_sessions,
+            });
         }
         let spec = self.machine_spec(&image, memory_mb, req.network);
         let ready = ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec);
@@ -232,9 +291,19 @@ impl SessionManager {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
         let id = self.new_id();
-        let files = RuntimeFiles { dir: self.cfg.layout.sessions().join(&id) };
+        let files = RuntimeFiles {
+            dir: self.cfg.layout.sessions().join(&id),
+        };
         storage::owned_dir(&files.dir)?;
-        let booted = boot::start_vm(self.cfg.backend.as_ref(), &id, &image, spec, ready.as_ref(), &files).await;
+        let booted = boot::start_vm(
+            self.cfg.backend.as_ref(),
+            &id,
+            &image,
+            spec,
+            ready.as_ref(),
+            &files,
+        )
+        .await;
         let mut booted = match booted {
             Ok(b) => b,
             Err(e) => {
@@ -253,7 +322,8 @@ impl SessionManager {
             // The resumed guest's clock is hours or days behind; fix it without holding up start.
             let qga = files.qga();
             tokio::spawn(async move {
-                if let Ok(agent) = crate::vm::qga::Qga::connect(&qga, Duration::from_secs(20)).await {
+                if let Ok(agent) = crate::vm::qga::Qga::connect(&qga, Duration::from_secs(20)).await
+                {
                     let _ = agent.sync_clock().await;
                 }
             });
@@ -274,7 +344,12 @@ impl SessionManager {
         let exited = booted.instance.exited();
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane { vm: booted.vm, instance: booted.instance, scale: 1.0, last_pointer: None }),
+            lane: Mutex::new(Lane {
+                vm: booted.vm,
+                instance: booted.instance,
+                scale: 1.0,
+                last_pointer: None,
+            }),
             exited,
             files,
         });
@@ -288,7 +363,10 @@ impl SessionManager {
         sessions.get(id).cloned().ok_or_else(|| {
             let mut known: Vec<String> = sessions.keys().cloned().collect();
             known.sort();
-            SessionError::UnknownSession { id: id.to_string(), known }
+            SessionError::UnknownSession {
+                id: id.to_string(),
+                known,
+            }
         })
     }
 
@@ -346,7 +424,10 @@ impl SessionManager {
 impl Session {
     fn check_alive(&self) -> Result<(), SessionError> {
         match self.exited.borrow().clone() {
-            Some(reason) => Err(SessionError::Failed { id: self.info.session_id.clone(), reason }),
+            Some(reason) => Err(SessionError::Failed {
+                id: self.info.session_id.clone(),
+                reason,
+            }),
             None => Ok(()),
         }
     }
@@ -356,7 +437,9 @@ fn check_range(name: &str, v: u32, (lo, hi): (u32, u32)) -> Result<u32, SessionE
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
-        Err(SessionError::OutOfRange(format!("{name}={v} is out of range; valid: {lo}..={hi}")))
+        Err(SessionError::OutOfRange(format!(
+            "{name}={v} is out of range; valid: {lo}..={hi}"
+        )))
     }
 }
 
@@ -372,7 +455,10 @@ async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), Sess
     );
     let out = vm.exec(&script, Duration::from_secs(20)).await?;
     if out.exit_code != 0 {
-        return Err(SessionError::Setup(format!("could not set the screen to {width}x{height}: {}", out.stderr.trim())));
+        return Err(SessionError::Setup(format!(
+            "could not set the screen to {width}x{height}: {}",
+            out.stderr.trim()
+        )));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -392,13 +478,20 @@ async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), Sess
 }
 
 impl Lane {
-    /// Keys typed right after a click can overtake it: the window manager moves the focus only
-    /// once it has handled the click, and under TCG that took long enough for the first three
-    /// characters to reach the previously focused window. So keyboard input that follows a click
-    /// waits (at most 1.5 s) until the screen stops changing, which the focus change always does.
+    /// Input right after a click can overtake it: the window manager moves the focus only once
+    /// it has handled the click. Under TCG the first three characters typed after a click reached
+    /// the previously focused window, and a click on a window right after a click on the
+    /// desktop background left no window focused (2 of 3 tries). So input that follows a click
+    /// waits (at most 1.5 s) until the screen stops changing, which a focus change always does.
     async fn input_barrier(&mut self) -> Result<(), SessionError> {
-        if self.last_pointer.take().is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
-            self.vm.settle(Duration::from_millis(1500), Duration::from_millis(50), 2).await?;
+        if self
+            .last_pointer
+            .take()
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            self.vm
+                .settle(Duration::from_millis(1500), Duration::from_millis(50), 2)
+                .await?;
         }
         Ok(())
     }
@@ -409,7 +502,10 @@ impl Lane {
         let ok = |v: f64, max: u32| v.is_finite() && v >= 0.0 && v <= (max - 1) as f64;
         if !ok(p.x, w) || !ok(p.y, h) {
             let space = if self.scale < 1.0 {
-                format!("pixels of the latest screenshot, {w}x{h} at scale {:.3}", self.scale)
+                format!(
+                    "pixels of the latest screenshot, {w}x{h} at scale {:.3}",
+                    self.scale
+                )
             } else {
                 format!("screen pixels, {w}x{h}")
             };
@@ -427,27 +523,55 @@ impl Lane {
     }
 
     async fn run(&mut self, action: Action) -> Result<Outcome, SessionError> {
+        if matches!(
+            action,
+            Action::Click { .. }
+                | Action::Drag { .. }
+                | Action::Scroll { .. }
+                | Action::Type { .. }
+                | Action::Key { .. }
+        ) {
+            self.input_barrier().await?;
+        }
         match action {
             Action::Screenshot { scale, max_width } => {
                 let frame = self.vm.frame().await?;
                 let mut s = match scale {
                     None => 1.0,
                     Some(s) if s > 0.0 && s <= 1.0 => s,
-                    Some(s) => return Err(SessionError::OutOfRange(format!("scale={s} is out of range; valid: greater than 0 up to 1"))),
+                    Some(s) => {
+                        return Err(SessionError::OutOfRange(format!(
+                            "scale={s} is out of range; valid: greater than 0 up to 1"
+                        )))
+                    }
                 };
                 if let Some(mw) = max_width {
                     if mw < 64 {
-                        return Err(SessionError::OutOfRange(format!("max_width={mw} is out of range; valid: 64 or more")));
+                        return Err(SessionError::OutOfRange(format!(
+                            "max_width={mw} is out of range; valid: 64 or more"
+                        )));
                     }
                     s = s.min(mw as f64 / frame.width() as f64);
                 }
                 let enc = frame.png(s).map_err(VmError::from)?;
                 self.scale = s;
-                Ok(Outcome::Screenshot { png: enc.png, width: enc.width, height: enc.height, scale: s })
+                Ok(Outcome::Screenshot {
+                    png: enc.png,
+                    width: enc.width,
+                    height: enc.height,
+                    scale: s,
+                })
             }
-            Action::Click { at, button, count, modifiers } => {
+            Action::Click {
+                at,
+                button,
+                count,
+                modifiers,
+            } => {
                 if !(1..=3).contains(&count) {
-                    return Err(SessionError::OutOfRange(format!("count={count} is out of range; valid: 1..=3")));
+                    return Err(SessionError::OutOfRange(format!(
+                        "count={count} is out of range; valid: 1..=3"
+                    )));
                 }
                 let mut mods = Vec::new();
                 for m in &modifiers {
@@ -456,74 +580,113 @@ impl Lane {
                 let (x, y) = self.to_screen(at, "click")?;
                 self.vm.click(x, y, button, count, &mods).await?;
                 self.last_pointer = Some(Instant::now());
-                Ok(Outcome::Done { message: format!("clicked {button:?} x{count} at ({}, {})", at.x, at.y).to_lowercase() })
+                Ok(Outcome::Done {
+                    message: format!("clicked {button:?} x{count} at ({}, {})", at.x, at.y)
+                        .to_lowercase(),
+                })
             }
             Action::MouseMove { to } => {
                 let (x, y) = self.to_screen(to, "mouse_move")?;
                 self.vm.move_to(x, y).await?;
-                Ok(Outcome::Done { message: format!("pointer at ({}, {})", to.x, to.y) })
+                Ok(Outcome::Done {
+                    message: format!("pointer at ({}, {})", to.x, to.y),
+                })
             }
             Action::Drag { from, to, button } => {
                 let a = self.to_screen(from, "drag start")?;
                 let b = self.to_screen(to, "drag end")?;
                 self.vm.drag(a, b, button).await?;
                 self.last_pointer = Some(Instant::now());
-                Ok(Outcome::Done { message: format!("dragged from ({}, {}) to ({}, {})", from.x, from.y, to.x, to.y) })
+                Ok(Outcome::Done {
+                    message: format!(
+                        "dragged from ({}, {}) to ({}, {})",
+                        from.x, from.y, to.x, to.y
+                    ),
+                })
             }
             Action::Scroll { at, dx, dy } => {
                 for (name, v) in [("dx", dx), ("dy", dy)] {
                     if !(-50..=50).contains(&v) {
-                        return Err(SessionError::OutOfRange(format!("{name}={v} is out of range; valid: -50..=50 wheel clicks")));
+                        return Err(SessionError::OutOfRange(format!(
+                            "{name}={v} is out of range; valid: -50..=50 wheel clicks"
+                        )));
                     }
                 }
                 let (x, y) = self.to_screen(at, "scroll")?;
                 self.vm.scroll(x, y, dx, dy).await?;
-                Ok(Outcome::Done { message: format!("scrolled dx={dx} dy={dy} at ({}, {})", at.x, at.y) })
+                Ok(Outcome::Done {
+                    message: format!("scrolled dx={dx} dy={dy} at ({}, {})", at.x, at.y),
+                })
             }
             Action::Type { text } => {
                 let strokes = input::strokes_for_text(&text)?;
-                self.input_barrier().await?;
                 self.vm.type_strokes(&strokes).await?;
-                Ok(Outcome::Done { message: format!("typed {} characters", strokes.len()) })
+                Ok(Outcome::Done {
+                    message: format!("typed {} characters", strokes.len()),
+                })
             }
             Action::Key { keys } => {
                 // Several combos may be given separated by spaces: "ctrl+a Delete".
-                let combos: Vec<Vec<input::QCode>> =
-                    keys.split_whitespace().map(input::parse_combo).collect::<Result<_, _>>()?;
+                let combos: Vec<Vec<input::QCode>> = keys
+                    .split_whitespace()
+                    .map(input::parse_combo)
+                    .collect::<Result<_, _>>()?;
                 if combos.is_empty() {
                     return Err(InputError::EmptyCombo(keys).into());
                 }
-                self.input_barrier().await?;
                 for c in &combos {
                     self.vm.combo(c).await?;
                 }
-                Ok(Outcome::Done { message: format!("pressed {keys}") })
+                Ok(Outcome::Done {
+                    message: format!("pressed {keys}"),
+                })
             }
-            Action::Wait { ms, until_stable, timeout_ms } => {
+            Action::Wait {
+                ms,
+                until_stable,
+                timeout_ms,
+            } => {
                 let started = Instant::now();
                 let ms = ms.unwrap_or(if until_stable { 0 } else { 1000 });
                 if ms > MAX_WAIT_MS {
-                    return Err(SessionError::OutOfRange(format!("ms={ms} is out of range; valid: 0..={MAX_WAIT_MS}")));
+                    return Err(SessionError::OutOfRange(format!(
+                        "ms={ms} is out of range; valid: 0..={MAX_WAIT_MS}"
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 let stable = if until_stable {
                     let t = timeout_ms.unwrap_or(10_000);
                     if t > MAX_WAIT_MS {
-                        return Err(SessionError::OutOfRange(format!("timeout_ms={t} is out of range; valid: 0..={MAX_WAIT_MS}")));
+                        return Err(SessionError::OutOfRange(format!(
+                            "timeout_ms={t} is out of range; valid: 0..={MAX_WAIT_MS}"
+                        )));
                     }
-                    let (_, stable) = self.vm.settle(Duration::from_millis(t), Duration::from_millis(150), 3).await?;
+                    let (_, stable) = self
+                        .vm
+                        .settle(Duration::from_millis(t), Duration::from_millis(150), 3)
+                        .await?;
                     Some(stable)
                 } else {
                     None
                 };
-                Ok(Outcome::Waited { waited_ms: started.elapsed().as_millis() as u64, stable })
+                Ok(Outcome::Waited {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    stable,
+                })
             }
-            Action::Exec { command, timeout_ms } => {
+            Action::Exec {
+                command,
+                timeout_ms,
+            } => {
                 let t = timeout_ms.unwrap_or(30_000);
                 if t == 0 || t > MAX_EXEC_TIMEOUT_MS {
-                    return Err(SessionError::OutOfRange(format!("timeout_ms={t} is out of range; valid: 1..={MAX_EXEC_TIMEOUT_MS}")));
+                    return Err(SessionError::OutOfRange(format!(
+                        "timeout_ms={t} is out of range; valid: 1..={MAX_EXEC_TIMEOUT_MS}"
+                    )));
                 }
-                Ok(Outcome::Exec(self.vm.exec(&command, Duration::from_millis(t)).await?))
+                Ok(Outcome::Exec(
+                    self.vm.exec(&command, Duration::from_millis(t)).await?,
+                ))
             }
         }
     }

@@ -22,7 +22,9 @@ impl Frame {
     pub fn from_ppm(bytes: &[u8]) -> Result<Self, DisplayError> {
         let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Pnm)
             .map_err(DisplayError::Decode)?;
-        Ok(Frame { image: img.into_rgb8() })
+        Ok(Frame {
+            image: img.into_rgb8(),
+        })
     }
 
     pub fn width(&self) -> u32 {
@@ -49,7 +51,11 @@ impl Frame {
         PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
             .map_err(DisplayError::Encode)?;
-        Ok(Encoded { png: out, width: w, height: h })
+        Ok(Encoded {
+            png: out,
+            width: w,
+            height: h,
+        })
     }
 
     /// How many pixels differ from `other`; a different size counts as all changed.
@@ -74,7 +80,10 @@ pub struct Encoded {
 
 pub fn scaled_size(w: u32, h: u32, scale: f64) -> (u32, u32) {
     let s = scale.clamp(0.01, 1.0);
-    (((w as f64) * s).round().max(1.0) as u32, ((h as f64) * s).round().max(1.0) as u32)
+    (
+        ((w as f64) * s).round().max(1.0) as u32,
+        ((h as f64) * s).round().max(1.0) as u32,
+    )
 }
 
 /// A frame in which fewer than this many pixels changed counts as unchanged: a blinking text
@@ -117,6 +126,9 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        assert!(matches!(Frame::from_ppm(b"nope"), Err(DisplayError::Decode(_))));
+        assert!(matches!(
+            Frame::from_ppm(b"nope"),
+            Err(DisplayError::Decode(_))
+        ));
     }
 }

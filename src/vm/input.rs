@@ -10,7 +10,10 @@ pub const MAX_TEXT_LEN: usize = 4096;
 #[derive(Debug, Error, PartialEq)]
 pub enum InputError {
     #[error("unknown key name {name:?}{}", suggest(.suggestions))]
-    UnknownKey { name: String, suggestions: Vec<String> },
+    UnknownKey {
+        name: String,
+        suggestions: Vec<String>,
+    },
     #[error("empty key combination {0:?}: use names joined by '+', e.g. \"ctrl+s\", \"Return\", \"alt+Tab\"")]
     EmptyCombo(String),
     #[error("text has characters the guest keyboard (US layout) cannot type: {}; only printable ASCII, newline and tab are typed", .0.join(", "))]
@@ -73,10 +76,16 @@ const LETTERS: [QCode; 26] = [
 /// The stroke that types `c` on a US keyboard, if any.
 pub fn stroke_for(c: char) -> Option<Stroke> {
     if c.is_ascii_lowercase() {
-        return Some(Stroke { key: LETTERS[(c as u8 - b'a') as usize], shift: false });
+        return Some(Stroke {
+            key: LETTERS[(c as u8 - b'a') as usize],
+            shift: false,
+        });
     }
     if c.is_ascii_uppercase() {
-        return Some(Stroke { key: LETTERS[(c as u8 - b'A') as usize], shift: true });
+        return Some(Stroke {
+            key: LETTERS[(c as u8 - b'A') as usize],
+            shift: true,
+        });
     }
     CHAR_KEYS.iter().find_map(|&(plain, shifted, key)| {
         if c == plain {
@@ -93,7 +102,10 @@ pub fn stroke_for(c: char) -> Option<Stroke> {
 pub fn strokes_for_text(text: &str) -> Result<Vec<Stroke>, InputError> {
     let len = text.chars().count();
     if len > MAX_TEXT_LEN {
-        return Err(InputError::TextTooLong { len, max: MAX_TEXT_LEN });
+        return Err(InputError::TextTooLong {
+            len,
+            max: MAX_TEXT_LEN,
+        });
     }
     let text = text.replace("\r\n", "\n");
     let mut bad: Vec<String> = Vec::new();
@@ -229,7 +241,9 @@ fn lookup_name(name: &str) -> Option<Vec<QCode>> {
         return Some(vec![q]);
     }
     if let Some(n) = lower.strip_prefix('f').and_then(|d| d.parse::<u8>().ok()) {
-        const F: [QCode; 12] = ["f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12"];
+        const F: [QCode; 12] = [
+            "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12",
+        ];
         if (1..=12).contains(&n) {
             return Some(vec![F[n as usize - 1]]);
         }
@@ -243,7 +257,11 @@ fn lookup_name(name: &str) -> Option<Vec<QCode>> {
     let mut chars = name.chars();
     if let (Some(c), None) = (chars.next(), chars.next()) {
         let s = stroke_for(c.to_ascii_lowercase())?;
-        return Some(if s.shift && !c.is_ascii_alphabetic() { vec!["shift", s.key] } else { vec![s.key] });
+        return Some(if s.shift && !c.is_ascii_alphabetic() {
+            vec!["shift", s.key]
+        } else {
+            vec![s.key]
+        });
     }
     None
 }
@@ -309,7 +327,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -331,11 +351,33 @@ mod tests {
     #[test]
     fn every_printable_ascii_character_has_a_stroke() {
         for b in 0x20u8..=0x7e {
-            assert!(stroke_for(b as char).is_some(), "no stroke for {:?}", b as char);
+            assert!(
+                stroke_for(b as char).is_some(),
+                "no stroke for {:?}",
+                b as char
+            );
         }
-        assert_eq!(stroke_for('A'), Some(Stroke { key: "a", shift: true }));
-        assert_eq!(stroke_for('_'), Some(Stroke { key: "minus", shift: true }));
-        assert_eq!(stroke_for(' '), Some(Stroke { key: "spc", shift: false }));
+        assert_eq!(
+            stroke_for('A'),
+            Some(Stroke {
+                key: "a",
+                shift: true
+            })
+        );
+        assert_eq!(
+            stroke_for('_'),
+            Some(Stroke {
+                key: "minus",
+                shift: true
+            })
+        );
+        assert_eq!(
+            stroke_for(' '),
+            Some(Stroke {
+                key: "spc",
+                shift: false
+            })
+        );
     }
 
     #[test]
@@ -363,9 +405,18 @@ mod tests {
         assert_eq!(parse_combo("ESC").unwrap(), vec!["esc"]);
         assert_eq!(parse_combo("cmd+space").unwrap(), vec!["meta_l", "spc"]);
         assert_eq!(parse_combo("F5").unwrap(), vec!["f5"]);
-        assert_eq!(parse_combo("ctrl+shift+T").unwrap(), vec!["ctrl", "shift", "t"]);
-        assert_eq!(parse_combo("ctrl+plus").unwrap(), vec!["ctrl", "shift", "equal"]);
-        assert_eq!(parse_combo("ctrl++").unwrap(), vec!["ctrl", "shift", "equal"]);
+        assert_eq!(
+            parse_combo("ctrl+shift+T").unwrap(),
+            vec!["ctrl", "shift", "t"]
+        );
+        assert_eq!(
+            parse_combo("ctrl+plus").unwrap(),
+            vec!["ctrl", "shift", "equal"]
+        );
+        assert_eq!(
+            parse_combo("ctrl++").unwrap(),
+            vec!["ctrl", "shift", "equal"]
+        );
         assert_eq!(parse_combo("super").unwrap(), vec!["meta_l"]);
         assert_eq!(parse_combo("Page_Up").unwrap(), vec!["pgup"]);
     }
@@ -375,12 +426,21 @@ mod tests {
         match parse_combo("ctrl+retrun").unwrap_err() {
             InputError::UnknownKey { name, suggestions } => {
                 assert_eq!(name, "retrun");
-                assert!(suggestions.contains(&"return".to_string()), "{suggestions:?}");
+                assert!(
+                    suggestions.contains(&"return".to_string()),
+                    "{suggestions:?}"
+                );
             }
             e => panic!("{e:?}"),
         }
-        assert!(matches!(parse_combo("ctrl+").unwrap_err(), InputError::EmptyCombo(_)));
-        assert!(matches!(parse_combo("F13").unwrap_err(), InputError::UnknownKey { .. }));
+        assert!(matches!(
+            parse_combo("ctrl+").unwrap_err(),
+            InputError::EmptyCombo(_)
+        ));
+        assert!(matches!(
+            parse_combo("F13").unwrap_err(),
+            InputError::UnknownKey { .. }
+        ));
     }
 
     #[test]

@@ -34,10 +34,10 @@ pub enum VmError {
     ScreenFile(#[source] std::io::Error),
 }
 
-/// Input pacing. QEMU's emulated keyboard and tablet have short queues (16 entries for the USB
-/// tablet) and drop what does not fit; a guest under TCG drains them slowly. Unpaced key bursts
-/// were lost whole (field notes), and 30 clicks sent 25 ms apart lost the next click's button
-/// press. Every batch of events is therefore followed by a pause.
+/// Input pacing. QEMU's emulated keyboard and tablet queues are short and drop what does not
+/// fit, and a guest under TCG drains them slowly: unpaced key bursts were lost whole (field
+/// notes). Every batch of events is therefore followed by a pause; with these values 1000
+/// random characters and bursts of 30 clicks arrived complete (`deskvm bench`, tests).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     pub key_hold: Duration,
@@ -57,7 +57,9 @@ impl Default for Pacing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Button {
     Left,
@@ -86,11 +88,18 @@ pub struct Vm {
 }
 
 fn qcode(name: QCode) -> QKeyCode {
-    name.parse().unwrap_or_else(|_| panic!("input tables name an unknown qcode {name}"))
+    name.parse()
+        .unwrap_or_else(|_| panic!("input tables name an unknown qcode {name}"))
 }
 
 fn key_event(name: QCode, down: bool) -> InputEvent {
-    InputEvent::key(InputKeyEvent { down, key: KeyValue::qcode(qcode(name).into()) }.into())
+    InputEvent::key(
+        InputKeyEvent {
+            down,
+            key: KeyValue::qcode(qcode(name).into()),
+        }
+        .into(),
+    )
 }
 
 fn btn_event(button: InputButton, down: bool) -> InputEvent {
@@ -98,9 +107,21 @@ fn btn_event(button: InputButton, down: bool) -> InputEvent {
 }
 
 impl Vm {
-    pub async fn attach(files: RuntimeFiles, width: u32, height: u32, timeout: Duration) -> Result<Self, VmError> {
+    pub async fn attach(
+        files: RuntimeFiles,
+        width: u32,
+        height: u32,
+        timeout: Duration,
+    ) -> Result<Self, VmError> {
         let qmp = Qmp::connect(&files.qmp(), timeout).await?;
-        Ok(Vm { files, qmp, qga: OnceCell::new(), pacing: Pacing::default(), width, height })
+        Ok(Vm {
+            files,
+            qmp,
+            qga: OnceCell::new(),
+            pacing: Pacing::default(),
+            width,
+            height,
+        })
     }
 
     pub fn qmp(&self) -> &Qmp {
@@ -110,11 +131,18 @@ impl Vm {
     /// The guest agent, connected on first use (it starts a few seconds into a cold boot).
     pub async fn agent(&self, timeout: Duration) -> Result<&Qga, VmError> {
         let path = self.files.qga();
-        Ok(self.qga.get_or_try_init(|| async move { Qga::connect(&path, timeout).await }).await?)
+        Ok(self
+            .qga
+            .get_or_try_init(|| async move { Qga::connect(&path, timeout).await })
+            .await?)
     }
 
     pub async fn exec(&self, script: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
-        Ok(self.agent(Duration::from_secs(30)).await?.sh(script, timeout).await?)
+        Ok(self
+            .agent(Duration::from_secs(30))
+            .await?
+            .sh(script, timeout)
+            .await?)
     }
 
     pub async fn frame(&mut self) -> Result<Frame, VmError> {
@@ -129,8 +157,20 @@ impl Vm {
 
     fn abs(&self, x: u32, y: u32) -> [InputEvent; 2] {
         [
-            InputEvent::abs(InputMoveEvent { axis: InputAxis::x, value: input::to_abs(x, self.width) }.into()),
-            InputEvent::abs(InputMoveEvent { axis: InputAxis::y, value: input::to_abs(y, self.height) }.into()),
+            InputEvent::abs(
+                InputMoveEvent {
+                    axis: InputAxis::x,
+                    value: input::to_abs(x, self.width),
+                }
+                .into(),
+            ),
+            InputEvent::abs(
+                InputMoveEvent {
+                    axis: InputAxis::y,
+                    value: input::to_abs(y, self.height),
+                }
+                .into(),
+            ),
         ]
     }
 
@@ -166,7 +206,14 @@ impl Vm {
         Ok(())
     }
 
-    pub async fn click(&self, x: u32, y: u32, button: Button, count: u32, modifiers: &[QCode]) -> Result<(), VmError> {
+    pub async fn click(
+        &self,
+        x: u32,
+        y: u32,
+        button: Button,
+        count: u32,
+        modifiers: &[QCode],
+    ) -> Result<(), VmError> {
         self.hold(modifiers, true).await?;
         let result = async {
             // Repeats stay well inside the usual 250-400 ms double-click time.
@@ -181,7 +228,12 @@ impl Vm {
         result.and(released)
     }
 
-    pub async fn drag(&self, from: (u32, u32), to: (u32, u32), button: Button) -> Result<(), VmError> {
+    pub async fn drag(
+        &self,
+        from: (u32, u32),
+        to: (u32, u32),
+        button: Button,
+    ) -> Result<(), VmError> {
         let mut down = self.abs(from.0, from.1).to_vec();
         down.push(btn_event(button.qemu(), true));
         self.qmp.send_events(down).await?;
@@ -192,16 +244,29 @@ impl Vm {
             let y = from.1 as i64 + (to.1 as i64 - from.1 as i64) * i / steps;
             self.move_to(x as u32, y as u32).await?;
         }
-        self.qmp.send_events(vec![btn_event(button.qemu(), false)]).await?;
+        self.qmp
+            .send_events(vec![btn_event(button.qemu(), false)])
+            .await?;
         tokio::time::sleep(self.pacing.pointer_gap).await;
         Ok(())
     }
 
     pub async fn scroll(&self, x: u32, y: u32, dx: i32, dy: i32) -> Result<(), VmError> {
         self.move_to(x, y).await?;
-        let vertical = if dy > 0 { InputButton::wheel_down } else { InputButton::wheel_up };
-        let horizontal = if dx > 0 { InputButton::wheel_right } else { InputButton::wheel_left };
-        for (button, n) in [(vertical, dy.unsigned_abs()), (horizontal, dx.unsigned_abs())] {
+        let vertical = if dy > 0 {
+            InputButton::wheel_down
+        } else {
+            InputButton::wheel_up
+        };
+        let horizontal = if dx > 0 {
+            InputButton::wheel_right
+        } else {
+            InputButton::wheel_left
+        };
+        for (button, n) in [
+            (vertical, dy.unsigned_abs()),
+            (horizontal, dx.unsigned_abs()),
+        ] {
             for _ in 0..n {
                 self.qmp.send_events(vec![btn_event(button, true)]).await?;
                 self.qmp.send_events(vec![btn_event(button, false)]).await?;
@@ -239,7 +304,12 @@ impl Vm {
 
     /// Waits until `needed` consecutive frames, `interval` apart, differ by fewer than the settle
     /// threshold; returns the last frame and whether it settled before `timeout`.
-    pub async fn settle(&mut self, timeout: Duration, interval: Duration, needed: u32) -> Result<(Frame, bool), VmError> {
+    pub async fn settle(
+        &mut self,
+        timeout: Duration,
+        interval: Duration,
+        needed: u32,
+    ) -> Result<(Frame, bool), VmError> {
         let deadline = Instant::now() + timeout;
         let mut last = self.frame().await?;
         let mut quiet = 0;

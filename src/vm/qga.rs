@@ -19,9 +19,16 @@ pub enum QgaError {
     #[error("guest agent at {path} did not answer within {secs} s")]
     Unreachable { path: PathBuf, secs: u64 },
     #[error("guest agent {command} failed: {message}")]
-    Command { command: &'static str, message: String },
+    Command {
+        command: &'static str,
+        message: String,
+    },
     #[error("guest agent connection lost during {command}")]
-    Lost { command: &'static str, #[source] source: io::Error },
+    Lost {
+        command: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("guest command did not exit within {secs} s")]
     ExecTimeout { secs: u64 },
 }
@@ -51,13 +58,19 @@ impl Qga {
     /// The agent may not be up yet while the guest boots, so this retries until `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QgaError> {
         let deadline = Instant::now() + timeout;
-        let unreachable = || QgaError::Unreachable { path: path.into(), secs: timeout.as_secs() };
+        let unreachable = || QgaError::Unreachable {
+            path: path.into(),
+            secs: timeout.as_secs(),
+        };
         loop {
             if let Ok(stream) = QgaStreamTokio::open_uds(path).await {
                 let (svc, reader) = stream.spawn_tokio();
                 let qga = Qga { svc, reader };
-                let id = (std::process::id() as i32) ^ (Instant::now().elapsed().subsec_nanos() as i32);
-                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(3));
+                let id =
+                    (std::process::id() as i32) ^ (Instant::now().elapsed().subsec_nanos() as i32);
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_secs(3));
                 if let Ok(Ok(())) = tokio::time::timeout(left, qga.svc.guest_sync(id)).await {
                     return Ok(qga);
                 }
@@ -75,8 +88,14 @@ impl Qga {
     {
         match self.svc.execute(command).await {
             Ok(ok) => Ok(ok),
-            Err(ExecuteError::Qapi(e)) => Err(QgaError::Command { command: C::NAME, message: e.desc }),
-            Err(ExecuteError::Io(source)) => Err(QgaError::Lost { command: C::NAME, source }),
+            Err(ExecuteError::Qapi(e)) => Err(QgaError::Command {
+                command: C::NAME,
+                message: e.desc,
+            }),
+            Err(ExecuteError::Io(source)) => Err(QgaError::Lost {
+                command: C::NAME,
+                source,
+            }),
         }
     }
 
@@ -110,7 +129,9 @@ impl Qga {
                 });
             }
             if Instant::now() > deadline {
-                return Err(QgaError::ExecTimeout { secs: timeout.as_secs() });
+                return Err(QgaError::ExecTimeout {
+                    secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(Duration::from_millis(100));
@@ -123,6 +144,8 @@ impl Qga {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        self.execute(qga::guest_set_time { time: Some(now) }).await.map(drop)
+        self.execute(qga::guest_set_time { time: Some(now) })
+            .await
+            .map(drop)
     }
 }

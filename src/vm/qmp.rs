@@ -17,11 +17,22 @@ type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 #[derive(Debug, Error)]
 pub enum QmpError {
     #[error("could not connect to QMP at {path}")]
-    Connect { path: PathBuf, #[source] source: io::Error },
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("QMP {command} failed: {message}")]
-    Command { command: &'static str, message: String },
+    Command {
+        command: &'static str,
+        message: String,
+    },
     #[error("QMP connection lost during {command} (QEMU exited?)")]
-    Lost { command: &'static str, #[source] source: io::Error },
+    Lost {
+        command: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what} did not finish within {secs} s")]
     Timeout { what: &'static str, secs: u64 },
 }
@@ -48,13 +59,21 @@ impl Qmp {
                     tracing::trace!(error = %e, "QMP not up yet");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(source) => return Err(QmpError::Connect { path: path.into(), source }),
+                Err(source) => {
+                    return Err(QmpError::Connect {
+                        path: path.into(),
+                        source,
+                    })
+                }
             }
         };
         let stream = stream
             .negotiate()
             .await
-            .map_err(|source| QmpError::Connect { path: path.into(), source })?;
+            .map_err(|source| QmpError::Connect {
+                path: path.into(),
+                source,
+            })?;
         let (svc, reader) = stream.spawn_tokio();
         Ok(Qmp { svc, reader })
     }
@@ -65,8 +84,14 @@ impl Qmp {
     {
         match self.svc.execute(command).await {
             Ok(ok) => Ok(ok),
-            Err(ExecuteError::Qapi(e)) => Err(QmpError::Command { command: C::NAME, message: e.desc }),
-            Err(ExecuteError::Io(source)) => Err(QmpError::Lost { command: C::NAME, source }),
+            Err(ExecuteError::Qapi(e)) => Err(QmpError::Command {
+                command: C::NAME,
+                message: e.desc,
+            }),
+            Err(ExecuteError::Io(source)) => Err(QmpError::Lost {
+                command: C::NAME,
+                source,
+            }),
         }
     }
 
@@ -84,7 +109,13 @@ impl Qmp {
     }
 
     pub async fn send_events(&self, events: Vec<qmp::InputEvent>) -> Result<(), QmpError> {
-        self.execute(qmp::input_send_event { device: None, head: None, events }).await.map(drop)
+        self.execute(qmp::input_send_event {
+            device: None,
+            head: None,
+            events,
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn status(&self) -> Result<qmp::RunState, QmpError> {
@@ -101,7 +132,10 @@ impl Qmp {
                 _ => return self.execute(qmp::cont {}).await.map(drop),
             }
             if Instant::now() > deadline {
-                return Err(QmpError::Timeout { what: "loading the ready state", secs: timeout.as_secs() });
+                return Err(QmpError::Timeout {
+                    what: "loading the ready state",
+                    secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -131,7 +165,10 @@ impl Qmp {
                 _ => {}
             }
             if Instant::now() > deadline {
-                return Err(QmpError::Timeout { what: "saving the ready state", secs: timeout.as_secs() });
+                return Err(QmpError::Timeout {
+                    what: "saving the ready state",
+                    secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

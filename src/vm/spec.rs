@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
@@ -27,7 +29,9 @@ impl std::str::FromStr for Accel {
         match s.to_ascii_lowercase().as_str() {
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!("unknown accelerator {other:?}; valid: kvm, tcg, auto")),
+            other => Err(format!(
+                "unknown accelerator {other:?}; valid: kvm, tcg, auto"
+            )),
         }
     }
 }
@@ -60,7 +64,7 @@ impl RuntimeFiles {
 }
 
 pub const KERNEL_CMDLINE: &str =
-    "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 mitigations=off";
+    "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 mitigations=off init_on_free=1";
 
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -85,15 +89,20 @@ impl VmSpec {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
             Accel::Tcg => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
         }
-        a.extend(["-smp".into(), self.cpus.to_string(), "-m".into(), self.memory_mb.to_string()]);
+        a.extend([
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-m".into(),
+            self.memory_mb.to_string(),
+        ]);
         // The VGA EDID advertises the session's size as the preferred mode, which Xorg picks.
         a.extend([
             "-device".into(),
             format!("VGA,xres={},yres={},edid=on", self.width, self.height),
+            // An absolute pointer on virtio-input: a 64-entry ring the guest refills on interrupt,
+            // where usb-tablet queues 16 reports behind an emulated xHCI controller.
             "-device".into(),
-            "qemu-xhci,id=xhci".into(),
-            "-device".into(),
-            "usb-tablet,bus=xhci.0".into(),
+            "virtio-tablet-pci".into(),
             "-device".into(),
             "virtio-serial-pci".into(),
             "-device".into(),
@@ -119,13 +128,22 @@ impl VmSpec {
             "-initrd".into(),
             path(&self.initrd),
             "-drive".into(),
-            format!("file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap", path(&files.disk())),
+            format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+                path(&files.disk())
+            ),
             "-chardev".into(),
-            format!("socket,id=qmp0,path={},server=on,wait=off", path(&files.qmp())),
+            format!(
+                "socket,id=qmp0,path={},server=on,wait=off",
+                path(&files.qmp())
+            ),
             "-mon".into(),
             "chardev=qmp0,mode=control".into(),
             "-chardev".into(),
-            format!("socket,id=qga0,path={},server=on,wait=off", path(&files.qga())),
+            format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                path(&files.qga())
+            ),
             "-serial".into(),
             format!("file:{}", path(&files.serial())),
         ]);

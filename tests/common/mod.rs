@@ -14,33 +14,55 @@ pub struct Server {
 }
 
 pub async fn server() -> Result<Server> {
-    let runtime = std::env::temp_dir().join(format!("dvt-{}-{}", std::process::id(), rand::random::<u32>()));
+    let runtime = std::env::temp_dir().join(format!(
+        "dvt-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&runtime)?;
     let rt = runtime.to_string_lossy().into_owned();
-    let client = Client::spawn(Path::new(env!("CARGO_BIN_EXE_deskvm")), &[], &[("DESKVM_RUNTIME_DIR", &rt)]).await?;
+    let client = Client::spawn(
+        Path::new(env!("CARGO_BIN_EXE_deskvm")),
+        &[],
+        &[("DESKVM_RUNTIME_DIR", &rt)],
+    )
+    .await?;
     Ok(Server { client, runtime })
 }
 
 pub fn sid(info: &Value) -> String {
-    info["session_id"].as_str().expect("session_start returns session_id").to_string()
+    info["session_id"]
+        .as_str()
+        .expect("session_start returns session_id")
+        .to_string()
 }
 
 pub async fn start(client: &Client) -> Result<String> {
     let info = client.call_ok("session_start", json!({})).await.context(
         "session_start failed: the guest image and ready state come from `deskvm setup` (run by .ci/run)",
     )?;
-    assert_eq!(info["startup"], "ready_state", "sessions must resume the ready state: {info}");
+    assert_eq!(
+        info["startup"], "ready_state",
+        "sessions must resume the ready state: {info}"
+    );
     Ok(sid(&info))
 }
 
 /// Runs a command in the guest and returns stdout.
 pub async fn guest(client: &Client, sid: &str, command: &str) -> Result<String> {
-    let out = client.call_ok("exec", json!({ "session_id": sid, "command": command })).await?;
+    let out = client
+        .call_ok("exec", json!({ "session_id": sid, "command": command }))
+        .await?;
     Ok(out["stdout"].as_str().unwrap_or_default().to_string())
 }
 
 /// Polls a guest file until it has at least `min_len` bytes (typing lands asynchronously).
-pub async fn read_guest_file(client: &Client, sid: &str, path: &str, min_len: usize) -> Result<String> {
+pub async fn read_guest_file(
+    client: &Client,
+    sid: &str,
+    path: &str,
+    min_len: usize,
+) -> Result<String> {
     let mut last = String::new();
     for _ in 0..40 {
         last = guest(client, sid, &format!("cat {path} 2>/dev/null")).await?;
@@ -53,27 +75,52 @@ pub async fn read_guest_file(client: &Client, sid: &str, path: &str, min_len: us
 }
 
 pub async fn wait_stable(client: &Client, sid: &str) -> Result<()> {
-    client.call_ok("wait", json!({ "session_id": sid, "ms": 200, "until_stable": true })).await?;
+    client
+        .call_ok(
+            "wait",
+            json!({ "session_id": sid, "ms": 200, "until_stable": true }),
+        )
+        .await?;
     Ok(())
 }
 
 /// The tool error's structured kind and message.
 pub async fn tool_error(client: &Client, tool: &str, args: Value) -> Result<(String, String)> {
     let r = client.call(tool, args).await?;
-    assert_eq!(r.is_error, Some(true), "{tool} should have failed: {}", deskvm::client::text_of(&r));
-    let s = r.structured_content.expect("errors carry structured content");
-    Ok((s["error"].as_str().unwrap_or_default().into(), s["message"].as_str().unwrap_or_default().into()))
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "{tool} should have failed: {}",
+        deskvm::client::text_of(&r)
+    );
+    let s = r
+        .structured_content
+        .expect("errors carry structured content");
+    Ok((
+        s["error"].as_str().unwrap_or_default().into(),
+        s["message"].as_str().unwrap_or_default().into(),
+    ))
 }
 
 /// The title of the focused window.
 pub async fn active_window(client: &Client, sid: &str) -> Result<String> {
-    guest(client, sid, "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | awk '{print $NF}') WM_NAME 2>/dev/null").await
+    guest(
+        client,
+        sid,
+        "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | awk '{print $NF}') WM_NAME 2>/dev/null",
+    )
+    .await
 }
 
 /// Opens a second terminal titled "decoy" over the lower right of the screen and waits until it
 /// has the focus, so that a later click on the first terminal has to move the focus.
 pub async fn open_decoy(client: &Client, sid: &str) -> Result<()> {
-    guest(client, sid, "xterm -geometry 40x8+820+560 -title decoy >/dev/null 2>&1 &").await?;
+    guest(
+        client,
+        sid,
+        "xterm -geometry 40x8+820+560 -title decoy >/dev/null 2>&1 &",
+    )
+    .await?;
     let mut active = String::new();
     for _ in 0..40 {
         active = active_window(client, sid).await?;
@@ -82,6 +129,9 @@ pub async fn open_decoy(client: &Client, sid: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(active.contains("decoy"), "the decoy window should have the focus, active: {active:?}");
+    assert!(
+        active.contains("decoy"),
+        "the decoy window should have the focus, active: {active:?}"
+    );
     wait_stable(client, sid).await
 }
