@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::accel;
+use crate::backend::docker::{self, DockerBackend};
 use crate::backend::local::{LocalBackend, QEMU};
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
@@ -21,6 +22,15 @@ const HOST_SETUP: &str = include_str!("../tools/host-setup.sh");
 pub enum AccelChoice {
     Auto,
     Fixed(Accel),
+}
+
+impl std::fmt::Display for AccelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccelChoice::Auto => f.write_str("auto"),
+            AccelChoice::Fixed(a) => f.write_str(a.as_str()),
+        }
+    }
 }
 
 impl std::str::FromStr for AccelChoice {
@@ -46,6 +56,7 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
+    ("dockerd", "docker.io"),
 ];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
@@ -133,16 +144,81 @@ pub async fn resolve_accel(
     }
 }
 
-pub async fn manager(choice: AccelChoice, max_sessions: usize) -> Result<Arc<SessionManager>> {
+/// `auto`, `docker` or `local` (flag `--backend` / env `DESKVM_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Docker,
+    Local,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "docker" => Ok(BackendChoice::Docker),
+            "local" => Ok(BackendChoice::Local),
+            other => Err(format!(
+                "unknown backend {other:?}; valid: auto, docker, local"
+            )),
+        }
+    }
+}
+
+/// The backend to run sessions on, and why it was chosen. `auto` takes Docker when the engine
+/// answers and the runtime image exists, else the local backend.
+pub async fn select_backend(
+    layout: &Layout,
+    choice: BackendChoice,
+    accel: Accel,
+) -> Result<(Arc<dyn Backend>, String)> {
+    let instance = format!("{:08x}", rand::random::<u32>());
+    match choice {
+        BackendChoice::Local => Ok((
+            Arc::new(LocalBackend::new().await?),
+            "chosen with --backend local".into(),
+        )),
+        BackendChoice::Docker => {
+            let b = DockerBackend::new(&layout.cache, accel, instance).await?;
+            Ok((Arc::new(b), "chosen with --backend docker".into()))
+        }
+        BackendChoice::Auto => match DockerBackend::new(&layout.cache, accel, instance).await {
+            Ok(b) => Ok((
+                Arc::new(b),
+                "auto: the Docker engine answers and the runtime image exists".into(),
+            )),
+            Err(e) => Ok((
+                Arc::new(LocalBackend::new().await?),
+                format!("auto: local, because {e}"),
+            )),
+        },
+    }
+}
+
+pub async fn manager(
+    accel: AccelChoice,
+    backend: BackendChoice,
+    max_sessions: usize,
+) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
         .with_context(|| format!("creating {}", layout.sessions().display()))?;
-    let backend = LocalBackend::new().await?;
-    let probe = resolve_accel(&layout, &backend, choice).await;
-    tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, qemu = backend.qemu_version(), "accelerator");
+    for dir in storage::reap_orphan_dirs(&layout.sessions()) {
+        tracing::info!(dir = %dir.display(), "removed the runtime dir of a deskvm server that is gone");
+    }
+    if let Ok(docker) = docker::connect().await {
+        for name in docker::reap_orphans(&docker).await {
+            tracing::info!(container = %name, "removed the container of a deskvm server that is gone");
+        }
+    }
+    let local = LocalBackend::new().await?;
+    let probe = resolve_accel(&layout, &local, accel).await;
+    let (backend, why) = select_backend(&layout, backend, probe.accel).await?;
+    tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, backend = backend.name(), why = %why, qemu = backend.qemu_version(), "serving");
     Ok(Arc::new(SessionManager::new(ManagerConfig {
         layout,
-        backend: Arc::new(backend),
+        backend,
         accel: probe.accel,
         max_sessions,
     })))
@@ -152,47 +228,117 @@ fn say(line: &str) {
     eprintln!("  {line}");
 }
 
-/// Builds the guest image and its ready state when missing; returns the image.
-pub async fn build_image(choice: AccelChoice, force: bool, with_ready: bool) -> Result<GuestImage> {
-    let layout = Layout::from_env();
-    let image = GuestImage::build(&layout, DEFAULT_IMAGE, force, &say).await?;
-    if !with_ready {
-        return Ok(image);
-    }
-    let backend = LocalBackend::new().await?;
-    let probe = resolve_accel(&layout, &backend, choice).await;
-    eprintln!(
-        "deskvm: accelerator {} ({})",
-        probe.accel.as_str(),
-        probe.reason
-    );
+/// Saves a ready state for `backend`'s QEMU build unless one exists.
+async fn ensure_ready_state(
+    layout: &Layout,
+    image: &GuestImage,
+    backend: Arc<dyn Backend>,
+    accel: Accel,
+    force: bool,
+) -> Result<()> {
     let mgr = SessionManager::new(ManagerConfig {
         layout: layout.clone(),
-        backend: Arc::new(backend),
-        accel: probe.accel,
+        backend,
+        accel,
         max_sessions: 1,
     });
-    let spec = mgr.machine_spec(&image, DEFAULT_MEMORY_MB, false);
+    let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
-        if let Some(r) = ReadyState::find(&image, mgr.backend().qemu_version(), &spec) {
-            say(&format!("ready state is up to date: {}", r.dir.display()));
-            return Ok(image);
+        if let Some(r) = ReadyState::find(image, mgr.backend().qemu_version(), &spec) {
+            say(&format!(
+                "ready state for the {} backend is up to date: {}",
+                mgr.backend().name(),
+                r.dir.display()
+            ));
+            return Ok(());
         }
     }
     let work = layout
         .sessions()
         .join(format!("ready-{}", std::process::id()));
     storage::owned_dir(&work)?;
-    let result = boot::make_ready_state(mgr.backend(), &image, spec, &work, &say).await;
+    let result = boot::make_ready_state(mgr.backend(), image, spec, &work, &say).await;
     let _ = storage::remove_owned_dir(&work);
     result?;
+    Ok(())
+}
+
+/// Builds the guest image and its ready state when missing; with `runtime`, also the Docker
+/// runtime image and a ready state made by its QEMU (shared when it is the host's build).
+pub async fn build_image(
+    choice: AccelChoice,
+    force: bool,
+    with_ready: bool,
+    runtime: bool,
+) -> Result<GuestImage> {
+    let layout = Layout::from_env();
+    let image = GuestImage::build(&layout, DEFAULT_IMAGE, force, &say).await?;
+    let local = LocalBackend::new().await?;
+    let probe = resolve_accel(&layout, &local, choice).await;
+    eprintln!(
+        "deskvm: accelerator {} ({})",
+        probe.accel.as_str(),
+        probe.reason
+    );
+    if with_ready {
+        ensure_ready_state(&layout, &image, Arc::new(local), probe.accel, force).await?;
+    }
+    if runtime {
+        let docker = docker::connect().await?;
+        docker::build_runtime_image(&docker, &say).await?;
+        if with_ready {
+            let backend = DockerBackend::new(&layout.cache, probe.accel, "setup".into()).await?;
+            ensure_ready_state(&layout, &image, Arc::new(backend), probe.accel, force).await?;
+        }
+    }
     Ok(image)
 }
 
+/// Starts dockerd in the background when it is installed but not answering (root only).
+pub async fn ensure_dockerd() -> Result<()> {
+    if docker::connect().await.is_ok() {
+        return Ok(());
+    }
+    if std::env::var_os("DOCKER_HOST").is_some() {
+        bail!("DOCKER_HOST is set but the engine there does not answer");
+    }
+    if unsafe { libc::geteuid() } != 0
+        || !(on_path("dockerd") || Path::new("/usr/sbin/dockerd").is_file())
+    {
+        bail!("the Docker engine is not running; start it (`sudo dockerd &`) or run `sudo deskvm setup`");
+    }
+    eprintln!(
+        "deskvm setup: starting dockerd in the background (log: /var/log/deskvm-dockerd.log)"
+    );
+    let log = std::fs::File::create("/var/log/deskvm-dockerd.log")?;
+    let mut cmd = std::process::Command::new("dockerd");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own session: dockerd outlives this command, as a service would.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting dockerd")?;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if docker::connect().await.is_ok() {
+            return Ok(());
+        }
+    }
+    bail!("dockerd did not answer within 30 s; see /var/log/deskvm-dockerd.log")
+}
+
 pub async fn setup(choice: AccelChoice) -> Result<()> {
-    eprintln!("deskvm setup: host packages, guest image, ready state");
+    eprintln!(
+        "deskvm setup: host packages, Docker engine, guest image, runtime image, ready states"
+    );
     install_host_packages().await?;
-    build_image(choice, false, true).await?;
+    ensure_dockerd().await?;
+    build_image(choice, false, true, true).await?;
     eprintln!("deskvm setup: done");
     Ok(())
 }
@@ -255,15 +401,32 @@ pub async fn doctor(choice: AccelChoice) -> bool {
             }
         }
     }
-    let docker = on_path("docker") || std::env::var_os("DOCKER_HOST").is_some();
-    println!(
-        "info  docker client: {}",
-        if docker {
-            "present (Docker backend: not in this version)"
-        } else {
-            "absent"
+    match docker::connect().await {
+        Ok(d) => {
+            report(true, "Docker engine answers".into(), "");
+            let tag = docker::runtime_image_tag();
+            match docker::image_qemu_version(&d, &tag).await {
+                Some(v) => report(true, format!("runtime image {tag}: {v}"), ""),
+                None => report(
+                    false,
+                    format!("runtime image {tag} missing"),
+                    "sudo deskvm setup (or deskvm image build --runtime)",
+                ),
+            }
         }
-    );
+        Err(e) => report(
+            false,
+            format!("Docker engine: {e}"),
+            "sudo deskvm setup (installs docker.io and starts dockerd)",
+        ),
+    }
+    if let Ok(local) = LocalBackend::new().await {
+        let probe = resolve_accel(&layout, &local, choice).await;
+        match select_backend(&layout, BackendChoice::Auto, probe.accel).await {
+            Ok((b, why)) => println!("info  backend for --backend auto: {} ({why})", b.name()),
+            Err(e) => println!("info  backend for --backend auto: none ({e})"),
+        }
+    }
     println!("info  cache dir: {}", layout.cache.display());
     println!("info  runtime dir: {}", layout.runtime.display());
     ok

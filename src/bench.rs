@@ -40,17 +40,14 @@ pub struct Options {
     pub clicks: usize,
     pub chars: usize,
     pub cold: bool,
-    pub accel: String,
+    /// Passed on to `deskvm serve`.
+    pub server_args: Vec<String>,
 }
 
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let client = Client::spawn(
-        &exe,
-        &["--accel", &o.accel],
-        &[("RUST_LOG", "warn,qapi=error")],
-    )
-    .await?;
+    let args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
+    let client = Client::spawn(&exe, &args, &[("RUST_LOG", "warn,qapi=error")]).await?;
     println!(
         "deskvm bench: {} cores, through an MCP client over stdio",
         std::thread::available_parallelism()
@@ -108,12 +105,36 @@ pub async fn run(o: Options) -> Result<()> {
         .as_str()
         .context("no session_id")?
         .to_string();
+    println!(
+        "{:<38} {} backend, {} accelerator",
+        "session",
+        info["backend"].as_str().unwrap_or("?"),
+        info["accelerator"].as_str().unwrap_or("?")
+    );
     if let Some(kib) = qemu_rss_kib(&sid) {
         println!(
             "{:<38} {} MiB (QEMU RSS, 1024 MiB guest, after resume)",
             "memory per session",
             kib / 1024
         );
+    }
+    if info["backend"] == "docker" {
+        let out = std::process::Command::new("docker")
+            .args([
+                "stats",
+                "--no-stream",
+                "--format",
+                "{{.MemUsage}}",
+                &format!("deskvm-{sid}"),
+            ])
+            .output();
+        if let Ok(out) = out {
+            println!(
+                "{:<38} {} (docker stats: container cgroup)",
+                "",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
     }
     let mut shots = Vec::new();
     let mut bytes = 0usize;

@@ -13,15 +13,11 @@ use crate::session::boot::TERMINAL_POINT;
 pub const DEMO_COMMAND: &str =
     "xsetroot -solid '#2f6f4f'; (xclock -geometry 220x220-40-40 -update 1 &); echo 'hello from deskvm'\n";
 
-pub async fn run(out: &Path, accel: &str) -> Result<()> {
+pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let exe = std::env::current_exe()?;
-    let client = Client::spawn(
-        &exe,
-        &["--accel", accel],
-        &[("RUST_LOG", "warn,qapi=error")],
-    )
-    .await?;
+    let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let client = Client::spawn(&exe, &args, &[("RUST_LOG", "warn,qapi=error")]).await?;
     let t = Instant::now();
     let info = client.call_ok("session_start", json!({})).await?;
     let sid = info["session_id"]

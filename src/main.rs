@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use deskvm::app::{self, AccelChoice};
+use deskvm::app::{self, AccelChoice, BackendChoice};
 use deskvm::mcp::DeskvmServer;
 use rmcp::ServiceExt;
 
@@ -16,6 +16,10 @@ struct Cli {
     /// Accelerator: auto (probe what really works), kvm or tcg.
     #[arg(long, global = true, env = "DESKVM_ACCEL", default_value = "auto")]
     accel: AccelChoice,
+    /// Where sessions run: auto (Docker when the engine answers and the runtime image exists,
+    /// else local), docker or local.
+    #[arg(long, global = true, env = "DESKVM_BACKEND", default_value = "auto")]
+    backend: BackendChoice,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -61,7 +65,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the default guest image (needs root) and its ready state.
+    /// Build the default guest image (needs root) and its ready state; --runtime adds the Docker
+    /// runtime image.
     Build {
         /// Rebuild even when the cache has it.
         #[arg(long)]
@@ -69,6 +74,9 @@ enum ImageCmd {
         /// Skip saving the ready state.
         #[arg(long)]
         no_ready: bool,
+        /// Also build the Docker runtime image (Debian + QEMU, imported without a registry).
+        #[arg(long)]
+        runtime: bool,
     },
 }
 
@@ -83,10 +91,16 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let accel_name = std::env::var("DESKVM_ACCEL").unwrap_or_else(|_| "auto".into());
+    // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
+    let server_args = vec![
+        "--accel".to_string(),
+        cli.accel.to_string(),
+        "--backend".to_string(),
+        format!("{:?}", cli.backend).to_lowercase(),
+    ];
     match cli.cmd {
         Cmd::Serve { max_sessions } => {
-            let manager = app::manager(cli.accel, max_sessions).await?;
+            let manager = app::manager(cli.accel, cli.backend, max_sessions).await?;
             let service = DeskvmServer::new(manager.clone())
                 .serve(rmcp::transport::stdio())
                 .await?;
@@ -98,13 +112,18 @@ async fn main() -> Result<()> {
         }
         Cmd::Setup => app::setup(cli.accel).await?,
         Cmd::Image {
-            cmd: ImageCmd::Build { force, no_ready },
+            cmd:
+                ImageCmd::Build {
+                    force,
+                    no_ready,
+                    runtime,
+                },
         } => {
-            app::build_image(cli.accel, force, !no_ready).await?;
+            app::build_image(cli.accel, force, !no_ready, runtime).await?;
         }
         Cmd::Demo { out } => {
             app::setup(cli.accel).await?;
-            deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &accel_name).await?;
+            deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &server_args).await?;
         }
         Cmd::Doctor => {
             if !app::doctor(cli.accel).await {
@@ -124,7 +143,7 @@ async fn main() -> Result<()> {
                 clicks,
                 chars,
                 cold,
-                accel: accel_name,
+                server_args,
             })
             .await?;
         }

@@ -63,6 +63,34 @@ pub fn owned_dir(path: &Path) -> io::Result<()> {
     )
 }
 
+/// Whether `pid` is a running deskvm process (not merely a reused pid).
+pub fn deskvm_process_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("deskvm"))
+        .unwrap_or(false)
+}
+
+/// Removes session directories under `sessions` whose owning server is gone. Returns them.
+pub fn reap_orphan_dirs(sessions: &Path) -> Vec<PathBuf> {
+    let mut reaped = Vec::new();
+    for entry in fs::read_dir(sessions).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let owner = fs::read_to_string(dir.join(OWNER_MARKER))
+            .ok()
+            .and_then(|m| {
+                m.trim()
+                    .strip_prefix("pid ")
+                    .and_then(|p| p.parse::<u32>().ok())
+            });
+        if let Some(pid) = owner {
+            if !deskvm_process_alive(pid) && fs::remove_dir_all(&dir).is_ok() {
+                reaped.push(dir);
+            }
+        }
+    }
+    reaped
+}
+
 /// Removes a directory only if deskvm created it.
 pub fn remove_owned_dir(path: &Path) -> io::Result<()> {
     if path.join(OWNER_MARKER).exists() {

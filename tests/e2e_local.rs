@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use common::*;
-use rand::Rng;
 use serde_json::json;
 
 #[tokio::test]
@@ -48,58 +47,7 @@ async fn first_click_lands_and_typed_text_reads_back_exactly() -> Result<()> {
     let s = server().await?;
     let c = &s.client;
     let sid = start(c).await?;
-
-    let (png, meta) = c.screenshot(&sid, json!({})).await?;
-    let img = image::load_from_memory(&png)?;
-    assert_eq!((img.width(), img.height()), (1280, 800));
-    assert_eq!(
-        (meta["width"].as_u64(), meta["height"].as_u64()),
-        (Some(1280), Some(800))
-    );
-
-    open_decoy(c, &sid).await?;
-
-    // The first pointer input of the session.
-    c.call_ok("click", json!({ "session_id": sid, "x": 300, "y": 250 }))
-        .await?;
-    c.call_ok(
-        "type",
-        json!({ "session_id": sid, "text": "cat > /tmp/typed.txt\n" }),
-    )
-    .await?;
-    let mut rng = rand::rng();
-    let mut text: String = (0x20u8..=0x7e).map(|b| b as char).collect();
-    text.extend((0..150).map(|_| rng.random_range(0x20u8..=0x7e) as char));
-    assert!(text.len() >= 200);
-    c.call_ok(
-        "type",
-        json!({ "session_id": sid, "text": format!("{text}\n") }),
-    )
-    .await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" }))
-        .await?;
-    let back = read_guest_file(c, &sid, "/tmp/typed.txt", text.len() + 1).await?;
-    assert_eq!(
-        back,
-        format!("{text}\n"),
-        "typed text must arrive byte-exact"
-    );
-
-    // A key combination: ctrl+u clears the half-typed line, so only the second command runs.
-    c.call_ok("type", json!({ "session_id": sid, "text": "echo wrong" }))
-        .await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+u" }))
-        .await?;
-    c.call_ok(
-        "type",
-        json!({ "session_id": sid, "text": "echo combo-ok > /tmp/combo.txt" }),
-    )
-    .await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "Return" }))
-        .await?;
-    let combo = read_guest_file(c, &sid, "/tmp/combo.txt", 1).await?;
-    assert_eq!(combo, "combo-ok\n");
-
+    first_click_and_typing(c, &sid).await?;
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
     s.client.close().await

@@ -1,6 +1,7 @@
 //! Where a session's QEMU process runs. The session only sees the runtime directory (sockets,
 //! screendumps) and an exit signal; the Docker backend plugs in beside the local one.
 
+pub mod docker;
 pub mod local;
 
 use futures::future::BoxFuture;

@@ -14,6 +14,10 @@ pub struct Server {
 }
 
 pub async fn server() -> Result<Server> {
+    server_with(&["--backend", "local"]).await
+}
+
+pub async fn server_with(args: &[&str]) -> Result<Server> {
     let runtime = std::env::temp_dir().join(format!(
         "dvt-{}-{}",
         std::process::id(),
@@ -23,7 +27,7 @@ pub async fn server() -> Result<Server> {
     let rt = runtime.to_string_lossy().into_owned();
     let client = Client::spawn(
         Path::new(env!("CARGO_BIN_EXE_deskvm")),
-        &[],
+        args,
         &[("DESKVM_RUNTIME_DIR", &rt)],
     )
     .await?;
@@ -134,4 +138,65 @@ pub async fn open_decoy(client: &Client, sid: &str) -> Result<()> {
         "the decoy window should have the focus, active: {active:?}"
     );
     wait_stable(client, sid).await
+}
+
+/// The first click of a session must land: a decoy window takes the focus, the first click goes
+/// to the terminal, and only then does typing reach the terminal's `cat`. 245 printable ASCII
+/// characters (all 95, then random) must be read back byte-exact from inside the guest, and a key
+/// combination (ctrl+u) must act as one.
+pub async fn first_click_and_typing(c: &Client, sid: &str) -> Result<()> {
+    use rand::Rng;
+
+    let (png, meta) = c.screenshot(sid, json!({})).await?;
+    let img = image::load_from_memory(&png)?;
+    assert_eq!((img.width(), img.height()), (1280, 800));
+    assert_eq!(
+        (meta["width"].as_u64(), meta["height"].as_u64()),
+        (Some(1280), Some(800))
+    );
+
+    open_decoy(c, sid).await?;
+
+    // The first pointer input of the session.
+    c.call_ok("click", json!({ "session_id": sid, "x": 300, "y": 250 }))
+        .await?;
+    c.call_ok(
+        "type",
+        json!({ "session_id": sid, "text": "cat > /tmp/typed.txt\n" }),
+    )
+    .await?;
+    let mut rng = rand::rng();
+    let mut text: String = (0x20u8..=0x7e).map(|b| b as char).collect();
+    text.extend((0..150).map(|_| rng.random_range(0x20u8..=0x7e) as char));
+    assert!(text.len() >= 200);
+    c.call_ok(
+        "type",
+        json!({ "session_id": sid, "text": format!("{text}\n") }),
+    )
+    .await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" }))
+        .await?;
+    let back = read_guest_file(c, sid, "/tmp/typed.txt", text.len() + 1).await?;
+    assert_eq!(
+        back,
+        format!("{text}\n"),
+        "typed text must arrive byte-exact"
+    );
+
+    // A key combination: ctrl+u clears the half-typed line, so only the second command runs.
+    c.call_ok("type", json!({ "session_id": sid, "text": "echo wrong" }))
+        .await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+u" }))
+        .await?;
+    c.call_ok(
+        "type",
+        json!({ "session_id": sid, "text": "echo combo-ok > /tmp/combo.txt" }),
+    )
+    .await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "Return" }))
+        .await?;
+    let combo = read_guest_file(c, sid, "/tmp/combo.txt", 1).await?;
+    assert_eq!(combo, "combo-ok\n");
+
+    Ok(())
 }

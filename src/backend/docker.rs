@@ -1,0 +1,381 @@
+//! QEMU inside one Docker container per session, through the Docker Engine API (bollard).
+//!
+//! The container sees the session's runtime directory and the image cache at the same paths as
+//! the host (qcow2 backing-file paths and QMP socket paths stay valid on both sides); the
+//! sockets never leave that 0700 directory and no port is ever published.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::{oneshot, watch};
+
+use super::{Backend, BackendError, Instance};
+use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
+
+pub const LABEL_SESSION: &str = "deskvm.session";
+pub const LABEL_INSTANCE: &str = "deskvm.instance";
+pub const LABEL_VERSION: &str = "deskvm.version";
+/// The server process that owns the container: a container whose owner is gone is reclaimable.
+pub const LABEL_PID: &str = "deskvm.pid";
+/// Set on the runtime image at import: the QEMU build inside, so no container has to run to ask.
+pub const LABEL_QEMU: &str = "deskvm.qemu-version";
+pub const IMAGE_REPO: &str = "deskvm-runtime";
+
+const RUNTIME_RECIPE: &[u8] = include_bytes!("../../tools/runtime/build-rootfs.sh");
+
+/// The runtime image tag: a hash of its recipe, so a changed recipe means a new image.
+pub fn runtime_image_tag() -> String {
+    std::env::var("DESKVM_RUNTIME_IMAGE")
+        .unwrap_or_else(|_| format!("{IMAGE_REPO}:{}", hex(&Sha256::digest(RUNTIME_RECIPE)[..6])))
+}
+
+fn docker_err(what: &str, e: bollard::errors::Error) -> BackendError {
+    BackendError::Setup(format!("{what}: {e}"))
+}
+
+/// Connects to the engine (`DOCKER_HOST` is honoured) and checks that it answers.
+pub async fn connect() -> Result<Docker, BackendError> {
+    let docker = Docker::connect_with_defaults()
+        .map_err(|e| docker_err("cannot reach the Docker engine", e))?;
+    match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
+        Ok(Ok(_)) => Ok(docker),
+        Ok(Err(e)) => Err(docker_err(
+            "the Docker engine did not answer (is dockerd running? `deskvm setup` starts it)",
+            e,
+        )),
+        Err(_) => Err(BackendError::Setup(
+            "the Docker engine did not answer within 3 s".into(),
+        )),
+    }
+}
+
+/// The QEMU version recorded on the runtime image, or None when the image is missing.
+pub async fn image_qemu_version(docker: &Docker, tag: &str) -> Option<String> {
+    let img = docker.inspect_image(tag).await.ok()?;
+    let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+    Some(
+        labels
+            .get(LABEL_QEMU)
+            .cloned()
+            .unwrap_or_else(|| "unknown QEMU (image without deskvm label)".into()),
+    )
+}
+
+/// Builds the runtime image without any registry: debootstrap a rootfs with QEMU, import it.
+pub async fn build_runtime_image(
+    docker: &Docker,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String, BackendError> {
+    let tag = runtime_image_tag();
+    if image_qemu_version(docker, &tag).await.is_some() {
+        progress(&format!("runtime image {tag} is up to date"));
+        return Ok(tag);
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BackendError::Setup(
+            "building the runtime image needs root (debootstrap); run `sudo deskvm setup`".into(),
+        ));
+    }
+    progress(&format!(
+        "building runtime image {tag} (Debian bookworm + QEMU from bookworm-backports)"
+    ));
+    let work = std::env::temp_dir().join(format!("deskvm-runtime-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let script = work.join("build-rootfs.sh");
+    std::fs::write(&script, RUNTIME_RECIPE)?;
+    let tar = work.join("rootfs.tar");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&tar)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        progress(line);
+    }
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(BackendError::Setup(format!(
+            "the runtime image recipe failed ({})",
+            out.status
+        )));
+    }
+    let version = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("QEMU emulator version"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    progress("importing the root filesystem into Docker");
+    let (repo, t) = tag.split_once(':').unwrap_or((&tag, "latest"));
+    let options = CreateImageOptionsBuilder::new()
+        .from_src("-")
+        .repo(repo)
+        .tag(t)
+        .changes(vec![
+            format!("LABEL {LABEL_QEMU}=\"{version}\""),
+            format!("LABEL {LABEL_VERSION}={}", env!("CARGO_PKG_VERSION")),
+        ])
+        .build();
+    let file = tokio::fs::File::open(&tar).await?;
+    let body = tokio_util::io::ReaderStream::new(file);
+    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+    while let Some(item) = stream.next().await {
+        item.map_err(|e| docker_err("docker import failed", e))?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    progress(&format!("runtime image {tag} ready ({version})"));
+    Ok(tag)
+}
+
+pub struct DockerBackend {
+    docker: Docker,
+    image: String,
+    version: String,
+    accel: Accel,
+    cache_dir: PathBuf,
+    instance: String,
+}
+
+impl DockerBackend {
+    pub async fn new(
+        cache_dir: &Path,
+        accel: Accel,
+        instance: String,
+    ) -> Result<Self, BackendError> {
+        let docker = connect().await?;
+        let image = runtime_image_tag();
+        let version = image_qemu_version(&docker, &image).await.ok_or_else(|| {
+            BackendError::Setup(format!("runtime image {image} not found; build it with `deskvm setup` (or `deskvm image build --runtime`)"))
+        })?;
+        Ok(DockerBackend {
+            docker,
+            image,
+            version,
+            accel,
+            cache_dir: cache_dir.to_path_buf(),
+            instance,
+        })
+    }
+
+    fn container_config(
+        &self,
+        session_id: &str,
+        spec: &VmSpec,
+        files: &RuntimeFiles,
+    ) -> ContainerCreateBody {
+        let rt = files.dir.display().to_string();
+        let cache = self.cache_dir.display().to_string();
+        let mut cmd = vec![
+            "qemu-system-x86_64".to_string(),
+            "-name".into(),
+            format!("deskvm-{session_id}"),
+        ];
+        cmd.extend(spec.argv(files));
+        let labels = HashMap::from([
+            (LABEL_SESSION.to_string(), session_id.to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (
+                LABEL_VERSION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+        ]);
+        let devices = (self.accel == Accel::Kvm).then(|| {
+            vec![DeviceMapping {
+                path_on_host: Some("/dev/kvm".into()),
+                path_in_container: Some("/dev/kvm".into()),
+                cgroup_permissions: Some("rwm".into()),
+            }]
+        });
+        // Guest RAM plus QEMU's own overhead (TCG translation cache, device state).
+        let memory = (i64::from(spec.memory_mb) + 768) * 1024 * 1024;
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(cmd),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")]),
+                network_mode: Some(if spec.network {
+                    "bridge".into()
+                } else {
+                    "none".into()
+                }),
+                memory: Some(memory),
+                nano_cpus: Some(i64::from(spec.cpus) * 1_000_000_000),
+                devices,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Last lines QEMU printed, for the exit reason.
+    async fn log_tail(docker: &Docker, name: &str) -> String {
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("3")
+            .build();
+        let mut logs = docker.logs(name, Some(opts));
+        let mut lines = Vec::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            lines.push(chunk.to_string().trim().to_string());
+        }
+        lines.retain(|l| !l.is_empty());
+        lines.join(" | ")
+    }
+
+    async fn remove(docker: &Docker, name: &str) {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let _ = docker.remove_container(name, Some(opts)).await;
+    }
+}
+
+impl Backend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn qemu_version(&self) -> &str {
+        &self.version
+    }
+
+    fn launch<'a>(
+        &'a self,
+        session_id: &'a str,
+        spec: &'a VmSpec,
+        files: &'a RuntimeFiles,
+    ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>> {
+        async move {
+            let name = format!("deskvm-{session_id}");
+            let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+            self.docker
+                .create_container(Some(opts), self.container_config(session_id, spec, files))
+                .await
+                .map_err(|e| docker_err("creating the session container", e))?;
+            if let Err(e) = self.docker.start_container(&name, None).await {
+                Self::remove(&self.docker, &name).await;
+                return Err(docker_err("starting the session container", e));
+            }
+            let (exit_tx, exit_rx) = watch::channel(None);
+            let (kill_tx, kill_rx) = oneshot::channel::<()>();
+            let docker = self.docker.clone();
+            tokio::spawn(async move {
+                let mut wait = docker.wait_container(&name, None);
+                let reason = tokio::select! {
+                    r = wait.next() => {
+                        // A non-zero exit comes back as an error carrying the code.
+                        let code = match r {
+                            Some(Ok(w)) => format!("exit code {}", w.status_code),
+                            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => format!("exit code {code}"),
+                            Some(Err(e)) => e.to_string(),
+                            None => "gone".into(),
+                        };
+                        let tail = Self::log_tail(&docker, &name).await;
+                        if tail.is_empty() {
+                            format!("container {name} exited ({code})")
+                        } else {
+                            format!("container {name} exited ({code}): {tail}")
+                        }
+                    }
+                    _ = kill_rx => {
+                        let _ = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                        "stopped".to_string()
+                    }
+                };
+                Self::remove(&docker, &name).await;
+                let _ = exit_tx.send(Some(reason));
+            });
+            Ok(Box::new(DockerInstance { exit: exit_rx, kill: Some(kill_tx) }) as Box<dyn Instance>)
+        }
+        .boxed()
+    }
+}
+
+struct DockerInstance {
+    exit: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+impl Instance for DockerInstance {
+    fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
+            }
+            let _ = self.exit.wait_for(Option::is_some).await;
+        }
+        .boxed()
+    }
+}
+
+/// Containers of this deskvm instance, by label (for shutdown and tests).
+pub async fn instance_containers(docker: &Docker, instance: &str) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={instance}")])]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| {
+            c.names
+                .and_then(|n| n.first().map(|s| s.trim_start_matches('/').to_string()))
+        })
+        .collect()
+}
+
+/// Removes session containers whose deskvm server is gone (killed without cleaning up). Only
+/// containers carrying deskvm's labels are considered, and never one whose server still runs:
+/// other deskvm instances on the same engine keep their sessions.
+pub async fn reap_orphans(docker: &Docker) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![LABEL_PID.to_string()])]);
+    let opts = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let mut reaped = Vec::new();
+    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+        let pid = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_PID))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if crate::storage::deskvm_process_alive(pid) {
+            continue;
+        }
+        if let Some(name) = c
+            .names
+            .and_then(|n| n.first().map(|s| s.trim_start_matches('/').to_string()))
+        {
+            DockerBackend::remove(docker, &name).await;
+            reaped.push(name);
+        }
+    }
+    reaped
+}

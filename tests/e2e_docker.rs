@@ -1,0 +1,138 @@
+//! The Docker backend end to end: the real binary with `--backend docker`, a real rmcp client, a
+//! real Docker engine (started by `deskvm setup`) running QEMU in one container per session.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::*;
+use serde_json::json;
+
+async fn docker_server() -> Result<Server> {
+    server_with(&["--backend", "docker"]).await
+}
+
+async fn start_docker_session(c: &deskvm::client::Client) -> Result<String> {
+    let info = c.call_ok("session_start", json!({})).await.context(
+        "session_start on the Docker backend (engine and runtime image come from `deskvm setup`)",
+    )?;
+    assert_eq!(info["backend"], "docker", "{info}");
+    assert_eq!(info["startup"], "ready_state", "{info}");
+    Ok(common::sid(&info))
+}
+
+/// `docker ps` names of running containers labelled with this session.
+fn containers_of(sid: &str) -> Result<Vec<String>> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=deskvm.session={sid}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .context("running docker ps")?;
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[tokio::test]
+async fn docker_first_click_lands_and_typed_text_reads_back_exactly() -> Result<()> {
+    let s = docker_server().await?;
+    let c = &s.client;
+    let sid = start_docker_session(c).await?;
+    first_click_and_typing(c, &sid).await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    s.client.close().await
+}
+
+#[tokio::test]
+async fn docker_container_lives_and_dies_with_its_session() -> Result<()> {
+    let s = docker_server().await?;
+    let c = &s.client;
+    let sid = start_docker_session(c).await?;
+    let dir = s.runtime.join("s").join(&sid);
+    assert_eq!(containers_of(&sid)?, vec![format!("deskvm-{sid}")]);
+    assert!(
+        dir.join("qmp.sock").exists(),
+        "QMP socket in the session runtime dir"
+    );
+
+    // No published ports, no network, the labels operators filter on.
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{json .HostConfig.PortBindings}} {{.HostConfig.NetworkMode}} {{index .Config.Labels \"deskvm.version\"}}", &format!("deskvm-{sid}")])
+        .output()?;
+    let inspect = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    assert!(
+        inspect.starts_with("{} none ") || inspect.starts_with("null none "),
+        "{inspect}"
+    );
+
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    assert!(
+        containers_of(&sid)?.is_empty(),
+        "the container is gone after session_stop"
+    );
+    assert!(!dir.exists(), "the runtime dir is gone after session_stop");
+    s.client.close().await
+}
+
+#[tokio::test]
+async fn docker_kill_fails_the_session_and_others_keep_serving() -> Result<()> {
+    let s = docker_server().await?;
+    let c = &s.client;
+    let victim = start_docker_session(c).await?;
+    let other = start_docker_session(c).await?;
+    c.screenshot(&victim, json!({})).await?;
+
+    let killed = Command::new("docker")
+        .args(["kill", &format!("deskvm-{victim}")])
+        .status()?;
+    assert!(killed.success());
+    let t = Instant::now();
+    let mut failed = None;
+    while t.elapsed() < Duration::from_secs(10) {
+        let r = c
+            .call("screenshot", json!({ "session_id": victim }))
+            .await?;
+        if r.is_error == Some(true) {
+            failed = r.structured_content;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = failed.expect("a killed container must fail its session");
+    assert_eq!(failed["error"], "session_failed", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited"),
+        "{failed}"
+    );
+    eprintln!(
+        "session reported failed {} ms after docker kill",
+        t.elapsed().as_millis()
+    );
+
+    // The server keeps serving the other session.
+    let (png, _) = c.screenshot(&other, json!({})).await?;
+    assert_eq!(image::load_from_memory(&png)?.width(), 1280);
+    c.call_ok("session_stop", json!({ "session_id": victim }))
+        .await?;
+    c.call_ok("session_stop", json!({ "session_id": other }))
+        .await?;
+    s.client.close().await
+}
