@@ -17,7 +17,6 @@ use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::{oneshot, watch};
 
 use super::{Backend, BackendError, Instance};
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
@@ -274,8 +273,7 @@ impl Backend for DockerBackend {
                 Self::remove(&self.docker, &name).await;
                 return Err(docker_err("starting the session container", e));
             }
-            let (exit_tx, exit_rx) = watch::channel(None);
-            let (kill_tx, kill_rx) = oneshot::channel::<()>();
+            let (instance, supervisor) = super::supervised();
             let docker = self.docker.clone();
             tokio::spawn(async move {
                 let mut wait = docker.wait_container(&name, None);
@@ -295,58 +293,18 @@ impl Backend for DockerBackend {
                             format!("container {name} exited ({code}): {tail}")
                         }
                     }
-                    _ = kill_rx => {
+                    _ = supervisor.kill => {
                         let _ = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
                         "stopped".to_string()
                     }
                 };
                 Self::remove(&docker, &name).await;
-                let _ = exit_tx.send(Some(reason));
+                let _ = supervisor.exit.send(Some(reason));
             });
-            Ok(Box::new(DockerInstance { exit: exit_rx, kill: Some(kill_tx) }) as Box<dyn Instance>)
+            Ok(Box::new(instance) as Box<dyn Instance>)
         }
         .boxed()
     }
-}
-
-struct DockerInstance {
-    exit: watch::Receiver<Option<String>>,
-    kill: Option<oneshot::Sender<()>>,
-}
-
-impl Instance for DockerInstance {
-    fn exited(&self) -> watch::Receiver<Option<String>> {
-        self.exit.clone()
-    }
-
-    fn stop(&mut self) -> BoxFuture<'_, ()> {
-        async move {
-            if let Some(kill) = self.kill.take() {
-                let _ = kill.send(());
-            }
-            let _ = self.exit.wait_for(Option::is_some).await;
-        }
-        .boxed()
-    }
-}
-
-/// Containers of this deskvm instance, by label (for shutdown and tests).
-pub async fn instance_containers(docker: &Docker, instance: &str) -> Vec<String> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={instance}")])]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(opts))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|c| {
-            c.names
-                .and_then(|n| n.first().map(|s| s.trim_start_matches('/').to_string()))
-        })
-        .collect()
 }
 
 /// Removes session containers whose deskvm server is gone (killed without cleaning up). Only

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::process::Command;
-use tokio::sync::{oneshot, watch};
 
 use super::{Backend, BackendError, Instance};
 use crate::vm::spec::{RuntimeFiles, VmSpec};
@@ -82,8 +81,7 @@ impl Backend for LocalBackend {
             let mut child = cmd
                 .spawn()
                 .map_err(|source| BackendError::Spawn { program: self.qemu.display().to_string(), source })?;
-            let (exit_tx, exit_rx) = watch::channel(None);
-            let (kill_tx, kill_rx) = oneshot::channel::<()>();
+            let (instance, supervisor) = super::supervised();
             let log_path = files.qemu_log();
             tokio::spawn(async move {
                 let reason = tokio::select! {
@@ -97,45 +95,16 @@ impl Backend for LocalBackend {
                             format!("qemu exited ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
                         }
                     }
-                    _ = kill_rx => {
+                    _ = supervisor.kill => {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
                         "stopped".to_string()
                     }
                 };
-                let _ = exit_tx.send(Some(reason));
+                let _ = supervisor.exit.send(Some(reason));
             });
-            Ok(Box::new(LocalInstance { exit: exit_rx, kill: Some(kill_tx) }) as Box<dyn Instance>)
+            Ok(Box::new(instance) as Box<dyn Instance>)
         }
         .boxed()
-    }
-}
-
-struct LocalInstance {
-    exit: watch::Receiver<Option<String>>,
-    kill: Option<oneshot::Sender<()>>,
-}
-
-impl Instance for LocalInstance {
-    fn exited(&self) -> watch::Receiver<Option<String>> {
-        self.exit.clone()
-    }
-
-    fn stop(&mut self) -> BoxFuture<'_, ()> {
-        async move {
-            if let Some(kill) = self.kill.take() {
-                let _ = kill.send(());
-            }
-            let _ = self.exit.wait_for(Option::is_some).await;
-        }
-        .boxed()
-    }
-}
-
-impl Drop for LocalInstance {
-    fn drop(&mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(());
-        }
     }
 }

@@ -5,8 +5,9 @@ pub mod docker;
 pub mod local;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 
@@ -41,4 +42,49 @@ pub trait Instance: Send + Sync {
     /// Becomes `Some(reason)` when the VM is gone, whoever ended it.
     fn exited(&self) -> watch::Receiver<Option<String>>;
     fn stop(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The [`Instance`] every backend hands out: the exit reason its supervising task publishes, and
+/// a kill switch that task listens on. Dropping it pulls the switch too.
+pub struct Supervised {
+    exit: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+/// The supervising task's ends: publish the exit reason on `exit`; `kill` resolves when the
+/// session wants the VM gone (or the [`Supervised`] was dropped).
+pub struct Supervisor {
+    pub exit: watch::Sender<Option<String>>,
+    pub kill: oneshot::Receiver<()>,
+}
+
+pub fn supervised() -> (Supervised, Supervisor) {
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let (kill_tx, kill_rx) = oneshot::channel();
+    (
+        Supervised {
+            exit: exit_rx,
+            kill: Some(kill_tx),
+        },
+        Supervisor {
+            exit: exit_tx,
+            kill: kill_rx,
+        },
+    )
+}
+
+impl Instance for Supervised {
+    fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
+    }
+
+    fn stop(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
+            }
+            let _ = self.exit.wait_for(Option::is_some).await;
+        }
+        .boxed()
+    }
 }

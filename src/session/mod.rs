@@ -342,6 +342,13 @@ impl SessionManager {
             state: "running".into(),
         };
         let exited = booted.instance.exited();
+        // Recorded when it happens, not only when the next call trips over it.
+        let (watch_id, watched) = (id.clone(), exited.clone());
+        tokio::spawn(async move {
+            if let Some(reason) = boot::exit_reason(watched).await.filter(|r| r != "stopped") {
+                tracing::warn!(session = %watch_id, %reason, "session failed: its VM exited");
+            }
+        });
         let session = Arc::new(Session {
             info: info.clone(),
             lane: Mutex::new(Lane {
