@@ -4,7 +4,7 @@
 pub mod boot;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +220,16 @@ pub struct SessionManager {
     cfg: ManagerConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     counter: AtomicU64,
+    starting: AtomicUsize,
+}
+
+/// Releases a start's place in [`SessionManager::starting`] however the start ends.
+struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SessionManager {
@@ -228,6 +238,7 @@ impl SessionManager {
             cfg,
             sessions: RwLock::new(HashMap::new()),
             counter: AtomicU64::new(0),
+            starting: AtomicUsize::new(0),
         }
     }
 
@@ -280,7 +291,10 @@ impl SessionManager {
             &self.cfg.layout,
             req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
         )?;
-        if self.sessions.read().await.len() >= self.cfg.max_sessions {
+        // Starts in flight count too, or concurrent starts could overshoot the limit.
+        let in_flight = self.starting.fetch_add(1, Ordering::SeqCst);
+        let _reservation = Reservation(&self.starting);
+        if self.sessions.read().await.len() + in_flight >= self.cfg.max_sessions {
             return Err(SessionError::TooMany {
                 max: self.cfg.max_sessions,
             });
@@ -318,16 +332,6 @@ impl SessionManager {
                 return Err(e);
             }
         }
-        if booted.startup == Startup::ReadyState {
-            // The resumed guest's clock is hours or days behind; fix it without holding up start.
-            let qga = files.qga();
-            tokio::spawn(async move {
-                if let Ok(agent) = crate::vm::qga::Qga::connect(&qga, Duration::from_secs(20)).await
-                {
-                    let _ = agent.sync_clock().await;
-                }
-            });
-        }
         let info = SessionInfo {
             session_id: id.clone(),
             width,
@@ -341,6 +345,9 @@ impl SessionManager {
             startup_ms: started.elapsed().as_millis() as u64,
             state: "running".into(),
         };
+        if booted.startup == Startup::ReadyState {
+            booted.vm.sync_clock_in_background();
+        }
         let exited = booted.instance.exited();
         // Recorded when it happens, not only when the next call trips over it.
         let (watch_id, watched) = (id.clone(), exited.clone());

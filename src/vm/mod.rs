@@ -7,6 +7,7 @@ pub mod qga;
 pub mod qmp;
 pub mod spec;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qapi::qmp::{
@@ -85,11 +86,22 @@ impl Button {
 pub struct Vm {
     pub files: RuntimeFiles,
     qmp: Qmp,
-    qga: OnceCell<Qga>,
+    /// Shared so the agent can be connected in the background while the session takes calls.
+    qga: Arc<OnceCell<Qga>>,
     pub pacing: Pacing,
     /// Guest screen size in pixels, refreshed by every screendump.
     pub width: u32,
     pub height: u32,
+}
+
+async fn connect_agent(
+    cell: &OnceCell<Qga>,
+    path: std::path::PathBuf,
+    timeout: Duration,
+) -> Result<&Qga, VmError> {
+    Ok(cell
+        .get_or_try_init(|| async move { Qga::connect(&path, timeout).await })
+        .await?)
 }
 
 fn qcode(name: QCode) -> QKeyCode {
@@ -122,7 +134,7 @@ impl Vm {
         Ok(Vm {
             files,
             qmp,
-            qga: OnceCell::new(),
+            qga: Arc::new(OnceCell::new()),
             pacing: Pacing::default(),
             width,
             height,
@@ -135,11 +147,25 @@ impl Vm {
 
     /// The guest agent, connected on first use (it starts a few seconds into a cold boot).
     pub async fn agent(&self, timeout: Duration) -> Result<&Qga, VmError> {
-        let path = self.files.qga();
-        Ok(self
-            .qga
-            .get_or_try_init(|| async move { Qga::connect(&path, timeout).await })
-            .await?)
+        connect_agent(&self.qga, self.files.qga(), timeout).await
+    }
+
+    /// Connects the guest agent and sets the guest clock from the host's, without holding the
+    /// session: a resumed ready state wakes up with the clock of the day it was saved, and its
+    /// agent takes a second or two to answer after resume. Calls that need the agent meanwhile
+    /// wait for this same connection (the agent's socket serves one client at a time).
+    pub fn sync_clock_in_background(&self) {
+        let (cell, path) = (self.qga.clone(), self.files.qga());
+        tokio::spawn(async move {
+            match connect_agent(&cell, path, Duration::from_secs(30)).await {
+                Ok(agent) => {
+                    if let Err(e) = agent.sync_clock().await {
+                        tracing::debug!(error = %e, "could not set the guest clock");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "guest agent not reachable after resume"),
+            }
+        });
     }
 
     pub async fn exec(&self, script: &str, timeout: Duration) -> Result<ExecOutput, VmError> {

@@ -198,5 +198,19 @@ pub async fn first_click_and_typing(c: &Client, sid: &str) -> Result<()> {
     let combo = read_guest_file(c, sid, "/tmp/combo.txt", 1).await?;
     assert_eq!(combo, "combo-ok\n");
 
+    // The ready state was saved minutes or days ago; the guest clock must have been set to now.
+    let mut drift = i64::MAX;
+    for _ in 0..20 {
+        let guest_now: i64 = guest(c, sid, "date +%s").await?.trim().parse()?;
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        drift = (guest_now - host_now).abs();
+        if drift <= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(drift <= 30, "guest clock is {drift} s away from the host's");
     Ok(())
 }
