@@ -355,8 +355,9 @@ pub async fn doctor(choice: AccelChoice) -> bool {
             println!("FAIL  {what}\n      fix: {fix}");
         }
     };
+    let missing = missing_tools();
     for (tool, pkg) in HOST_TOOLS {
-        let present = !missing_tools().iter().any(|(t, _)| t == tool);
+        let present = !missing.iter().any(|(t, _)| t == tool);
         report(
             present,
             format!("{tool} present"),
