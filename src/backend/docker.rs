@@ -129,13 +129,19 @@ pub async fn build_runtime_image(
             format!("LABEL {LABEL_VERSION}={}", env!("CARGO_PKG_VERSION")),
         ])
         .build();
-    let file = tokio::fs::File::open(&tar).await?;
-    let body = tokio_util::io::ReaderStream::new(file);
-    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
-    while let Some(item) = stream.next().await {
-        item.map_err(|e| docker_err("docker import failed", e))?;
+    let imported = async {
+        let body = tokio_util::io::ReaderStream::new(tokio::fs::File::open(&tar).await?);
+        let mut stream =
+            docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| docker_err("docker import failed", e))?;
+        }
+        Ok::<_, BackendError>(())
     }
+    .await;
+    // The tarball is hundreds of MB: gone whether the import worked or not.
     let _ = std::fs::remove_dir_all(&work);
+    imported?;
     progress(&format!("runtime image {tag} ready ({version})"));
     Ok(tag)
 }
