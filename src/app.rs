@@ -172,13 +172,11 @@ pub async fn select_backend(
     layout: &Layout,
     choice: BackendChoice,
     accel: Accel,
+    local: LocalBackend,
 ) -> Result<(Arc<dyn Backend>, String)> {
     let instance = format!("{:08x}", rand::random::<u32>());
     match choice {
-        BackendChoice::Local => Ok((
-            Arc::new(LocalBackend::new().await?),
-            "chosen with --backend local".into(),
-        )),
+        BackendChoice::Local => Ok((Arc::new(local), "chosen with --backend local".into())),
         BackendChoice::Docker => {
             let b = DockerBackend::new(&layout.cache, accel, instance).await?;
             Ok((Arc::new(b), "chosen with --backend docker".into()))
@@ -188,10 +186,7 @@ pub async fn select_backend(
                 Arc::new(b),
                 "auto: the Docker engine answers and the runtime image exists".into(),
             )),
-            Err(e) => Ok((
-                Arc::new(LocalBackend::new().await?),
-                format!("auto: local, because {e}"),
-            )),
+            Err(e) => Ok((Arc::new(local), format!("auto: local, because {e}"))),
         },
     }
 }
@@ -214,7 +209,7 @@ pub async fn manager(
     }
     let local = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &local, accel).await;
-    let (backend, why) = select_backend(&layout, backend, probe.accel).await?;
+    let (backend, why) = select_backend(&layout, backend, probe.accel, local).await?;
     tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, backend = backend.name(), why = %why, qemu = backend.qemu_version(), "serving");
     Ok(Arc::new(SessionManager::new(ManagerConfig {
         layout,
@@ -423,7 +418,7 @@ pub async fn doctor(choice: AccelChoice) -> bool {
     }
     if let Ok(local) = LocalBackend::new().await {
         let probe = resolve_accel(&layout, &local, choice).await;
-        match select_backend(&layout, BackendChoice::Auto, probe.accel).await {
+        match select_backend(&layout, BackendChoice::Auto, probe.accel, local).await {
             Ok((b, why)) => println!("info  backend for --backend auto: {} ({why})", b.name()),
             Err(e) => println!("info  backend for --backend auto: none ({e})"),
         }
