@@ -202,8 +202,10 @@ pub async fn make_ready_state(
             "input did not reach the guest terminal (read back {seen:?})"
         )));
     }
-    // The guest's page cache would be saved with it: dropping it makes the state ~40% smaller,
-    // which is what a session start reads.
+    // Freed guest memory is zero (init_on_free=1 on the kernel command line) and zero pages cost
+    // next to nothing in the saved state, which is what every session start reads: drop the
+    // guest's page cache so its pages are freed too. Both together took the state from 447 MB
+    // to 214 MB (dropping the cache alone saved only 2%).
     vm.exec(
         "sync; echo 3 > /proc/sys/vm/drop_caches",
         Duration::from_secs(30),
