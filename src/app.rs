@@ -59,8 +59,15 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("dockerd", "docker.io"),
 ];
 
+/// Not needed to run deskvm: the headless browser the test suite renders review viewers with.
+const TEST_TOOLS: &[(&str, &str)] = &[("chromium", "chromium")];
+
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
-    HOST_TOOLS
+    missing_of(HOST_TOOLS)
+}
+
+fn missing_of(tools: &'static [(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    tools
         .iter()
         .copied()
         .filter(|(t, _)| {
@@ -83,7 +90,8 @@ fn qemu_major(version: &str) -> Option<u32> {
 }
 
 pub async fn install_host_packages() -> Result<()> {
-    let missing = missing_tools();
+    let mut missing = missing_tools();
+    missing.extend(missing_of(TEST_TOOLS));
     let old_qemu = match crate::backend::local::qemu_version(Path::new(QEMU)).await {
         Ok(v) => qemu_major(&v).is_some_and(|m| m < 8),
         Err(_) => false,

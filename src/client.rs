@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use base64::Engine;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ResourceContents};
 use rmcp::service::RunningService;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
@@ -47,6 +47,25 @@ impl Client {
             .into_iter()
             .map(|p| p.name)
             .collect())
+    }
+
+    pub async fn resource_uris(&self) -> Result<Vec<String>> {
+        Ok(self
+            .svc
+            .list_all_resources()
+            .await?
+            .into_iter()
+            .map(|r| r.uri)
+            .collect())
+    }
+
+    pub async fn read_resource(&self, uri: &str) -> Result<Vec<ResourceContents>> {
+        Ok(self
+            .svc
+            .read_resource(ReadResourceRequestParams::new(uri))
+            .await
+            .with_context(|| format!("reading {uri}"))?
+            .contents)
     }
 
     /// Calls a tool and returns its raw result (tool errors included).

@@ -1,5 +1,6 @@
 //! `deskvm demo`: the main job. Drives the real server through an MCP client: start a session,
-//! look, click into the terminal, type a command that visibly changes the desktop, look again.
+//! look, click into the terminal, type a command that visibly changes the desktop, look again,
+//! and export the session's review (a bundle a person opens in a browser).
 
 use std::path::Path;
 use std::time::Instant;
@@ -76,8 +77,22 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
+    // Exported after the stop, so the review holds the whole session, stop included.
+    let review = client
+        .call_ok("export_review", json!({ "session_id": sid }))
+        .await;
     client.close().await?;
     result?;
-    println!("session stopped. Files: {}", out.display());
+    let review = review?;
+    println!("session stopped. Screenshots: {}", out.display());
+    println!(
+        "review: {} steps, {} pictures, {} bytes; open in a browser: {}",
+        review["steps"], review["shots"], review["bytes"],
+        review["index_html"].as_str().unwrap_or("?")
+    );
+    println!(
+        "        one file to attach or mail: {}",
+        review["single_file_html"].as_str().unwrap_or("?")
+    );
     Ok(())
 }

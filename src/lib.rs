@@ -7,6 +7,7 @@
 pub mod accel;
 pub mod backend;
 pub mod image;
+pub mod ledger;
 pub mod mcp;
 pub mod session;
 pub mod storage;
@@ -16,3 +17,4 @@ pub mod app;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod review;

@@ -47,6 +47,11 @@ enum Cmd {
     },
     /// Report QEMU, accelerator, image and cache state, with a fix for each problem.
     Doctor,
+    /// Review ledgers: list them, export one as a bundle (works after a crash, with no server).
+    Review {
+        #[command(subcommand)]
+        cmd: ReviewCmd,
+    },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -60,6 +65,19 @@ enum Cmd {
         /// Also measure one cold boot (about a minute under TCG).
         #[arg(long)]
         cold: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCmd {
+    /// Every session's ledger: state, events, bytes, age, and whether it is past retention.
+    List,
+    /// Export a session's review into the exports dir (index.html + single-file HTML).
+    Export {
+        session_id: String,
+        /// Bundle name (default <session>-<UTC time>).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -125,6 +143,10 @@ async fn main() -> Result<()> {
             app::setup(cli.accel).await?;
             deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &server_args).await?;
         }
+        Cmd::Review { cmd: ReviewCmd::List } => deskvm::review::list()?,
+        Cmd::Review {
+            cmd: ReviewCmd::Export { session_id, name },
+        } => deskvm::review::export(&session_id, name.as_deref())?,
         Cmd::Doctor => {
             if !app::doctor(cli.accel).await {
                 std::process::exit(1);

@@ -1,5 +1,6 @@
-//! Where deskvm keeps things: a cache (guest images, ready states) that survives restarts, and a
-//! runtime root (one private directory per session) that does not.
+//! Where deskvm keeps things: a cache (guest images, ready states) that survives restarts, a
+//! runtime root (one private directory per session) that does not, and a data dir (review
+//! ledgers and exported review bundles) that a person reads later.
 
 use std::fs;
 use std::io;
@@ -13,10 +14,13 @@ pub const OWNER_MARKER: &str = ".deskvm-owned";
 pub struct Layout {
     pub cache: PathBuf,
     pub runtime: PathBuf,
+    pub data: PathBuf,
 }
 
 impl Layout {
-    /// `DESKVM_CACHE_DIR` / `DESKVM_RUNTIME_DIR` override the platform defaults.
+    /// `DESKVM_CACHE_DIR` / `DESKVM_RUNTIME_DIR` / `DESKVM_DATA_DIR` override the platform
+    /// defaults (`~/.cache/deskvm`, `$XDG_RUNTIME_DIR/deskvm` or `/tmp/deskvm-<uid>`,
+    /// `~/.local/share/deskvm`).
     pub fn from_env() -> Self {
         let dirs = directories::ProjectDirs::from("dev", "deskvm", "deskvm");
         let cache = std::env::var_os("DESKVM_CACHE_DIR")
@@ -31,8 +35,27 @@ impl Layout {
                 dirs.as_ref()
                     .and_then(|d| d.runtime_dir().map(Path::to_path_buf))
             })
+            // SAFETY: getuid has no preconditions and cannot fail.
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/deskvm-{}", unsafe { libc::getuid() })));
-        Layout { cache, runtime }
+        let data = std::env::var_os("DESKVM_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| dirs.as_ref().map(|d| d.data_dir().to_path_buf()))
+            .unwrap_or_else(|| std::env::temp_dir().join("deskvm-data"));
+        Layout {
+            cache,
+            runtime,
+            data,
+        }
+    }
+
+    /// One review ledger per session: `reviews/<session>/`.
+    pub fn reviews(&self) -> PathBuf {
+        self.data.join("reviews")
+    }
+
+    /// Exported review bundles: `exports/<name>/`.
+    pub fn exports(&self) -> PathBuf {
+        self.data.join("exports")
     }
 
     pub fn images(&self) -> PathBuf {

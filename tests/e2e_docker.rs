@@ -23,11 +23,13 @@ async fn start_docker_session(c: &deskvm::client::Client) -> Result<String> {
     Ok(common::sid(&info))
 }
 
-/// `docker ps` names of running containers labelled with this session.
+/// Names of the containers labelled with this session, stopped ones included (`ps -a`): a
+/// container that exited but was not removed still counts.
 fn containers_of(sid: &str) -> Result<Vec<String>> {
     let out = Command::new("docker")
         .args([
             "ps",
+            "-a",
             "--filter",
             &format!("label=deskvm.session={sid}"),
             "--format",

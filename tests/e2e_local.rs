@@ -162,9 +162,16 @@ async fn a_dead_vm_fails_its_session_and_stop_cleans_up() -> Result<()> {
         killed.success(),
         "the session's qemu should have been found"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (kind, msg) = tool_error(c, "screenshot", json!({ "session_id": sid })).await?;
-    assert_eq!(kind, "session_failed", "{msg}");
+    // Poll: the session fails as soon as the backend sees QEMU gone.
+    let t = std::time::Instant::now();
+    let failed = loop {
+        let r = c.call("screenshot", json!({ "session_id": sid })).await?;
+        if r.is_error == Some(true) || t.elapsed() > Duration::from_secs(10) {
+            break r.structured_content.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed["error"], "session_failed", "{failed}");
     let list = c.call_ok("session_list", json!({})).await?;
     assert!(list.to_string().contains("failed"), "{list}");
     // The other session is unaffected.

@@ -215,6 +215,7 @@ mod tests {
         let layout = Layout {
             cache: "/nonexistent".into(),
             runtime: "/nonexistent".into(),
+            data: "/nonexistent".into(),
         };
         let err = GuestImage::locate(&layout, "windows").unwrap_err();
         assert!(err.to_string().contains("debian-desktop"), "{err}");

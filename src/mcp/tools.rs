@@ -4,17 +4,23 @@ use base64::Engine;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolResult, ContentBlock, GetPromptResult, Implementation, PromptMessage, Role,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptResult,
+    Implementation, ListResourcesResult, PaginatedRequestParams, PromptMessage,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Role,
     ServerCapabilities, ServerConfig,
 };
+use rmcp::service::RequestContext;
 use rmcp::{
     prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData as McpError,
-    ServerHandler,
+    RoleServer, ServerHandler,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
+
+use super::resources;
 
 use crate::session::{Action, Outcome, Point, SessionError, SessionManager, StartRequest};
 use crate::vm::Button;
@@ -105,6 +111,17 @@ pub struct TypeArgs {
     pub session_id: String,
     /// Text to type exactly: printable ASCII, newline and tab; at most 4096 characters.
     pub text: String,
+    /// A password or other secret: the review ledger keeps only its length.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportArgs {
+    /// Session id (running, stopped or failed).
+    pub session_id: String,
+    /// Bundle name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<UTC time>.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -149,10 +166,12 @@ pub struct DeskvmServer {
     prompt_router: PromptRouter<Self>,
 }
 
+/// A tool error: the whole cause chain as text, and `{error, message, field?, value?, valid?}`.
 fn tool_error(e: SessionError) -> CallToolResult {
-    let message = e.to_string();
-    let mut r = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
-    r.structured_content = Some(json!({ "error": e.kind(), "message": message }));
+    let structured = e.to_json();
+    let message = structured["message"].as_str().unwrap_or_default().to_string();
+    let mut r = CallToolResult::error(vec![ContentBlock::text(message)]);
+    r.structured_content = Some(structured);
     r
 }
 
@@ -192,14 +211,14 @@ impl DeskvmServer {
 }
 
 fn render(outcome: Outcome, ms: u64) -> CallToolResult {
+    let mut meta = outcome.to_json();
+    if let (Outcome::Screenshot { .. } | Outcome::Done { .. }, Value::Object(m)) =
+        (&outcome, &mut meta)
+    {
+        m.insert("ms".into(), ms.into());
+    }
     match outcome {
-        Outcome::Screenshot {
-            png,
-            width,
-            height,
-            scale,
-        } => {
-            let meta = json!({ "width": width, "height": height, "scale": scale, "ms": ms });
+        Outcome::Screenshot { png, .. } => {
             let mut r = CallToolResult::success(vec![
                 ContentBlock::image(
                     base64::engine::general_purpose::STANDARD.encode(&png),
@@ -210,13 +229,7 @@ fn render(outcome: Outcome, ms: u64) -> CallToolResult {
             r.structured_content = Some(meta);
             r
         }
-        Outcome::Done { message } => {
-            structured(json!({ "ok": true, "message": message, "ms": ms }))
-        }
-        Outcome::Waited { waited_ms, stable } => {
-            structured(json!({ "waited_ms": waited_ms, "stable": stable }))
-        }
-        Outcome::Exec(out) => structured(serde_json::to_value(out).unwrap_or_default()),
+        _ => structured(meta),
     }
 }
 
@@ -359,14 +372,18 @@ impl DeskvmServer {
 
     #[tool(
         name = "type",
-        description = "Type text exactly into the focused window (printable ASCII, newline, tab; up to 4096 characters). Click the target window first.",
+        description = "Type text exactly into the focused window (printable ASCII, newline, tab; up to 4096 characters). Click the target window first. Set secret=true for passwords: the review keeps only the length.",
         annotations(title = "Type text", destructive_hint = false)
     )]
     async fn type_text(
         &self,
         Parameters(a): Parameters<TypeArgs>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Type { text: a.text }).await)
+        let action = Action::Type {
+            text: a.text,
+            secret: a.secret,
+        };
+        Ok(self.act(&a.session_id, action).await)
     }
 
     #[tool(
@@ -413,6 +430,46 @@ impl DeskvmServer {
             )
             .await)
     }
+
+    #[tool(
+        description = "Export the session's review (every tool call with before/after screenshots) as a bundle a person opens in a browser: index.html works from file:// with no server. Works for running, stopped and failed sessions. Returns paths, counts, bytes and resource links to read the bundle over MCP.",
+        annotations(title = "Export review", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn export_review(
+        &self,
+        Parameters(a): Parameters<ExportArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let exported = self
+            .manager
+            .export_review(&a.session_id, a.name.as_deref())
+            .await;
+        Ok(match exported {
+            Ok(x) => {
+                let exports = self.manager.layout().exports();
+                let mut content = vec![ContentBlock::text(format!(
+                    "review of {} exported: {} ({} steps, {} failed, {} pictures, {} bytes); single file: {}",
+                    a.session_id,
+                    x.index.display(),
+                    x.steps,
+                    x.failed,
+                    x.shots,
+                    x.bytes,
+                    x.single_file.display()
+                ))];
+                content.extend(
+                    resources::bundle_entries(&exports, &x.name)
+                        .into_iter()
+                        .map(ContentBlock::resource_link),
+                );
+                let mut r = CallToolResult::success(content);
+                let mut v = x.to_json();
+                v["resource"] = resources::uri(&x.name, "index.html").into();
+                r.structured_content = Some(v);
+                r
+            }
+            Err(e) => tool_error(e),
+        })
+    }
 }
 
 #[prompt_router]
@@ -439,13 +496,80 @@ impl DeskvmServer {
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for DeskvmServer {
+    /// The one place every tool call passes. Handlers record their own calls through the
+    /// session manager; a call the router refuses before any handler runs (arguments that do
+    /// not parse, an unknown tool) is recorded here, so no call escapes the ledger.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let tool = request.name.to_string();
+        let args = request
+            .arguments
+            .clone()
+            .map(Value::Object)
+            .unwrap_or_else(|| json!({}));
+        let started = std::time::Instant::now();
+        let tcc = ToolCallContext::new(self, request, context);
+        let mut result = self.tool_router.call(tcc).await;
+        // Arguments that do not parse come back from the router as a bare tool error (no
+        // handler ran); an unknown tool as a protocol error. Both are recorded here, and the
+        // former gets the structured shape every other tool error has.
+        let refused = match &mut result {
+            Err(e) => Some(e.message.to_string()),
+            Ok(CallToolResponse::Complete(r))
+                if r.is_error == Some(true) && r.structured_content.is_none() =>
+            {
+                let message = crate::client::text_of(r);
+                r.structured_content =
+                    Some(json!({ "error": "invalid_params", "message": message }));
+                Some(message)
+            }
+            Ok(_) => None,
+        };
+        if let Some(message) = refused {
+            self.manager
+                .record_refused_call(&tool, &args, &message)
+                .await;
+        }
+        tracing::debug!(tool, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "tool call");
+        result
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(resources::list(
+            &self.manager.layout().exports(),
+        )))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let contents = resources::read(&self.manager.layout().exports(), &request.uri)?;
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_prompts().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build(),
+        )
             .with_server_info(Implementation::new("deskvm", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "deskvm gives you a real Linux desktop in a VM. Call session_start, then screenshot to look, \
-                 click/type/key to act, wait(until_stable) after changes, session_stop when done. \
-                 Coordinates are pixels of your latest screenshot.",
+                 click/type/key to act, wait(until_stable) after changes, export_review and \
+                 session_stop when done. Coordinates are pixels of your latest screenshot. Every call \
+                 is recorded in the session's review ledger; type with secret=true for passwords.",
             )
     }
 }

@@ -1,25 +1,35 @@
-//! Sessions: one VM each, one serialized command lane each. Every tool call becomes an
-//! [`Action`] on a session and comes back as an [`Outcome`] or a [`SessionError`].
+//! Sessions: one VM each, one serialized command lane each, one review ledger each. Every tool
+//! call becomes an [`Action`] on a session (checked into a [`Plan`] before it queues) and comes
+//! back as an [`Outcome`] or a [`SessionError`]; every one of them, refused or failed included,
+//! is written to a ledger (`record`).
 
+pub mod action;
 pub mod boot;
+pub mod error;
+mod lane;
+mod record;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
-use tokio::sync::{watch, Mutex, RwLock};
+use serde_json::json;
+use tokio::sync::{watch, Mutex, OnceCell, RwLock};
 
-use crate::backend::{Backend, BackendError, Instance};
+use crate::backend::Backend;
 use crate::image::ready::ReadyState;
-use crate::image::{GuestImage, ImageError, DEFAULT_IMAGE};
+use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::ledger::export::{self, Exported};
+use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
-use crate::vm::input::{self, InputError};
-use crate::vm::qga::ExecOutput;
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
-use crate::vm::{Button, Vm, VmError};
+use crate::vm::Vm;
+pub use action::{Action, Outcome, Plan, Point};
 pub use boot::Startup;
+pub use error::{chain, check_range, SessionError};
+use lane::Lane;
+use record::AfterFrame;
 
 /// The machine every ready state is saved with; a session's own size is set with xrandr after
 /// resume, so one ready state serves every screen size.
@@ -29,63 +39,6 @@ pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
 pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
 pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
 pub const DEFAULT_MEMORY_MB: u32 = 1024;
-pub const MAX_WAIT_MS: u64 = 60_000;
-pub const MAX_EXEC_TIMEOUT_MS: u64 = 300_000;
-
-#[derive(Debug, Error)]
-pub enum SessionError {
-    #[error("unknown session {id:?}; {}", known_list(.known))]
-    UnknownSession { id: String, known: Vec<String> },
-    #[error("session {id} failed: {reason}. Its VM is gone; stop it with session_stop and start a new one")]
-    Failed { id: String, reason: String },
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error("VM error: {0}")]
-    Vm(#[from] VmError),
-    #[error("session setup failed: {0}")]
-    Setup(String),
-    #[error("too many sessions: {max} are running; stop one first")]
-    TooMany { max: usize },
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-fn known_list(known: &[String]) -> String {
-    if known.is_empty() {
-        "no sessions are running; start one with session_start".into()
-    } else {
-        format!("running sessions: {}", known.join(", "))
-    }
-}
-
-impl SessionError {
-    /// A short machine-readable kind for structured error results.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SessionError::UnknownSession { .. } => "unknown_session",
-            SessionError::Failed { .. } => "session_failed",
-            SessionError::OutOfRange(_) => "out_of_range",
-            SessionError::InvalidArgument(_) => "invalid_argument",
-            SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
-            SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
-            SessionError::Input(_) => "invalid_input",
-            SessionError::Image(_) => "image",
-            SessionError::Backend(_) => "backend",
-            SessionError::Vm(_) => "vm",
-            SessionError::Setup(_) => "setup",
-            SessionError::TooMany { .. } => "too_many_sessions",
-            SessionError::Io(_) => "io",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
@@ -94,6 +47,12 @@ pub struct StartRequest {
     pub image: Option<String>,
     pub memory_mb: Option<u32>,
     pub network: bool,
+}
+
+impl StartRequest {
+    fn record(&self) -> serde_json::Value {
+        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network })
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
@@ -111,102 +70,14 @@ pub struct SessionInfo {
     pub state: String,
 }
 
-/// A point in the pixel space of the session's latest screenshot.
-#[derive(Debug, Clone, Copy)]
-pub struct Point {
-    pub x: f64,
-    pub y: f64,
-}
-
-#[derive(Debug, Clone)]
-pub enum Action {
-    Screenshot {
-        scale: Option<f64>,
-        max_width: Option<u32>,
-    },
-    Click {
-        at: Point,
-        button: Button,
-        count: u32,
-        modifiers: Vec<String>,
-    },
-    MouseMove {
-        to: Point,
-    },
-    Drag {
-        from: Point,
-        to: Point,
-        button: Button,
-    },
-    Scroll {
-        at: Point,
-        dx: i32,
-        dy: i32,
-    },
-    Type {
-        text: String,
-    },
-    Key {
-        keys: String,
-    },
-    Wait {
-        ms: Option<u64>,
-        until_stable: bool,
-        timeout_ms: Option<u64>,
-    },
-    Exec {
-        command: String,
-        timeout_ms: Option<u64>,
-    },
-}
-
-impl Action {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Screenshot { .. } => "screenshot",
-            Action::Click { .. } => "click",
-            Action::MouseMove { .. } => "mouse_move",
-            Action::Drag { .. } => "drag",
-            Action::Scroll { .. } => "scroll",
-            Action::Type { .. } => "type",
-            Action::Key { .. } => "key",
-            Action::Wait { .. } => "wait",
-            Action::Exec { .. } => "exec",
-        }
-    }
-}
-
-pub enum Outcome {
-    Screenshot {
-        png: Vec<u8>,
-        width: u32,
-        height: u32,
-        scale: f64,
-    },
-    Done {
-        message: String,
-    },
-    Waited {
-        waited_ms: u64,
-        stable: Option<bool>,
-    },
-    Exec(ExecOutput),
-}
-
-struct Lane {
-    vm: Vm,
-    instance: Box<dyn Instance>,
-    /// Scale of the latest screenshot: coordinates are in its pixel space.
-    scale: f64,
-    /// When the latest click or drag was sent (see [`Lane::input_barrier`]).
-    last_pointer: Option<Instant>,
-}
-
 pub struct Session {
     info: SessionInfo,
     lane: Mutex<Lane>,
     exited: watch::Receiver<Option<String>>,
     files: RuntimeFiles,
+    ledger: Arc<Ledger>,
+    /// The capture of the frame after the latest screen-changing action, while it runs.
+    after: std::sync::Mutex<Option<AfterFrame>>,
 }
 
 pub struct ManagerConfig {
@@ -219,8 +90,9 @@ pub struct ManagerConfig {
 pub struct SessionManager {
     cfg: ManagerConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
-    counter: AtomicU64,
     starting: AtomicUsize,
+    /// Calls that name no running session (unknown ids, failed starts, session_list).
+    server_ledger: OnceCell<Arc<Ledger>>,
 }
 
 /// Releases a start's place in [`SessionManager::starting`] however the start ends.
@@ -232,13 +104,37 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// 64 random bits: session ids name ledgers and are the only key to a desktop.
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Names a user may give a session's review or export: no path separators, no hidden files.
+pub fn check_name(field: &'static str, name: &str) -> Result<(), SessionError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SessionError::InvalidName {
+            field,
+            value: name.chars().take(80).collect(),
+            why: "use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with a dot".into(),
+        })
+    }
+}
+
 impl SessionManager {
     pub fn new(cfg: ManagerConfig) -> Self {
         SessionManager {
             cfg,
             sessions: RwLock::new(HashMap::new()),
-            counter: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
+            server_ledger: OnceCell::new(),
         }
     }
 
@@ -248,6 +144,10 @@ impl SessionManager {
 
     pub fn backend(&self) -> &dyn Backend {
         self.cfg.backend.as_ref()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.cfg.layout
     }
 
     pub fn machine_spec(&self, image: &GuestImage, memory_mb: u32, network: bool) -> VmSpec {
@@ -264,28 +164,41 @@ impl SessionManager {
         }
     }
 
-    fn new_id(&self) -> String {
-        // Short ids keep socket paths under the 108-byte limit.
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!(
-            "{:04x}{:04x}",
-            (std::process::id() ^ t) & 0xffff,
-            n & 0xffff
-        )
-    }
-
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
         let started = Instant::now();
-        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
-        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
+        let args = req.record();
+        let result = self.start_inner(req, started).await;
+        match &result {
+            Ok(info) => {
+                let session = self.get(&info.session_id).await?;
+                let seq = session.record_ok(
+                    "session_started",
+                    "session_start",
+                    args,
+                    serde_json::to_value(info).unwrap_or_default(),
+                    started,
+                )?;
+                // The desktop as the session starts, once it is still.
+                session.lane.lock().await.awaiting_after = Some((seq, Instant::now()));
+                record::spawn_after_frame(&session, seq);
+            }
+            Err(e) => self.record_server("session_start", args, Err(e), started),
+        }
+        result
+    }
+
+    async fn start_inner(
+        &self,
+        req: StartRequest,
+        started: Instant,
+    ) -> Result<SessionInfo, SessionError> {
+        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE.0, WIDTH_RANGE.1)?;
+        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE.0, HEIGHT_RANGE.1)?;
         let memory_mb = check_range(
             "memory_mb",
             req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
-            MEMORY_RANGE,
+            MEMORY_RANGE.0,
+            MEMORY_RANGE.1,
         )?;
         let image = GuestImage::locate(
             &self.cfg.layout,
@@ -304,7 +217,7 @@ impl SessionManager {
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
-        let id = self.new_id();
+        let id = new_id();
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),
         };
@@ -325,13 +238,26 @@ impl SessionManager {
                 return Err(e);
             }
         };
-        if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
-            if let Err(e) = set_resolution(&mut booted.vm, width, height).await {
+        let ready_ledger = async {
+            if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
+                set_resolution(&mut booted.vm, width, height).await?;
+            }
+            let mut meta = ReviewMeta::new(&id, "session");
+            meta.image = Some(image.name.clone());
+            meta.backend = Some(self.cfg.backend.name().to_string());
+            meta.accelerator = Some(self.cfg.accel.as_str().to_string());
+            (meta.width, meta.height) = (Some(width), Some(height));
+            Ledger::create(&self.cfg.layout.reviews().join(&id), meta).map_err(SessionError::Ledger)
+        }
+        .await;
+        let ledger = match ready_ledger {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
                 booted.instance.stop().await;
                 let _ = storage::remove_owned_dir(&files.dir);
                 return Err(e);
             }
-        }
+        };
         let info = SessionInfo {
             session_id: id.clone(),
             width,
@@ -350,22 +276,21 @@ impl SessionManager {
         }
         let exited = booted.instance.exited();
         // Recorded when it happens, not only when the next call trips over it.
-        let (watch_id, watched) = (id.clone(), exited.clone());
+        let (watch_id, watched, watch_ledger) = (id.clone(), exited.clone(), ledger.clone());
         tokio::spawn(async move {
             if let Some(reason) = boot::exit_reason(watched).await.filter(|r| r != "stopped") {
                 tracing::warn!(session = %watch_id, %reason, "session failed: its VM exited");
+                let _ = watch_ledger.append("session_failed", json!({ "reason": reason }));
+                let _ = watch_ledger.update_meta(|m| m.state = "failed".into());
             }
         });
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane {
-                vm: booted.vm,
-                instance: booted.instance,
-                scale: 1.0,
-                last_pointer: None,
-            }),
+            lane: Mutex::new(Lane::new(booted.vm, booted.instance)),
             exited,
             files,
+            ledger,
+            after: std::sync::Mutex::new(None),
         });
         self.sessions.write().await.insert(id.clone(), session);
         tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, "session started");
@@ -384,7 +309,22 @@ impl SessionManager {
         })
     }
 
+    /// The running session `id`, or the error (recorded in the server's ledger) that says so.
+    async fn session_for(
+        &self,
+        tool: &str,
+        id: &str,
+        args: &serde_json::Value,
+        started: Instant,
+    ) -> Result<Arc<Session>, SessionError> {
+        self.get(id).await.inspect_err(|e| {
+            let args = json!({ "session_id": id, "args": args });
+            self.record_server(tool, args, Err(e), started);
+        })
+    }
+
     pub async fn list(&self) -> Vec<SessionInfo> {
+        let started = Instant::now();
         let sessions = self.sessions.read().await;
         let mut list: Vec<SessionInfo> = sessions
             .values()
@@ -397,18 +337,35 @@ impl SessionManager {
             })
             .collect();
         list.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        let ids: Vec<&str> = list.iter().map(|s| s.session_id.as_str()).collect();
+        self.record_server("session_list", json!({}), Ok(&json!({ "sessions": ids })), started);
         list
     }
 
     pub async fn stop(&self, id: &str) -> Result<(), SessionError> {
-        let session = self.get(id).await?;
+        let started = Instant::now();
+        let session = self.session_for("session_stop", id, &json!({}), started).await?;
         self.sessions.write().await.remove(id);
+        session.finish_capture().await;
+        let failed = session.exited.borrow().is_some();
         let mut lane = session.lane.lock().await;
         lane.vm.qmp().quit().await;
         lane.instance.stop().await;
-        storage::remove_owned_dir(&session.files.dir)?;
+        let removed = storage::remove_owned_dir(&session.files.dir);
+        drop(lane);
+        let outcome = match &removed {
+            Ok(()) => Ok(json!({ "ok": true })),
+            Err(e) => Err(SessionError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+        };
+        let ledger = &session.ledger;
+        let _ = record::append_call(ledger, "session_stopped", "session_stop", json!({}), outcome.as_ref(), started, &Default::default());
+        session.ledger.shots.flush().await;
+        let _ = ledger.update_meta(|m| {
+            m.state = if failed { "failed" } else { "stopped" }.into();
+            m.ended_at = Some(crate::ledger::now());
+        });
         tracing::info!(session = %id, "session stopped");
-        Ok(())
+        removed.map_err(SessionError::Io)
     }
 
     pub async fn shutdown(&self) {
@@ -419,41 +376,131 @@ impl SessionManager {
     }
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Outcome, SessionError> {
-        let session = self.get(id).await?;
-        session.check_alive()?;
-        let mut lane = session.lane.lock().await;
-        let result = lane.run(action).await;
-        // A VM error is most often the VM dying mid-call: say that rather than "broken pipe".
-        match result {
-            Err(SessionError::Vm(e)) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                session.check_alive()?;
-                Err(SessionError::Vm(e))
+        let started = Instant::now();
+        let session = self
+            .session_for(action.name(), id, &action.record(), started)
+            .await?;
+        session.act(action, started).await
+    }
+
+    /// Exports the review of a running, stopped or failed session into the exports dir.
+    pub async fn export_review(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Exported, SessionError> {
+        let started = Instant::now();
+        let args = json!({ "name": name });
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| export::default_name(id));
+        let running = self.get(id).await;
+        let dir = self.cfg.layout.reviews().join(id);
+        let result = self.export_inner(id, &name, running.as_ref().ok(), &dir).await;
+        let summary = result.as_ref().map(Exported::summary);
+        let outcome = summary.as_ref().map_err(|e| *e);
+        let ledger = match &running {
+            Ok(s) => Some(s.ledger.clone()),
+            // A stopped session's ledger takes the record of its own export.
+            Err(_) if result.is_ok() => ReviewMeta::read(&dir)
+                .and_then(|m| Ledger::create(&dir, m))
+                .ok()
+                .map(Arc::new),
+            Err(_) => None,
+        };
+        match ledger {
+            Some(l) => {
+                let _ = record::append_call(&l, "", "export_review", args, outcome, started, &Default::default());
             }
-            other => other,
+            None => {
+                let args = json!({ "session_id": id, "args": args });
+                self.record_server("export_review", args, outcome, started);
+            }
+        }
+        result
+    }
+
+    async fn export_inner(
+        &self,
+        id: &str,
+        name: &str,
+        running: Option<&Arc<Session>>,
+        dir: &std::path::Path,
+    ) -> Result<Exported, SessionError> {
+        check_name("session_id", id)?;
+        check_name("name", name)?;
+        let upto = match running {
+            Some(s) => {
+                // A consistent snapshot: every frame referenced so far is on disk, and the
+                // timeline is copied up to the events written so far.
+                s.ledger.shots.flush().await;
+                let _ = s.ledger.save_meta();
+                Some(s.ledger.timeline_len())
+            }
+            None if dir.join(crate::ledger::TIMELINE).is_file() => None,
+            None => return Err(self.get(id).await.err().unwrap_or(SessionError::Setup("session vanished".into()))),
+        };
+        let (dir, exports, name_owned) = (dir.to_path_buf(), self.cfg.layout.exports(), name.to_string());
+        let done = tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
+        done.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => SessionError::InvalidName {
+                field: "name",
+                value: name.to_string(),
+                why: "an export of that name exists; choose another name".into(),
+            },
+            _ => SessionError::Io(e),
+        })
+    }
+
+    fn server_ledger(&self) -> Option<&Arc<Ledger>> {
+        if let Some(l) = self.server_ledger.get() {
+            return Some(l);
+        }
+        let id = format!("server-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        match Ledger::create(&self.cfg.layout.reviews().join(&id), ReviewMeta::new(&id, "server")) {
+            Ok(l) => {
+                let _ = self.server_ledger.set(Arc::new(l));
+                self.server_ledger.get()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create the server's review ledger");
+                None
+            }
         }
     }
-}
 
-impl Session {
-    fn check_alive(&self) -> Result<(), SessionError> {
-        match self.exited.borrow().clone() {
-            Some(reason) => Err(SessionError::Failed {
-                id: self.info.session_id.clone(),
-                reason,
-            }),
-            None => Ok(()),
+    /// Records a call that reached no running session.
+    pub fn record_server(
+        &self,
+        tool: &str,
+        args: serde_json::Value,
+        outcome: Result<&serde_json::Value, &SessionError>,
+        started: Instant,
+    ) {
+        if let Some(l) = self.server_ledger() {
+            let _ = record::append_call(l, "", tool, args, outcome, started, &Default::default());
         }
     }
-}
 
-fn check_range(name: &str, v: u32, (lo, hi): (u32, u32)) -> Result<u32, SessionError> {
-    if (lo..=hi).contains(&v) {
-        Ok(v)
-    } else {
-        Err(SessionError::OutOfRange(format!(
-            "{name}={v} is out of range; valid: {lo}..={hi}"
-        )))
+    /// Records a call refused before any handler ran (malformed arguments, unknown tool): in the
+    /// ledger of the session it names when there is one, else in the server's.
+    pub async fn record_refused_call(&self, tool: &str, raw_args: &serde_json::Value, message: &str) {
+        let started = Instant::now();
+        let args = crate::ledger::redact::raw_args(raw_args);
+        let error = json!({ "error": "invalid_params", "message": message });
+        let fields = json!({ "tool": tool, "args": args, "error": error, "duration_ms": 0 });
+        let id = raw_args.get("session_id").and_then(|v| v.as_str());
+        let ledger = match id {
+            Some(id) => self.get(id).await.ok().map(|s| s.ledger.clone()),
+            None => None,
+        };
+        let ledger = ledger.or_else(|| self.server_ledger().cloned());
+        if let Some(l) = ledger {
+            let _ = l.append("action_failed", fields);
+            l.note_overhead(started.elapsed());
+        }
     }
 }
 
@@ -488,220 +535,5 @@ async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), Sess
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Lane {
-    /// Input right after a click can overtake it: the window manager moves the focus only once
-    /// it has handled the click. Under TCG the first three characters typed after a click reached
-    /// the previously focused window, and a click on a window right after a click on the
-    /// desktop background left no window focused (2 of 3 tries). So input that follows a click
-    /// waits (at most 1.5 s) until the screen stops changing, which a focus change always does.
-    async fn input_barrier(&mut self) -> Result<(), SessionError> {
-        if self
-            .last_pointer
-            .take()
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-        {
-            self.vm
-                .settle(Duration::from_millis(1500), Duration::from_millis(50), 2)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Maps a point in screenshot space to screen pixels, or says which range is valid.
-    fn to_screen(&self, p: Point, what: &str) -> Result<(u32, u32), SessionError> {
-        let (w, h) = crate::vm::display::scaled_size(self.vm.width, self.vm.height, self.scale);
-        let ok = |v: f64, max: u32| v.is_finite() && v >= 0.0 && v <= (max - 1) as f64;
-        if !ok(p.x, w) || !ok(p.y, h) {
-            let space = if self.scale < 1.0 {
-                format!(
-                    "pixels of the latest screenshot, {w}x{h} at scale {:.3}",
-                    self.scale
-                )
-            } else {
-                format!("screen pixels, {w}x{h}")
-            };
-            return Err(SessionError::OutOfRange(format!(
-                "{what} ({}, {}) is outside the screen: x must be in 0..={} and y in 0..={} ({space})",
-                p.x,
-                p.y,
-                w - 1,
-                h - 1
-            )));
-        }
-        let sx = ((p.x / self.scale).round() as u32).min(self.vm.width - 1);
-        let sy = ((p.y / self.scale).round() as u32).min(self.vm.height - 1);
-        Ok((sx, sy))
-    }
-
-    async fn run(&mut self, action: Action) -> Result<Outcome, SessionError> {
-        if matches!(
-            action,
-            Action::Click { .. }
-                | Action::Drag { .. }
-                | Action::Scroll { .. }
-                | Action::Type { .. }
-                | Action::Key { .. }
-        ) {
-            self.input_barrier().await?;
-        }
-        match action {
-            Action::Screenshot { scale, max_width } => {
-                let frame = self.vm.frame().await?;
-                let mut s = match scale {
-                    None => 1.0,
-                    Some(s) if s > 0.0 && s <= 1.0 => s,
-                    Some(s) => {
-                        return Err(SessionError::OutOfRange(format!(
-                            "scale={s} is out of range; valid: greater than 0 up to 1"
-                        )))
-                    }
-                };
-                if let Some(mw) = max_width {
-                    if mw < 64 {
-                        return Err(SessionError::OutOfRange(format!(
-                            "max_width={mw} is out of range; valid: 64 or more"
-                        )));
-                    }
-                    s = s.min(mw as f64 / frame.width() as f64);
-                }
-                let enc = frame.png(s).map_err(VmError::from)?;
-                self.scale = s;
-                Ok(Outcome::Screenshot {
-                    png: enc.png,
-                    width: enc.width,
-                    height: enc.height,
-                    scale: s,
-                })
-            }
-            Action::Click {
-                at,
-                button,
-                count,
-                modifiers,
-            } => {
-                if !(1..=3).contains(&count) {
-                    return Err(SessionError::OutOfRange(format!(
-                        "count={count} is out of range; valid: 1..=3"
-                    )));
-                }
-                let mut mods = Vec::new();
-                for m in &modifiers {
-                    mods.extend(input::parse_combo(m)?);
-                }
-                let (x, y) = self.to_screen(at, "click")?;
-                self.vm.click(x, y, button, count, &mods).await?;
-                self.last_pointer = Some(Instant::now());
-                Ok(Outcome::Done {
-                    message: format!("clicked {button:?} x{count} at ({}, {})", at.x, at.y)
-                        .to_lowercase(),
-                })
-            }
-            Action::MouseMove { to } => {
-                let (x, y) = self.to_screen(to, "mouse_move")?;
-                self.vm.move_to(x, y).await?;
-                Ok(Outcome::Done {
-                    message: format!("pointer at ({}, {})", to.x, to.y),
-                })
-            }
-            Action::Drag { from, to, button } => {
-                let a = self.to_screen(from, "drag start")?;
-                let b = self.to_screen(to, "drag end")?;
-                self.vm.drag(a, b, button).await?;
-                self.last_pointer = Some(Instant::now());
-                Ok(Outcome::Done {
-                    message: format!(
-                        "dragged from ({}, {}) to ({}, {})",
-                        from.x, from.y, to.x, to.y
-                    ),
-                })
-            }
-            Action::Scroll { at, dx, dy } => {
-                for (name, v) in [("dx", dx), ("dy", dy)] {
-                    if !(-50..=50).contains(&v) {
-                        return Err(SessionError::OutOfRange(format!(
-                            "{name}={v} is out of range; valid: -50..=50 wheel clicks"
-                        )));
-                    }
-                }
-                let (x, y) = self.to_screen(at, "scroll")?;
-                self.vm.scroll(x, y, dx, dy).await?;
-                Ok(Outcome::Done {
-                    message: format!("scrolled dx={dx} dy={dy} at ({}, {})", at.x, at.y),
-                })
-            }
-            Action::Type { text } => {
-                let strokes = input::strokes_for_text(&text)?;
-                self.vm.type_strokes(&strokes).await?;
-                Ok(Outcome::Done {
-                    message: format!("typed {} characters", strokes.len()),
-                })
-            }
-            Action::Key { keys } => {
-                // Several combos may be given separated by spaces: "ctrl+a Delete".
-                let combos: Vec<Vec<input::QCode>> = keys
-                    .split_whitespace()
-                    .map(input::parse_combo)
-                    .collect::<Result<_, _>>()?;
-                if combos.is_empty() {
-                    return Err(InputError::EmptyCombo(keys).into());
-                }
-                for c in &combos {
-                    self.vm.combo(c).await?;
-                }
-                Ok(Outcome::Done {
-                    message: format!("pressed {keys}"),
-                })
-            }
-            Action::Wait {
-                ms,
-                until_stable,
-                timeout_ms,
-            } => {
-                let started = Instant::now();
-                let ms = ms.unwrap_or(if until_stable { 0 } else { 1000 });
-                if ms > MAX_WAIT_MS {
-                    return Err(SessionError::OutOfRange(format!(
-                        "ms={ms} is out of range; valid: 0..={MAX_WAIT_MS}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                let stable = if until_stable {
-                    let t = timeout_ms.unwrap_or(10_000);
-                    if t > MAX_WAIT_MS {
-                        return Err(SessionError::OutOfRange(format!(
-                            "timeout_ms={t} is out of range; valid: 0..={MAX_WAIT_MS}"
-                        )));
-                    }
-                    let (_, stable) = self
-                        .vm
-                        .settle(Duration::from_millis(t), Duration::from_millis(150), 3)
-                        .await?;
-                    Some(stable)
-                } else {
-                    None
-                };
-                Ok(Outcome::Waited {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    stable,
-                })
-            }
-            Action::Exec {
-                command,
-                timeout_ms,
-            } => {
-                let t = timeout_ms.unwrap_or(30_000);
-                if t == 0 || t > MAX_EXEC_TIMEOUT_MS {
-                    return Err(SessionError::OutOfRange(format!(
-                        "timeout_ms={t} is out of range; valid: 1..={MAX_EXEC_TIMEOUT_MS}"
-                    )));
-                }
-                Ok(Outcome::Exec(
-                    self.vm.exec(&command, Duration::from_millis(t)).await?,
-                ))
-            }
-        }
     }
 }

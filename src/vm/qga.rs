@@ -29,8 +29,8 @@ pub enum QgaError {
         #[source]
         source: io::Error,
     },
-    #[error("guest command did not exit within {secs} s")]
-    ExecTimeout { secs: u64 },
+    #[error("guest command did not exit within {ms} ms")]
+    ExecTimeout { ms: u64 },
 }
 
 pub struct Qga {
@@ -130,7 +130,7 @@ impl Qga {
             }
             if Instant::now() > deadline {
                 return Err(QgaError::ExecTimeout {
-                    secs: timeout.as_secs(),
+                    ms: timeout.as_millis() as u64,
                 });
             }
             tokio::time::sleep(poll).await;

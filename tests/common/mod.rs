@@ -4,34 +4,61 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+pub mod browser;
+
 use deskvm::client::Client;
 use serde_json::{json, Value};
 
-/// A server with its own runtime dir (so cleanup can be checked) and the shared image cache.
+/// A server with its own runtime and data dirs (so cleanup and reviews can be checked) and the
+/// shared image cache. Dropping it removes both dirs; a dropped client ends the server, which
+/// stops its sessions.
 pub struct Server {
     pub client: Client,
     pub runtime: PathBuf,
+    pub data: PathBuf,
+    _dirs: TempDirs,
+}
+
+/// Removes the server's directories when the test is done with them, however it ends.
+struct TempDirs(Vec<PathBuf>);
+
+impl Drop for TempDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 pub async fn server() -> Result<Server> {
     server_with(&["--backend", "local"]).await
 }
 
-pub async fn server_with(args: &[&str]) -> Result<Server> {
-    let runtime = std::env::temp_dir().join(format!(
-        "dvt-{}-{}",
+fn temp_dir(kind: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "dv{kind}-{}-{}",
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::create_dir_all(&runtime)?;
-    let rt = runtime.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub async fn server_with(args: &[&str]) -> Result<Server> {
+    let (runtime, data) = (temp_dir("t")?, temp_dir("d")?);
+    let (rt, dt) = (runtime.to_string_lossy(), data.to_string_lossy());
     let client = Client::spawn(
         Path::new(env!("CARGO_BIN_EXE_deskvm")),
         args,
-        &[("DESKVM_RUNTIME_DIR", &rt)],
+        &[("DESKVM_RUNTIME_DIR", &rt), ("DESKVM_DATA_DIR", &dt)],
     )
     .await?;
-    Ok(Server { client, runtime })
+    Ok(Server {
+        client,
+        _dirs: TempDirs(vec![runtime.clone(), data.clone()]),
+        runtime,
+        data,
+    })
 }
 
 pub fn sid(info: &Value) -> String {

@@ -1,0 +1,253 @@
+//! Review bundles: a ledger copied into `exports/<name>/` with only relative references, so the
+//! bundle can be moved, zipped or mailed: `review.json`, `timeline.jsonl`, `shots/`,
+//! `index.html` (a viewer that opens from `file://` with no server, service worker or network)
+//! and `<name>.html`, the same viewer with every picture inlined, as one file.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::{capture_policy, ReviewMeta, TIMELINE};
+
+const VIEWER: &str = include_str!("viewer.html");
+
+/// `<session>-<UTC time>`: unique per second, sorts by time.
+pub fn default_name(session_id: &str) -> String {
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    format!("{session_id}-{}", t.replace(':', ""))
+}
+
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub name: String,
+    pub dir: PathBuf,
+    pub index: PathBuf,
+    pub single_file: PathBuf,
+    pub events: usize,
+    pub steps: usize,
+    pub failed: usize,
+    pub shots: usize,
+    pub missing_shots: usize,
+    pub bytes: u64,
+    /// Frames the timeline refers to, counted every time, and what they would take stored
+    /// every time (no content addressing).
+    pub frame_refs: usize,
+    pub bytes_without_dedupe: u64,
+}
+
+impl Exported {
+    /// Counts and names only: what the ledger records of an export (no server paths).
+    pub fn summary(&self) -> Value {
+        json!({
+            "name": self.name,
+            "events": self.events,
+            "steps": self.steps,
+            "failed": self.failed,
+            "shots": self.shots,
+            "missing_shots": self.missing_shots,
+            "bytes": self.bytes,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = self.summary();
+        if let Value::Object(m) = &mut v {
+            m.insert("dir".into(), self.dir.display().to_string().into());
+            m.insert("index_html".into(), self.index.display().to_string().into());
+            m.insert("single_file_html".into(), self.single_file.display().to_string().into());
+            m.insert("frame_refs".into(), self.frame_refs.into());
+            m.insert("bytes_without_dedupe".into(), self.bytes_without_dedupe.into());
+        }
+        v
+    }
+}
+
+/// Whether `r` is a frame reference this format writes (`shots/<32 hex>.png`); anything else in
+/// a timeline is never followed, so an export cannot be made to copy other files.
+fn is_shot_ref(r: &str) -> bool {
+    r.strip_prefix("shots/")
+        .and_then(|f| f.strip_suffix(".png"))
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The events of a timeline: whole lines only (a server killed mid-write leaves at most one
+/// partial line, which is dropped), up to `upto` bytes when given.
+pub fn read_timeline(dir: &Path, upto: Option<u64>) -> io::Result<Vec<Value>> {
+    let mut bytes = std::fs::read(dir.join(TIMELINE))?;
+    if let Some(n) = upto {
+        bytes.truncate(n as usize);
+    }
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Ok(String::from_utf8_lossy(&bytes[..whole])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn frame_refs(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .flat_map(|e| ["before", "shot"].map(|k| e.get(k).and_then(Value::as_str)))
+        .flatten()
+        .filter(|r| is_shot_ref(r))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The viewer page with `data` embedded (`<` escaped, so no string in it can end the script).
+pub fn viewer_html(title: &str, data: &Value) -> String {
+    let json = data.to_string().replace('<', "\\u003c");
+    let title = title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    VIEWER.replace("{{TITLE}}", &title).replace("{{DATA}}", &json)
+}
+
+/// Writes the bundle `exports/<name>/` from the ledger in `review_dir` (copying `upto` bytes of
+/// its timeline when given). Built under a hidden name and renamed into place: there is never a
+/// half-written bundle. Fails with `AlreadyExists` rather than replace an export.
+pub fn export(
+    review_dir: &Path,
+    exports: &Path,
+    name: &str,
+    upto: Option<u64>,
+) -> io::Result<Exported> {
+    let target = exports.join(name);
+    if target.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("an export named {name:?} exists; choose another name"),
+        ));
+    }
+    let session = review_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let meta = ReviewMeta::read(review_dir).unwrap_or_else(|_| ReviewMeta::new(&session, "session"));
+    let events = read_timeline(review_dir, upto)?;
+    let refs = frame_refs(&events);
+    let unique: BTreeSet<&String> = refs.iter().collect();
+
+    crate::storage::private_dir(exports)?;
+    let tmp = exports.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(tmp.join(super::shots::SHOTS_DIR))?;
+    let mut missing = Vec::new();
+    let mut inlined = serde_json::Map::new();
+    let mut shot_bytes = 0;
+    for r in &unique {
+        let (src, dst) = (review_dir.join(r), tmp.join(r));
+        match std::fs::read(&src) {
+            Ok(png) => {
+                // A hard link costs nothing; another filesystem gets a copy.
+                if std::fs::hard_link(&src, &dst).is_err() {
+                    std::fs::write(&dst, &png)?;
+                }
+                shot_bytes += png.len() as u64;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+                inlined.insert((*r).clone(), format!("data:image/png;base64,{b64}").into());
+            }
+            Err(_) => missing.push((*r).clone()),
+        }
+    }
+    let size_of = |r: &String| std::fs::metadata(tmp.join(r)).map(|m| m.len()).unwrap_or(0);
+    let bytes_without_dedupe = refs.iter().map(size_of).sum();
+
+    let mut timeline = String::new();
+    for e in &events {
+        timeline.push_str(&e.to_string());
+        timeline.push('\n');
+    }
+    std::fs::write(tmp.join(TIMELINE), &timeline)?;
+    let kind = |e: &Value| e["kind"].as_str().unwrap_or_default().to_string();
+    let steps = events.iter().filter(|e| kind(e) != "frame").count();
+    let failed = events
+        .iter()
+        .filter(|e| matches!(kind(e).as_str(), "action_failed" | "session_failed"))
+        .count();
+    let mut review = serde_json::to_value(&meta).map_err(io::Error::other)?;
+    if let Value::Object(m) = &mut review {
+        m.insert("exported_at".into(), super::now().into());
+        m.insert("name".into(), name.into());
+        m.insert("capture".into(), capture_policy());
+        m.insert(
+            "counts".into(),
+            json!({ "events": events.len(), "steps": steps, "failed": failed, "shots": unique.len() - missing.len(), "frame_refs": refs.len() }),
+        );
+        m.insert("missing_shots".into(), json!(missing));
+        m.insert(
+            "files".into(),
+            json!({ "timeline": TIMELINE, "shots": "shots/", "viewer": "index.html", "single_file": format!("{name}.html") }),
+        );
+    }
+    let title = format!("deskvm review {}", meta.session_id);
+    let page = |shots: Value, review: &Value| {
+        viewer_html(&title, &json!({ "review": review, "events": events, "shots": shots }))
+    };
+    let index = page(json!({}), &review);
+    let single = page(Value::Object(inlined), &review);
+    let bytes = shot_bytes + (timeline.len() + index.len() + single.len()) as u64;
+    if let Value::Object(m) = &mut review {
+        m.insert(
+            "bytes".into(),
+            json!({ "total": bytes, "shots": shot_bytes, "timeline": timeline.len(), "without_dedupe": bytes_without_dedupe }),
+        );
+    }
+    std::fs::write(tmp.join("index.html"), page(json!({}), &review))?;
+    std::fs::write(tmp.join(format!("{name}.html")), single)?;
+    std::fs::write(
+        tmp.join("review.json"),
+        serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(Exported {
+        name: name.to_string(),
+        index: target.join("index.html"),
+        single_file: target.join(format!("{name}.html")),
+        dir: target,
+        events: events.len(),
+        steps,
+        failed,
+        shots: unique.len() - missing.len(),
+        missing_shots: missing.len(),
+        bytes,
+        frame_refs: refs.len(),
+        bytes_without_dedupe,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_shot_refs_are_followed() {
+        assert!(is_shot_ref("shots/0123456789abcdef0123456789abcdef.png"));
+        assert!(!is_shot_ref("shots/../../etc/passwd.png"));
+        assert!(!is_shot_ref("/etc/passwd"));
+        assert!(!is_shot_ref("shots/abc.png"));
+    }
+
+    #[test]
+    fn the_viewer_cannot_be_closed_by_data() {
+        let html = viewer_html("a<b", &json!({ "x": "</script><script>alert(1)</script>" }));
+        assert!(!html.contains("</script><script>alert"));
+        assert!(html.contains("a&lt;b"));
+    }
+
+    #[test]
+    fn a_partial_last_line_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("deskvm-tl-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(TIMELINE), "{\"seq\":1}\n{\"seq\":2}\n{\"se").unwrap();
+        assert_eq!(read_timeline(&dir, None).unwrap().len(), 2);
+        assert_eq!(read_timeline(&dir, Some(10)).unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,200 @@
+//! The one error type at the session boundary. Messages stay short and name the problem; causes
+//! travel in `#[source]` and are rendered once, as a chain, by [`chain`].
+
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::backend::BackendError;
+use crate::image::ImageError;
+use crate::vm::input::InputError;
+use crate::vm::VmError;
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("unknown session {id:?}; {}", known_list(.known))]
+    UnknownSession { id: String, known: Vec<String> },
+    #[error("session {id} failed: {reason}. Its VM is gone; stop it with session_stop and start a new one")]
+    Failed { id: String, reason: String },
+    #[error("{field}={value} is out of range; valid: {valid}")]
+    OutOfRange {
+        field: &'static str,
+        value: String,
+        valid: String,
+    },
+    #[error("{what} ({x}, {y}) is outside the screen: x must be in 0..={max_x} and y in 0..={max_y} ({space})")]
+    OffScreen {
+        what: &'static str,
+        x: f64,
+        y: f64,
+        max_x: u32,
+        max_y: u32,
+        space: String,
+    },
+    #[error("invalid {field} {value:?}: {why}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("the VM backend failed")]
+    Backend(#[from] BackendError),
+    #[error("VM error")]
+    Vm(#[from] VmError),
+    #[error("session setup failed: {0}")]
+    Setup(String),
+    #[error("too many sessions: {max} are running; stop one first")]
+    TooMany { max: usize },
+    #[error("review ledger error")]
+    Ledger(#[source] std::io::Error),
+    #[error("I/O error")]
+    Io(#[from] std::io::Error),
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "no sessions are running; start one with session_start".into()
+    } else {
+        format!("running sessions: {}", known.join(", "))
+    }
+}
+
+impl SessionError {
+    /// A short machine-readable kind for structured error results and the ledger.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::UnknownSession { .. } => "unknown_session",
+            SessionError::Failed { .. } => "session_failed",
+            SessionError::OutOfRange { .. } | SessionError::OffScreen { .. } => "out_of_range",
+            SessionError::InvalidName { .. } => "invalid_name",
+            SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
+            SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
+            SessionError::Input(_) => "invalid_input",
+            SessionError::Image(_) => "image",
+            SessionError::Backend(_) => "backend",
+            SessionError::Vm(_) => "vm",
+            SessionError::Setup(_) => "setup",
+            SessionError::TooMany { .. } => "too_many_sessions",
+            SessionError::Ledger(_) => "ledger",
+            SessionError::Io(_) => "io",
+        }
+    }
+
+    /// Whether the call was refused before anything ran (bad input), as opposed to failing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SessionError::UnknownSession { .. }
+                | SessionError::OutOfRange { .. }
+                | SessionError::OffScreen { .. }
+                | SessionError::InvalidName { .. }
+                | SessionError::Input(_)
+                | SessionError::TooMany { .. }
+        )
+    }
+
+    /// `{error, message, ...}`: the kind, the whole cause chain, and for out-of-range values the
+    /// field, the value given and the valid range, so a client can act without parsing text.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({ "error": self.kind(), "message": chain(self) });
+        let extra = match self {
+            SessionError::OutOfRange {
+                field,
+                value,
+                valid,
+            } => json!({ "field": field, "value": value, "valid": valid }),
+            SessionError::OffScreen {
+                x,
+                y,
+                max_x,
+                max_y,
+                ..
+            } => {
+                let field = if *x < 0.0 || *x > f64::from(*max_x) || !x.is_finite() {
+                    "x"
+                } else {
+                    "y"
+                };
+                let (value, max) = if field == "x" { (x, max_x) } else { (y, max_y) };
+                json!({ "field": field, "value": value.to_string(), "valid": format!("0..={max}") })
+            }
+            SessionError::InvalidName { field, value, .. } => {
+                json!({ "field": field, "value": value })
+            }
+            SessionError::UnknownSession { known, .. } => json!({ "known": known }),
+            SessionError::Input(InputError::UnknownKey { suggestions, .. }) => {
+                json!({ "suggestions": suggestions })
+            }
+            _ => Value::Null,
+        };
+        if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
+            v.extend(extra);
+        }
+        v
+    }
+}
+
+/// The error and its causes on one line, each said once ("VM error: could not read the
+/// screendump: No such file or directory"). Cloud Hypervisor prints its chains this way.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        // A transparent wrapper repeats its cause's text: say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+/// A value outside `lo..=hi`, as the error that names the field and the range.
+pub fn check_range<T>(field: &'static str, v: T, lo: T, hi: T) -> Result<T, SessionError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(SessionError::OutOfRange {
+            field,
+            value: v.to_string(),
+            valid: format!("{lo}..={hi}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_say_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = SessionError::Vm(VmError::ScreenFile(io));
+        assert_eq!(
+            chain(&e),
+            "VM error: could not read the screendump: no such file"
+        );
+        let e = SessionError::Input(InputError::EmptyCombo("".into()));
+        assert_eq!(chain(&e), e.to_string());
+    }
+
+    #[test]
+    fn out_of_range_is_structured() {
+        let e = check_range("count", 7u32, 1, 3).unwrap_err();
+        let v = e.to_json();
+        assert_eq!(v["error"], "out_of_range");
+        assert_eq!(v["field"], "count");
+        assert_eq!(v["value"], "7");
+        assert_eq!(v["valid"], "1..=3");
+        assert_eq!(v["message"], "count=7 is out of range; valid: 1..=3");
+        assert!(check_range("count", 3u32, 1, 3).is_ok());
+    }
+}

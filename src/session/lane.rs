@@ -1,0 +1,285 @@
+//! One serialized lane per session: the VM handle and what the lane knows of the screen (the
+//! latest frame, the scale agents' coordinates are in), and the input barrier.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::action::{Outcome, Plan, Point};
+use super::error::SessionError;
+use crate::backend::Instance;
+use crate::vm::display::{scaled_size, Frame};
+use crate::vm::{Vm, VmError};
+
+/// A frame the lane has seen, and when.
+#[derive(Clone)]
+pub struct Seen {
+    pub frame: Arc<Frame>,
+    pub at: Instant,
+    /// Whether the screen had stopped changing when this frame was taken.
+    pub settled: bool,
+}
+
+/// Where the pointer acted, in screen pixels of the full-resolution frame (for the ledger).
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub pointer: Option<(u32, u32)>,
+    pub path: Option<Vec<(u32, u32)>>,
+}
+
+pub struct Lane {
+    pub vm: Vm,
+    pub instance: Box<dyn Instance>,
+    /// Scale of the latest screenshot: coordinates are in its pixel space.
+    pub scale: f64,
+    /// When the latest click or drag was sent (see [`Lane::input_barrier`]).
+    pub last_pointer: Option<Instant>,
+    /// The latest frame any screendump of this lane produced.
+    pub latest: Option<Seen>,
+    /// Whether an action that can change the screen ran after `latest` was taken.
+    pub changed_since_frame: bool,
+    /// The action (seq, when it ended) whose "after" frame is still to be recorded: by its
+    /// capture task, or else by the next call that looks at the screen.
+    pub awaiting_after: Option<(u64, Instant)>,
+}
+
+/// A frame younger than this counts as the current screen even if it was still changing.
+const FRESH: Duration = Duration::from_millis(500);
+
+impl Lane {
+    pub fn new(vm: Vm, instance: Box<dyn Instance>) -> Self {
+        Lane {
+            vm,
+            instance,
+            scale: 1.0,
+            last_pointer: None,
+            latest: None,
+            changed_since_frame: true,
+            awaiting_after: None,
+        }
+    }
+
+    /// A screendump, remembered as the latest frame.
+    pub async fn look(&mut self, settled: bool) -> Result<Seen, VmError> {
+        let frame = Arc::new(self.vm.frame().await?);
+        Ok(self.saw(frame, settled))
+    }
+
+    fn saw(&mut self, frame: Arc<Frame>, settled: bool) -> Seen {
+        let seen = Seen {
+            frame,
+            at: Instant::now(),
+            settled,
+        };
+        self.latest = Some(seen.clone());
+        self.changed_since_frame = false;
+        seen
+    }
+
+    /// The screen as it is now: the latest frame when nothing can have changed it since (no
+    /// action ran, and it was settled or is fresh), else a new screendump. Reusing is what
+    /// keeps the ledger's cost off most replies.
+    pub async fn current(&mut self) -> Result<Seen, VmError> {
+        match &self.latest {
+            Some(s) if !self.changed_since_frame && (s.settled || s.at.elapsed() < FRESH) => {
+                Ok(s.clone())
+            }
+            _ => self.look(false).await,
+        }
+    }
+
+    async fn settle(&mut self, timeout: Duration, interval: Duration, needed: u32) -> Result<bool, VmError> {
+        let (frame, stable) = self.vm.settle(timeout, interval, needed).await?;
+        self.saw(Arc::new(frame), stable);
+        Ok(stable)
+    }
+
+    /// Input right after a click can overtake it: the window manager moves the focus only once
+    /// it has handled the click. Under TCG the first three characters typed after a click reached
+    /// the previously focused window, and a click on a window right after a click on the
+    /// desktop background left no window focused (2 of 3 tries). So input that follows a click
+    /// waits (at most 1.5 s) until the screen stops changing, which a focus change always does.
+    async fn input_barrier(&mut self) -> Result<(), VmError> {
+        if self
+            .last_pointer
+            .take()
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            self.settle(Duration::from_millis(1500), Duration::from_millis(50), 2)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Maps a point in screenshot space to screen pixels, or says which range is valid.
+    fn to_screen(&self, p: Point, what: &'static str) -> Result<(u32, u32), SessionError> {
+        let (w, h) = scaled_size(self.vm.width, self.vm.height, self.scale);
+        let ok = |v: f64, max: u32| v.is_finite() && v >= 0.0 && v <= (max - 1) as f64;
+        if !ok(p.x, w) || !ok(p.y, h) {
+            let space = if self.scale < 1.0 {
+                format!(
+                    "pixels of the latest screenshot, {w}x{h} at scale {:.3}",
+                    self.scale
+                )
+            } else {
+                format!("screen pixels, {w}x{h}")
+            };
+            return Err(SessionError::OffScreen {
+                what,
+                x: p.x,
+                y: p.y,
+                max_x: w - 1,
+                max_y: h - 1,
+                space,
+            });
+        }
+        let sx = ((p.x / self.scale).round() as u32).min(self.vm.width - 1);
+        let sy = ((p.y / self.scale).round() as u32).min(self.vm.height - 1);
+        Ok((sx, sy))
+    }
+
+    /// Where a pointer action lands, checked against the latest screenshot before anything runs.
+    pub fn trace(&self, plan: &Plan) -> Result<Trace, SessionError> {
+        let one = |p, what| -> Result<Trace, SessionError> {
+            Ok(Trace {
+                pointer: Some(self.to_screen(p, what)?),
+                path: None,
+            })
+        };
+        match plan {
+            Plan::Click { at, .. } => one(*at, "click"),
+            Plan::MouseMove { to } => one(*to, "mouse_move"),
+            Plan::Scroll { at, .. } => one(*at, "scroll"),
+            Plan::Drag { from, to, .. } => {
+                let a = self.to_screen(*from, "drag start")?;
+                let b = self.to_screen(*to, "drag end")?;
+                Ok(Trace {
+                    pointer: Some(b),
+                    path: Some(vec![a, b]),
+                })
+            }
+            _ => Ok(Trace::default()),
+        }
+    }
+
+    /// Waits at the input barrier when the plan is input that could overtake a click.
+    pub async fn before(&mut self, plan: &Plan) -> Result<(), VmError> {
+        if matches!(
+            plan,
+            Plan::Click { .. }
+                | Plan::Drag { .. }
+                | Plan::Scroll { .. }
+                | Plan::Type { .. }
+                | Plan::Key { .. }
+        ) {
+            self.input_barrier().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a checked plan whose points [`Lane::trace`] resolved.
+    pub async fn run(&mut self, plan: Plan, trace: &Trace) -> Result<(Outcome, Option<Seen>), SessionError> {
+        let at = trace.pointer.unwrap_or_default();
+        // Hover and focus can change with any input; only looking and waiting cannot.
+        // Set first: input that fails half-way may still have changed the screen.
+        if !matches!(plan, Plan::Screenshot { .. } | Plan::Wait { .. }) {
+            self.changed_since_frame = true;
+        }
+        let mut shown = None;
+        let outcome = match plan {
+            Plan::Screenshot { scale, max_width } => {
+                let seen = self.look(false).await?;
+                let s = match max_width {
+                    Some(mw) => scale.min(mw as f64 / seen.frame.width() as f64),
+                    None => scale,
+                };
+                let enc = seen.frame.png(s).map_err(VmError::from)?;
+                self.scale = s;
+                shown = Some(seen);
+                Outcome::Screenshot {
+                    png: enc.png,
+                    width: enc.width,
+                    height: enc.height,
+                    scale: s,
+                }
+            }
+            Plan::Click {
+                at: p,
+                button,
+                count,
+                modifiers,
+            } => {
+                self.vm.click(at.0, at.1, button, count, &modifiers).await?;
+                self.last_pointer = Some(Instant::now());
+                Outcome::Done {
+                    message: format!("clicked {button:?} x{count} at ({}, {})", p.x, p.y)
+                        .to_lowercase(),
+                }
+            }
+            Plan::MouseMove { to } => {
+                self.vm.move_to(at.0, at.1).await?;
+                Outcome::Done {
+                    message: format!("pointer at ({}, {})", to.x, to.y),
+                }
+            }
+            Plan::Drag { from, to, button } => {
+                let path = trace.path.as_deref().unwrap_or_default();
+                let (a, b) = (path.first().copied().unwrap_or(at), at);
+                self.vm.drag(a, b, button).await?;
+                self.last_pointer = Some(Instant::now());
+                Outcome::Done {
+                    message: format!(
+                        "dragged from ({}, {}) to ({}, {})",
+                        from.x, from.y, to.x, to.y
+                    ),
+                }
+            }
+            Plan::Scroll { at: p, dx, dy } => {
+                self.vm.scroll(at.0, at.1, dx, dy).await?;
+                Outcome::Done {
+                    message: format!("scrolled dx={dx} dy={dy} at ({}, {})", p.x, p.y),
+                }
+            }
+            Plan::Type { strokes } => {
+                self.vm.type_strokes(&strokes).await?;
+                Outcome::Done {
+                    message: format!("typed {} characters", strokes.len()),
+                }
+            }
+            Plan::Key { combos } => {
+                for c in &combos {
+                    self.vm.combo(c).await?;
+                }
+                Outcome::Done {
+                    message: format!("pressed {} key combination(s)", combos.len()),
+                }
+            }
+            Plan::Wait {
+                ms,
+                stable_timeout_ms,
+            } => {
+                let started = Instant::now();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let stable = match stable_timeout_ms {
+                    Some(t) => Some(
+                        self.settle(Duration::from_millis(t), Duration::from_millis(150), 3)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                Outcome::Waited {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    stable,
+                }
+            }
+            Plan::Exec {
+                command,
+                timeout_ms,
+            } => Outcome::Exec(
+                self.vm
+                    .exec(&command, Duration::from_millis(timeout_ms))
+                    .await?,
+            ),
+        };
+        Ok((outcome, shown))
+    }
+}

@@ -1,0 +1,258 @@
+//! A session call on record: validation before the lane, the lane run, and the ledger event
+//! with the frames before and after — the before frame chosen on the call's path (usually the
+//! latest frame, free), the after frame captured in the background once the screen settles.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::action::{Action, Outcome};
+use super::lane::Trace;
+use super::{Session, SessionError};
+use crate::ledger::{redact, Ledger};
+use crate::vm::display::{Frame, SETTLE_THRESHOLD_PX};
+
+/// The after-frame capture of one action, while it runs.
+pub struct AfterFrame {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What the ledger keeps of a call besides tool, arguments and outcome.
+#[derive(Default)]
+pub struct Extra {
+    pub trace: Trace,
+    pub before: Option<String>,
+    pub shot: Option<String>,
+}
+
+/// How long after an action its "after" frame may be taken, and how often the screen is looked
+/// at until then (two quiet looks in a row end it early).
+const AFTER_LIMIT: Duration = Duration::from_millis(1500);
+const AFTER_FIRST: Duration = Duration::from_millis(50);
+const AFTER_INTERVAL: Duration = Duration::from_millis(150);
+
+/// Appends a call's event: `kind` (or `action`/`action_failed` when empty), tool, arguments,
+/// outcome or error, duration, pointer and frames.
+pub fn append_call(
+    ledger: &Ledger,
+    kind: &str,
+    tool: &str,
+    args: Value,
+    outcome: Result<&Value, &SessionError>,
+    started: Instant,
+    extra: &Extra,
+) -> std::io::Result<u64> {
+    let kind = match (kind, &outcome) {
+        ("", Ok(_)) => "action",
+        ("", Err(_)) => "action_failed",
+        (k, _) => k,
+    };
+    let (outcome, error) = match outcome {
+        Ok(v) => (Some(redact::outcome(v)), None),
+        Err(e) => (None, Some(e.to_json())),
+    };
+    let xy = |(x, y): (u32, u32)| json!({ "x": x, "y": y });
+    // Arguments left out are left out of the record too.
+    let args = match args {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    };
+    ledger.append(
+        kind,
+        json!({
+            "tool": tool,
+            "args": args,
+            "outcome": outcome,
+            "error": error,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "pointer": extra.trace.pointer.map(xy),
+            "path": extra.trace.path.as_ref().map(|p| p.iter().copied().map(xy).collect::<Vec<_>>()),
+            "before": extra.before,
+            "shot": extra.shot,
+        }),
+    )
+}
+
+/// Records `frame` as the screen after action `of_seq`, which ended at `ended`.
+fn append_frame(ledger: &Ledger, of_seq: u64, frame: &Arc<Frame>, settled: bool, ended: Instant) {
+    let shot = ledger.shots.put(frame);
+    let fields = json!({
+        "of_seq": of_seq,
+        "shot": shot,
+        "settled": settled,
+        "ms_after": ended.elapsed().as_millis() as u64,
+    });
+    if let Err(e) = ledger.append("frame", fields) {
+        tracing::warn!(error = %e, "could not record a frame in the review ledger");
+    }
+}
+
+impl Session {
+    pub(super) fn check_alive(&self) -> Result<(), SessionError> {
+        match self.exited.borrow().clone() {
+            Some(reason) => Err(SessionError::Failed {
+                id: self.info.session_id.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn record_ok(
+        &self,
+        kind: &str,
+        tool: &str,
+        args: Value,
+        outcome: Value,
+        started: Instant,
+    ) -> Result<u64, SessionError> {
+        append_call(&self.ledger, kind, tool, args, Ok(&outcome), started, &Extra::default())
+            .map_err(SessionError::Ledger)
+    }
+
+    /// Stops a running after-frame capture (it records what it has) and waits for it.
+    pub(super) async fn finish_capture(&self) {
+        let pending = self.after.lock().expect("capture slot poisoned").take();
+        if let Some(p) = pending {
+            p.cancel.cancel();
+            let _ = p.task.await;
+        }
+    }
+
+    /// Runs one action on the lane and records it. Refusals are recorded before any lock.
+    pub(super) async fn act(
+        self: &Arc<Self>,
+        action: Action,
+        started: Instant,
+    ) -> Result<Outcome, SessionError> {
+        let (tool, args) = (action.name(), action.record());
+        let refuse = |e: SessionError, extra: &Extra| {
+            let _ = append_call(&self.ledger, "", tool, args.clone(), Err(&e), started, extra);
+            Err(e)
+        };
+        let plan = match action.validate().and_then(|p| self.check_alive().map(|()| p)) {
+            Ok(p) => p,
+            Err(e) => return refuse(e, &Extra::default()),
+        };
+        // The previous action's after-frame capture yields to this call: it stops looking and
+        // records the last frame it took.
+        let waited_for_capture = Instant::now();
+        let had_capture = self.after.lock().expect("capture slot poisoned").is_some();
+        self.finish_capture().await;
+        let mut lane = self.lane.lock().await;
+        let mut overhead = if had_capture {
+            waited_for_capture.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        let mut extra = Extra::default();
+        match lane.trace(&plan) {
+            Ok(t) => extra.trace = t,
+            Err(e) => return refuse(e, &extra),
+        }
+        let ran = async {
+            lane.before(&plan).await?;
+            if action.changes_screen() {
+                let t = Instant::now();
+                let seen = lane.current().await?;
+                extra.before = Some(self.ledger.shots.put(&seen.frame));
+                overhead += t.elapsed();
+            }
+            lane.run(plan, &extra.trace).await
+        }
+        .await;
+        // A VM error is most often the VM dying mid-call: say that rather than "broken pipe".
+        let result = match ran {
+            Err(SessionError::Vm(e)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.check_alive().and(Err(SessionError::Vm(e)))
+            }
+            other => other,
+        };
+        let t = Instant::now();
+        // The previous action's capture took no frame: the first frame of this call shows the
+        // screen after it.
+        if let Some((seq, ended)) = lane.awaiting_after {
+            if let Some(seen) = lane.latest.as_ref().filter(|s| s.at >= started) {
+                let (frame, settled) = (seen.frame.clone(), seen.settled);
+                lane.awaiting_after = None;
+                append_frame(&self.ledger, seq, &frame, settled, ended);
+            }
+        }
+        let recorded = match &result {
+            Ok((outcome, shown)) => {
+                if let Some(seen) = shown {
+                    extra.shot = Some(self.ledger.shots.put(&seen.frame));
+                }
+                append_call(&self.ledger, "", tool, args, Ok(&outcome.to_json()), started, &extra)
+            }
+            Err(e) => append_call(&self.ledger, "", tool, args, Err(e), started, &extra),
+        };
+        let seq = recorded.map_err(SessionError::Ledger);
+        let capture = matches!(seq, Ok(_)) && result.is_ok() && action.changes_screen();
+        if let (true, Ok(seq)) = (capture, &seq) {
+            lane.awaiting_after = Some((*seq, Instant::now()));
+        }
+        drop(lane);
+        overhead += t.elapsed();
+        self.ledger.note_overhead(overhead);
+        if let (true, Ok(seq)) = (capture, &seq) {
+            spawn_after_frame(self, *seq);
+        }
+        seq?;
+        result.map(|(outcome, _)| outcome)
+    }
+}
+
+/// Captures the frame after action `of_seq` once the screen stopped changing (or at the limit,
+/// or when the next call arrives) and records it as a `frame` event of that action.
+pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
+    let cancel = CancellationToken::new();
+    let (s, c) = (session.clone(), cancel.clone());
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = None;
+        let mut quiet = 0;
+        let mut wait = AFTER_FIRST;
+        let settled = loop {
+            tokio::select! {
+                _ = c.cancelled() => break false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = AFTER_INTERVAL;
+            let mut lane = s.lane.lock().await;
+            if c.is_cancelled() {
+                break false;
+            }
+            let Ok(seen) = lane.look(false).await else {
+                break false;
+            };
+            // This capture records the frame: later calls need not.
+            lane.awaiting_after = None;
+            let still = last.as_ref().is_some_and(|l: &Arc<Frame>| {
+                seen.frame.changed_pixels(l) < SETTLE_THRESHOLD_PX
+            });
+            quiet = if still { quiet + 1 } else { 0 };
+            last = Some(seen.frame);
+            if quiet >= 2 {
+                // The next action may reuse this frame as its "before".
+                if let Some(l) = lane.latest.as_mut() {
+                    l.settled = true;
+                }
+                break true;
+            }
+            drop(lane);
+            if started.elapsed() >= AFTER_LIMIT {
+                break false;
+            }
+        };
+        if let Some(frame) = last {
+            append_frame(&s.ledger, of_seq, &frame, settled, started);
+        }
+    });
+    *session.after.lock().expect("capture slot poisoned") = Some(AfterFrame { cancel, task });
+}
