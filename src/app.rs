@@ -108,7 +108,7 @@ pub async fn install_host_packages() -> Result<()> {
             what.join(", ")
         }
     );
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::storage::is_root() {
         bail!("missing host packages {what:?}; run `sudo deskvm setup` or install them with apt-get (QEMU 8 or newer; on bookworm from bookworm-backports)");
     }
     let status = tokio::process::Command::new("bash")
@@ -305,7 +305,7 @@ pub async fn ensure_dockerd() -> Result<()> {
     if std::env::var_os("DOCKER_HOST").is_some() {
         bail!("DOCKER_HOST is set but the engine there does not answer");
     }
-    if unsafe { libc::geteuid() } != 0
+    if !crate::storage::is_root()
         || !(on_path("dockerd") || Path::new("/usr/sbin/dockerd").is_file())
     {
         bail!("the Docker engine is not running; start it (`sudo dockerd &`) or run `sudo deskvm setup`");
@@ -319,6 +319,7 @@ pub async fn ensure_dockerd() -> Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log);
     // Its own session: dockerd outlives this command, as a service would.
+    // SAFETY: setsid is async-signal-safe, the one call allowed between fork and exec here.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
             libc::setsid();
@@ -432,6 +433,10 @@ pub async fn doctor(choice: AccelChoice) -> bool {
         }
     }
     println!("info  cache dir: {}", layout.cache.display());
+    println!(
+        "info  data dir (review ledgers, exported reviews): {}",
+        layout.data.display()
+    );
     println!("info  runtime dir: {}", layout.runtime.display());
     ok
 }

@@ -40,6 +40,8 @@ pub struct Options {
     pub clicks: usize,
     pub chars: usize,
     pub cold: bool,
+    /// Length of the scripted session that measures the review ledger (0: skip).
+    pub ledger_actions: usize,
     /// Passed on to `deskvm serve`.
     pub server_args: Vec<String>,
 }
@@ -47,7 +49,25 @@ pub struct Options {
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
     let args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
-    let client = Client::spawn(&exe, &args, &[("RUST_LOG", "warn,qapi=error")]).await?;
+    // The bench's reviews go to a directory of its own, removed at the end.
+    let data = std::env::temp_dir().join(format!("deskvm-bench-{}", std::process::id()));
+    let data_env = data.to_string_lossy().into_owned();
+    let client = Client::spawn(
+        &exe,
+        &args,
+        &[
+            ("RUST_LOG", "warn,qapi=error"),
+            ("DESKVM_DATA_DIR", &data_env),
+        ],
+    )
+    .await?;
+    let result = run_with(&client, &o).await;
+    client.close().await?;
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+async fn run_with(client: &Client, o: &Options) -> Result<()> {
     println!(
         "deskvm bench: {} cores, through an MCP client over stdio",
         std::thread::available_parallelism()
@@ -250,7 +270,17 @@ pub async fn run(o: Options) -> Result<()> {
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
-    client.close().await?;
+    if o.ledger_actions > 0 {
+        ledger_cost(client, o.ledger_actions, Duration::ZERO).await?;
+        // As an agent calls: a model thinks between calls, and the after-frame capture of the
+        // previous action has usually finished by then.
+        ledger_cost(
+            client,
+            (o.ledger_actions / 3).max(10),
+            Duration::from_secs(1),
+        )
+        .await?;
+    }
     if back != expected {
         bail!("typed text was not read back exactly:\nexpected {expected:?}\n     got {back:?}");
     }
@@ -272,4 +302,74 @@ fn qemu_rss_kib(session_id: &str) -> Option<u64> {
         }
     }
     None
+}
+
+/// The review ledger's cost over a scripted session of `n` actions, `pause` apart (none is the
+/// worst case for capture: the next call always interrupts the previous action's after-frame).
+async fn ledger_cost(client: &Client, n: usize, pause: Duration) -> Result<()> {
+    let info = client.call_ok("session_start", json!({})).await?;
+    let sid = info["session_id"]
+        .as_str()
+        .context("no session_id")?
+        .to_string();
+    let (tx, ty) = TERMINAL_POINT;
+    for i in 0..n {
+        let (tool, args) = match i % 10 {
+            0 => ("screenshot", json!({})),
+            1 => ("click", json!({ "x": tx, "y": ty })),
+            2 => ("type", json!({ "text": format!("echo step-{i}") })),
+            3 => ("key", json!({ "keys": "Return" })),
+            4 => ("screenshot", json!({ "scale": 0.5 })),
+            5 => ("scroll", json!({ "x": 300, "y": 200, "dy": 1 })),
+            6 => ("mouse_move", json!({ "x": 500 + (i % 7) * 10, "y": 300 })),
+            7 => (
+                "drag",
+                json!({ "from": {"x": 50, "y": 150}, "to": {"x": 120, "y": 190} }),
+            ),
+            8 => ("exec", json!({ "command": "true" })),
+            _ => ("screenshot", json!({})),
+        };
+        let mut args = args;
+        args["session_id"] = sid.clone().into();
+        tokio::time::sleep(pause).await;
+        client.call_ok(tool, args).await?;
+    }
+    let x = client
+        .call_ok(
+            "export_review",
+            json!({ "session_id": sid, "name": format!("bench-{n}") }),
+        )
+        .await?;
+    client
+        .call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    let review: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        std::path::Path::new(x["dir"].as_str().context("no export dir")?).join("review.json"),
+    )?)?;
+    let o = &review["reply_overhead_us"];
+    let bytes = &review["bytes"];
+    let per = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) / n as f64 / 1024.0;
+    let rhythm = if pause.is_zero() {
+        "back to back".to_string()
+    } else {
+        format!("{} ms apart", pause.as_millis())
+    };
+    println!(
+        "{:<38} p50={:>6.2} ms  p95={:>6.2} ms  max={:>6.2} ms (n={}, {} actions {rhythm})",
+        "review ledger: added to each reply",
+        o["p50"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        o["p95"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        o["max"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        o["n"],
+        n
+    );
+    println!(
+        "{:<38} {:.1} KiB per action stored ({} frames, timeline {:.1} KiB); every referenced frame as its own PNG: {:.1} KiB per action",
+        "review ledger: bytes",
+        (bytes["shots"].as_f64().unwrap_or(0.0) + bytes["timeline"].as_f64().unwrap_or(0.0)) / n as f64 / 1024.0,
+        review["counts"]["shots"],
+        bytes["timeline"].as_f64().unwrap_or(0.0) / 1024.0,
+        per(&bytes["without_dedupe"]),
+    );
+    Ok(())
 }

@@ -87,7 +87,9 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     println!("session stopped. Screenshots: {}", out.display());
     println!(
         "review: {} steps, {} pictures, {} bytes; open in a browser: {}",
-        review["steps"], review["shots"], review["bytes"],
+        review["steps"],
+        review["shots"],
+        review["bytes"],
         review["index_html"].as_str().unwrap_or("?")
     );
     println!(

@@ -65,6 +65,9 @@ enum Cmd {
         /// Also measure one cold boot (about a minute under TCG).
         #[arg(long)]
         cold: bool,
+        /// Actions in the scripted session that measures the review ledger (0 skips it).
+        #[arg(long, default_value_t = 100)]
+        ledger_actions: usize,
     },
 }
 
@@ -143,7 +146,9 @@ async fn main() -> Result<()> {
             app::setup(cli.accel).await?;
             deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &server_args).await?;
         }
-        Cmd::Review { cmd: ReviewCmd::List } => deskvm::review::list()?,
+        Cmd::Review {
+            cmd: ReviewCmd::List,
+        } => deskvm::review::list()?,
         Cmd::Review {
             cmd: ReviewCmd::Export { session_id, name },
         } => deskvm::review::export(&session_id, name.as_deref())?,
@@ -158,6 +163,7 @@ async fn main() -> Result<()> {
             clicks,
             chars,
             cold,
+            ledger_actions,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
                 starts,
@@ -165,6 +171,7 @@ async fn main() -> Result<()> {
                 clicks,
                 chars,
                 cold,
+                ledger_actions,
                 server_args,
             })
             .await?;

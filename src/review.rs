@@ -11,9 +11,15 @@ use crate::storage::Layout;
 pub fn list() -> Result<()> {
     let layout = Layout::from_env();
     let mut rows = Vec::new();
-    for e in std::fs::read_dir(layout.reviews()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(layout.reviews())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = e.path();
-        let Ok(meta) = ReviewMeta::read(&dir) else { continue };
+        let Ok(meta) = ReviewMeta::read(&dir) else {
+            continue;
+        };
         let events = read_timeline(&dir, None).map(|v| v.len()).unwrap_or(0);
         let bytes = dir_bytes(&dir);
         let age_days = std::fs::metadata(dir.join(crate::ledger::TIMELINE))
@@ -22,23 +28,41 @@ pub fn list() -> Result<()> {
             .and_then(|t| t.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64() / 86_400.0);
         // A "running" ledger whose server is gone was never stopped: the server died.
-        let state = if meta.state == "running" && !crate::storage::deskvm_process_alive(meta.server_pid) {
-            "ended (server gone)".to_string()
-        } else {
-            meta.state.clone()
-        };
+        let state =
+            if meta.state == "running" && !crate::storage::deskvm_process_alive(meta.server_pid) {
+                "ended (server gone)".to_string()
+            } else {
+                meta.state.clone()
+            };
         let past = meta.state != "running" && age_days > meta.retention_days as f64;
-        rows.push((meta.started_at.clone(), meta.session_id, meta.kind, state, events, bytes, age_days, past));
+        rows.push((
+            meta.started_at.clone(),
+            meta.session_id,
+            meta.kind,
+            state,
+            events,
+            bytes,
+            age_days,
+            past,
+        ));
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    println!("{:<34} {:<8} {:<20} {:>7} {:>10} {:>8}  retention", "session", "kind", "state", "events", "bytes", "age (d)");
+    println!(
+        "{:<34} {:<8} {:<20} {:>7} {:>10} {:>8}  retention",
+        "session", "kind", "state", "events", "bytes", "age (d)"
+    );
     for (_, id, kind, state, events, bytes, age, past) in &rows {
         println!(
             "{id:<34} {kind:<8} {state:<20} {events:>7} {bytes:>10} {age:>8.1}  {}",
             if *past { "past (reclaimable)" } else { "kept" }
         );
     }
-    println!("{} ledger(s) in {}; exports in {}", rows.len(), layout.reviews().display(), layout.exports().display());
+    println!(
+        "{} ledger(s) in {}; exports in {}",
+        rows.len(),
+        layout.reviews().display(),
+        layout.exports().display()
+    );
     Ok(())
 }
 
@@ -65,7 +89,9 @@ pub fn export(session_id: &str, name: Option<&str>) -> Result<()> {
             layout.reviews().display()
         );
     }
-    let name = name.map(str::to_string).unwrap_or_else(|| export::default_name(session_id));
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| export::default_name(session_id));
     check_name("name", &name)?;
     let x = export::export(&dir, &layout.exports(), &name, None)
         .with_context(|| format!("exporting the review of {session_id}"))?;
@@ -75,7 +101,11 @@ pub fn export(session_id: &str, name: Option<&str>) -> Result<()> {
         x.steps,
         x.failed,
         x.shots,
-        if x.missing_shots > 0 { format!(", {} not saved", x.missing_shots) } else { String::new() },
+        if x.missing_shots > 0 {
+            format!(", {} not saved", x.missing_shots)
+        } else {
+            String::new()
+        },
         x.bytes
     );
     println!("open: {}", x.index.display());

@@ -67,6 +67,12 @@ impl Layout {
     }
 }
 
+/// Whether this process runs as root (installing packages and building images need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Creates `path` (and parents) with mode 0700 and asserts the final mode, since an existing
 /// directory keeps whatever mode it had.
 pub fn private_dir(path: &Path) -> io::Result<()> {

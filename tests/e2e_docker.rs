@@ -88,6 +88,16 @@ async fn docker_container_lives_and_dies_with_its_session() -> Result<()> {
         "the container is gone after session_stop"
     );
     assert!(!dir.exists(), "the runtime dir is gone after session_stop");
+    // The review outlives the container and says where the session ran.
+    let x = c
+        .call_ok("export_review", json!({ "session_id": sid }))
+        .await?;
+    let review: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        std::path::Path::new(x["dir"].as_str().unwrap()).join("review.json"),
+    )?)?;
+    assert_eq!(review["backend"], "docker", "{review}");
+    assert_eq!(review["state"], "stopped", "{review}");
+    assert_eq!(x["steps"], 2, "session_start and session_stop: {x}");
     s.client.close().await
 }
 

@@ -183,6 +183,21 @@ async fn a_dead_vm_fails_its_session_and_stop_cleans_up() -> Result<()> {
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
     assert!(!dir.exists(), "stop removes the runtime dir");
+    // The review tells when and why the VM died, and that the session ended failed.
+    let review = s.data.join("reviews").join(&sid);
+    let timeline = std::fs::read_to_string(review.join("timeline.jsonl"))?;
+    let died = timeline
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["kind"] == "session_failed")
+        .expect("session_failed is recorded when the VM dies");
+    assert!(
+        !died["reason"].as_str().unwrap_or_default().is_empty(),
+        "{died}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(review.join("session.json"))?)?;
+    assert_eq!(meta["state"], "failed", "{meta}");
     c.call_ok("session_stop", json!({ "session_id": other }))
         .await?;
     s.client.close().await

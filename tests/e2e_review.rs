@@ -23,7 +23,11 @@ fn events(dir: &Path) -> Result<Vec<Value>> {
 
 fn seqs_are_gapless(ev: &[Value]) {
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "seq must be 1..n");
+    assert_eq!(
+        seqs,
+        (1..=ev.len() as u64).collect::<Vec<_>>(),
+        "seq must be 1..n"
+    );
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -46,7 +50,8 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
     let sid = start(c).await?;
     c.screenshot(&sid, json!({})).await?;
     let (x, y) = TERMINAL_POINT;
-    c.call_ok("click", json!({ "session_id": sid, "x": x, "y": y })).await?;
+    c.call_ok("click", json!({ "session_id": sid, "x": x, "y": y }))
+        .await?;
     // A secret typed where the shell does not echo it (read -s), then plain text.
     c.call_ok(
         "type",
@@ -63,32 +68,58 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         SECRET.len().to_string(),
         "the secret must still be typed"
     );
-    c.call_ok("type", json!({ "session_id": sid, "text": "echo visible-text" })).await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "Return" })).await?;
+    c.call_ok(
+        "type",
+        json!({ "session_id": sid, "text": "echo visible-text" }),
+    )
+    .await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "Return" }))
+        .await?;
     c.call_ok(
         "drag",
         json!({ "session_id": sid, "from": {"x": 1000, "y": 600}, "to": {"x": 1100, "y": 650} }),
     )
     .await?;
     // Refused calls: off screen, bad count, malformed arguments, an unknown session.
-    let (kind, _) = tool_error(c, "click", json!({ "session_id": sid, "x": 5000, "y": 10 })).await?;
-    assert_eq!(kind, "out_of_range");
     let (kind, _) =
-        tool_error(c, "click", json!({ "session_id": sid, "x": 5, "y": 5, "count": 7 })).await?;
+        tool_error(c, "click", json!({ "session_id": sid, "x": 5000, "y": 10 })).await?;
+    assert_eq!(kind, "out_of_range");
+    let (kind, _) = tool_error(
+        c,
+        "click",
+        json!({ "session_id": sid, "x": 5, "y": 5, "count": 7 }),
+    )
+    .await?;
     assert_eq!(kind, "out_of_range");
     let malformed = c
         .call("click", json!({ "session_id": sid, "x": "left", "y": 1 }))
         .await;
     assert!(malformed.is_err() || malformed.unwrap().is_error == Some(true));
-    let (kind, _) = tool_error(c, "screenshot", json!({ "session_id": "0000000000000000" })).await?;
+    let (kind, _) =
+        tool_error(c, "screenshot", json!({ "session_id": "0000000000000000" })).await?;
     assert_eq!(kind, "unknown_session");
+    // A secret that cannot be typed: the agent hears which character, the review does not.
+    let (kind, msg) = tool_error(
+        c,
+        "type",
+        json!({ "session_id": sid, "text": format!("{SECRET}\u{e4}"), "secret": true }),
+    )
+    .await?;
+    assert_eq!(kind, "invalid_input");
+    assert!(msg.contains("U+00E4"), "{msg}");
 
     // Eight calls at once on one session.
     let calls = (0..8).map(|i| {
         let args = match i % 4 {
             0 => ("screenshot", json!({ "session_id": sid, "scale": 0.5 })),
-            1 => ("mouse_move", json!({ "session_id": sid, "x": 10 + i, "y": 10 })),
-            2 => ("exec", json!({ "session_id": sid, "command": format!("echo concurrent-{i}") })),
+            1 => (
+                "mouse_move",
+                json!({ "session_id": sid, "x": 10 + i, "y": 10 }),
+            ),
+            2 => (
+                "exec",
+                json!({ "session_id": sid, "command": format!("echo concurrent-{i}") }),
+            ),
             _ => ("wait", json!({ "session_id": sid, "ms": 20 })),
         };
         async move { c.call(args.0, args.1).await }
@@ -96,21 +127,36 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
     for r in futures::future::join_all(calls).await {
         assert_ne!(r?.is_error, Some(true), "concurrent calls succeed");
     }
-    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+l" })).await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+l" }))
+        .await?;
 
     let exported = c
-        .call("export_review", json!({ "session_id": sid, "name": "e2e-review" }))
+        .call(
+            "export_review",
+            json!({ "session_id": sid, "name": "e2e-review" }),
+        )
         .await?;
-    assert_ne!(exported.is_error, Some(true), "{}", deskvm::client::text_of(&exported));
+    assert_ne!(
+        exported.is_error,
+        Some(true),
+        "{}",
+        deskvm::client::text_of(&exported)
+    );
     let links: Vec<String> = exported
         .content
         .iter()
         .filter_map(|b| b.as_resource_link().map(|r| r.uri.clone()))
         .collect();
-    assert!(links.iter().any(|u| u.ends_with("/index.html")), "{links:?}");
+    assert!(
+        links.iter().any(|u| u.ends_with("/index.html")),
+        "{links:?}"
+    );
     let meta = exported.structured_content.clone().unwrap();
     let bundle = PathBuf::from(meta["dir"].as_str().unwrap());
-    assert!(bundle.starts_with(&s.data), "exports live in the data dir: {bundle:?}");
+    assert!(
+        bundle.starts_with(&s.data),
+        "exports live in the data dir: {bundle:?}"
+    );
 
     // The bundle over MCP, as a client on another machine reads it.
     let uri = meta["resource"].as_str().unwrap().to_string();
@@ -121,7 +167,9 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         other => panic!("index.html should be text: {other:?}"),
     };
     assert_eq!(text, std::fs::read_to_string(bundle.join("index.html"))?);
-    let escape = c.read_resource("deskvm://exports/../reviews/x/timeline.jsonl").await;
+    let escape = c
+        .read_resource("deskvm://exports/../reviews/x/timeline.jsonl")
+        .await;
     assert!(escape.is_err(), "URIs cannot leave the exports dir");
 
     // Moved elsewhere, every reference still resolves.
@@ -149,19 +197,32 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         let bytes = std::fs::read(&f)?;
         let hay = String::from_utf8_lossy(&bytes);
         assert!(!hay.contains(SECRET), "the secret leaked into {f:?}");
-        for old in [bundle.to_string_lossy(), s.data.to_string_lossy(), s.runtime.to_string_lossy()] {
-            assert!(!hay.contains(old.as_ref()), "{f:?} holds the absolute path {old}");
+        for old in [
+            bundle.to_string_lossy(),
+            s.data.to_string_lossy(),
+            s.runtime.to_string_lossy(),
+        ] {
+            assert!(
+                !hay.contains(old.as_ref()),
+                "{f:?} holds the absolute path {old}"
+            );
         }
     }
 
     // What the timeline says.
-    let tools: Vec<&str> = steps.iter().map(|e| e["tool"].as_str().unwrap_or("")).collect();
+    let tools: Vec<&str> = steps
+        .iter()
+        .map(|e| e["tool"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(steps[0]["kind"], "session_started");
     let secret = steps
         .iter()
         .find(|e| e["tool"] == "type" && e["args"]["secret"] == true)
         .expect("the secret type call is recorded");
-    assert_eq!(secret["args"]["text"], json!({ "secret": true, "length": SECRET.len() + 1 }));
+    assert_eq!(
+        secret["args"]["text"],
+        json!({ "secret": true, "length": SECRET.len() + 1 })
+    );
     let off = steps
         .iter()
         .find(|e| e["kind"] == "action_failed" && e["args"]["x"] == 5000.0)
@@ -170,43 +231,84 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
     assert_eq!(off["error"]["field"], "x");
     assert_eq!(off["error"]["valid"], "0..=1279");
     assert!(steps.iter().any(|e| e["error"]["field"] == "count"));
+    let refused_secret = steps
+        .iter()
+        .find(|e| e["kind"] == "action_failed" && e["args"]["secret"] == true)
+        .expect("the refused secret is recorded");
+    let m = refused_secret["error"]["message"].as_str().unwrap();
+    assert!(m.contains("withheld") && !m.contains("U+00E4"), "{m}");
     assert!(
-        steps.iter().any(|e| e["kind"] == "action_failed" && e["error"]["error"] == "invalid_params"),
+        steps
+            .iter()
+            .any(|e| e["kind"] == "action_failed" && e["error"]["error"] == "invalid_params"),
         "the malformed call is recorded: {tools:?}"
     );
-    let click = steps.iter().find(|e| e["tool"] == "click" && e["kind"] == "action").unwrap();
+    let click = steps
+        .iter()
+        .find(|e| e["tool"] == "click" && e["kind"] == "action")
+        .unwrap();
     assert_eq!(click["pointer"], json!({ "x": x, "y": y }));
-    assert!(click["before"].is_string(), "a click keeps the screen before it");
+    assert!(
+        click["before"].is_string(),
+        "a click keeps the screen before it"
+    );
     let drag = steps.iter().find(|e| e["tool"] == "drag").unwrap();
-    assert_eq!(drag["path"], json!([{ "x": 1000, "y": 600 }, { "x": 1100, "y": 650 }]));
-    for (tool, n) in [("screenshot", 1 + 2), ("mouse_move", 2), ("exec", 2 + 1), ("wait", 2)] {
+    assert_eq!(
+        drag["path"],
+        json!([{ "x": 1000, "y": 600 }, { "x": 1100, "y": 650 }])
+    );
+    for (tool, n) in [
+        ("screenshot", 1 + 2),
+        ("mouse_move", 2),
+        ("exec", 2 + 1),
+        ("wait", 2),
+    ] {
         let seen = tools.iter().filter(|t| **t == tool).count();
-        assert!(seen >= n, "{tool}: {seen} recorded, expected at least {n}: {tools:?}");
+        assert!(
+            seen >= n,
+            "{tool}: {seen} recorded, expected at least {n}: {tools:?}"
+        );
     }
     // Screens after actions are kept, each tied to its action.
     let frames: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "frame").collect();
     assert!(!frames.is_empty(), "after-frames are recorded");
     for f in &frames {
         let of = f["of_seq"].as_u64().unwrap();
-        assert!(ev.iter().any(|e| e["seq"] == of && e["kind"] != "frame"), "{f}");
+        assert!(
+            ev.iter().any(|e| e["seq"] == of && e["kind"] != "frame"),
+            "{f}"
+        );
     }
     // The unknown session went to the server's ledger.
     let server_ledgers: Vec<PathBuf> = std::fs::read_dir(s.data.join("reviews"))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("server-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("server-")
+        })
         .collect();
     assert_eq!(server_ledgers.len(), 1);
     let server_events = events(&server_ledgers[0])?;
-    assert!(server_events.iter().any(|e| e["error"]["error"] == "unknown_session"));
+    assert!(server_events
+        .iter()
+        .any(|e| e["error"]["error"] == "unknown_session"));
 
     // The viewer, directory form (moved) and single-file form, in a real browser.
     let single = moved.join("e2e-review.html");
-    for (page, name) in [(moved.join("index.html"), "viewer-dir"), (single, "viewer-single")] {
+    for (page, name) in [
+        (moved.join("index.html"), "viewer-dir"),
+        (single, "viewer-single"),
+    ] {
         let dom = browser::dom(&page)?;
         let rows = dom.matches("class=\"step").count();
         assert_eq!(rows, steps.len(), "{name}: one row per step");
-        assert!(dom.contains("data-kind=\"action_failed\""), "{name}: failures listed");
+        assert!(
+            dom.contains("data-kind=\"action_failed\""),
+            "{name}: failures listed"
+        );
         assert!(
             dom.contains("data-role=\"after\"") && dom.contains("data-loaded=\"1280x800\""),
             "{name}: the first step's picture loaded from file://"
@@ -216,21 +318,39 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         browser::screenshot(&page, &shot)?;
         let img = image::open(&shot)?.to_rgb8();
         let colors: BTreeSet<[u8; 3]> = img.pixels().step_by(7).map(|p| p.0).collect();
-        assert!(colors.len() > 200, "{name}: the rendered page looks blank ({} colors)", colors.len());
+        assert!(
+            colors.len() > 200,
+            "{name}: the rendered page looks blank ({} colors)",
+            colors.len()
+        );
     }
 
-    c.call_ok("session_stop", json!({ "session_id": sid })).await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
     // A stopped session still exports, now with its stop.
     let again = c
-        .call_ok("export_review", json!({ "session_id": sid, "name": "after-stop" }))
+        .call_ok(
+            "export_review",
+            json!({ "session_id": sid, "name": "after-stop" }),
+        )
         .await?;
     let ev2 = events(Path::new(again["dir"].as_str().unwrap()))?;
     seqs_are_gapless(&ev2);
     assert!(ev2.iter().any(|e| e["kind"] == "session_stopped"));
     assert!(ev2.len() > ev.len());
-    let (kind, _) = tool_error(c, "export_review", json!({ "session_id": sid, "name": "after-stop" })).await?;
+    let (kind, _) = tool_error(
+        c,
+        "export_review",
+        json!({ "session_id": sid, "name": "after-stop" }),
+    )
+    .await?;
     assert_eq!(kind, "invalid_name", "an export is never replaced");
-    let (kind, _) = tool_error(c, "export_review", json!({ "session_id": sid, "name": "../x" })).await?;
+    let (kind, _) = tool_error(
+        c,
+        "export_review",
+        json!({ "session_id": sid, "name": "../x" }),
+    )
+    .await?;
     assert_eq!(kind, "invalid_name");
     s.client.close().await
 }
@@ -241,10 +361,16 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
     let c = &s.client;
     let sid = start(c).await?;
     c.screenshot(&sid, json!({})).await?;
-    c.call_ok("click", json!({ "session_id": sid, "x": 400, "y": 300 })).await?;
-    c.call_ok("type", json!({ "session_id": sid, "text": "echo before-the-crash\n" })).await?;
+    c.call_ok("click", json!({ "session_id": sid, "x": 400, "y": 300 }))
+        .await?;
+    c.call_ok(
+        "type",
+        json!({ "session_id": sid, "text": "echo before-the-crash\n" }),
+    )
+    .await?;
     tool_error(c, "click", json!({ "session_id": sid, "x": -1, "y": 0 })).await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+l" })).await?;
+    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+l" }))
+        .await?;
     let answered = 6; // session_started + 5 calls
 
     let marker = std::fs::read_to_string(s.runtime.join("s").join(&sid).join(".deskvm-owned"))?;
@@ -256,12 +382,20 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
         .args(["review", "export", &sid, "--name", "after-crash"])
         .env("DESKVM_DATA_DIR", &s.data)
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bundle = s.data.join("exports").join("after-crash");
     let ev = events(&bundle)?;
     seqs_are_gapless(&ev);
     let steps: Vec<&Value> = ev.iter().filter(|e| e["kind"] != "frame").collect();
-    assert_eq!(steps.len(), answered, "every answered call survives: {steps:?}");
+    assert_eq!(
+        steps.len(),
+        answered,
+        "every answered call survives: {steps:?}"
+    );
     assert_eq!(steps[answered - 1]["tool"], "key");
     assert!(bundle.join("index.html").is_file() && bundle.join("after-crash.html").is_file());
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
@@ -269,7 +403,10 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
         .env("DESKVM_DATA_DIR", &s.data)
         .output()?;
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(list.contains(&sid) && list.contains("server gone"), "{list}");
+    assert!(
+        list.contains(&sid) && list.contains("server gone"),
+        "{list}"
+    );
     drop(s.client);
     Ok(())
 }

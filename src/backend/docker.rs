@@ -80,7 +80,7 @@ pub async fn build_runtime_image(
         progress(&format!("runtime image {tag} is up to date"));
         return Ok(tag);
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::storage::is_root() {
         return Err(BackendError::Setup(
             "building the runtime image needs root (debootstrap); run `sudo deskvm setup`".into(),
         ));

@@ -72,6 +72,7 @@ impl Backend for LocalBackend {
                 .stderr(log)
                 .kill_on_drop(true);
             // If the server dies without cleaning up (SIGKILL), the kernel kills QEMU too.
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

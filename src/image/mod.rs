@@ -124,7 +124,7 @@ impl GuestImage {
                 Err(e) => return Err(e),
             }
         }
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::storage::is_root() {
             return Err(ImageError::NeedsRoot);
         }
         let dir = Self::dir_for(layout, name);

@@ -57,9 +57,15 @@ impl Exported {
         if let Value::Object(m) = &mut v {
             m.insert("dir".into(), self.dir.display().to_string().into());
             m.insert("index_html".into(), self.index.display().to_string().into());
-            m.insert("single_file_html".into(), self.single_file.display().to_string().into());
+            m.insert(
+                "single_file_html".into(),
+                self.single_file.display().to_string().into(),
+            );
             m.insert("frame_refs".into(), self.frame_refs.into());
-            m.insert("bytes_without_dedupe".into(), self.bytes_without_dedupe.into());
+            m.insert(
+                "bytes_without_dedupe".into(),
+                self.bytes_without_dedupe.into(),
+            );
         }
         v
     }
@@ -104,7 +110,9 @@ pub fn viewer_html(title: &str, data: &Value) -> String {
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");
-    VIEWER.replace("{{TITLE}}", &title).replace("{{DATA}}", &json)
+    VIEWER
+        .replace("{{TITLE}}", &title)
+        .replace("{{DATA}}", &json)
 }
 
 /// Writes the bundle `exports/<name>/` from the ledger in `review_dir` (copying `upto` bytes of
@@ -127,7 +135,8 @@ pub fn export(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let meta = ReviewMeta::read(review_dir).unwrap_or_else(|_| ReviewMeta::new(&session, "session"));
+    let meta =
+        ReviewMeta::read(review_dir).unwrap_or_else(|_| ReviewMeta::new(&session, "session"));
     let events = read_timeline(review_dir, upto)?;
     let refs = frame_refs(&events);
     let unique: BTreeSet<&String> = refs.iter().collect();
@@ -188,7 +197,10 @@ pub fn export(
     }
     let title = format!("deskvm review {}", meta.session_id);
     let page = |shots: Value, review: &Value| {
-        viewer_html(&title, &json!({ "review": review, "events": events, "shots": shots }))
+        viewer_html(
+            &title,
+            &json!({ "review": review, "events": events, "shots": shots }),
+        )
     };
     let index = page(json!({}), &review);
     let single = page(Value::Object(inlined), &review);

@@ -31,8 +31,8 @@ pub const META: &str = "session.json";
 pub fn capture_policy() -> Value {
     json!({
         "mode": "sparse",
-        "before": "the screen before each action that can change it (click, drag, scroll, type, key, exec); the latest frame is reused when nothing can have changed it since",
-        "after": "the screen once it stopped changing after such an action (two quiet frames 150 ms apart), at most 1.5 s after it; sooner if the next call arrives",
+        "before": "the screen before each action that can change it (click, mouse_move, drag, scroll, type, key, exec); the latest frame is reused when nothing can have changed it since",
+        "after": "the screen once it stopped changing after such an action (two equal frames 250 ms apart), at most 1.5 s after it; if the next call comes first, the first frame that call looks at",
         "screenshots": "every screenshot an agent took, at full resolution",
         "dedupe": "a frame is stored once, named by a hash of its pixels",
         "secrets": "type with secret=true keeps only the text's length",
@@ -169,7 +169,11 @@ impl Ledger {
     }
 
     fn overhead_summary(&self) -> Option<Value> {
-        let mut v = self.overhead_us.lock().expect("overhead list poisoned").clone();
+        let mut v = self
+            .overhead_us
+            .lock()
+            .expect("overhead list poisoned")
+            .clone();
         if v.is_empty() {
             return None;
         }
@@ -188,7 +192,10 @@ impl Ledger {
         let mut meta = self.meta.lock().expect("meta poisoned").clone();
         meta.reply_overhead_us = self.overhead_summary();
         let tmp = self.dir.join(format!("{META}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?,
+        )?;
         std::fs::rename(tmp, self.dir.join(META))
     }
 }
@@ -207,8 +214,11 @@ mod tests {
                 let l = ledger.clone();
                 std::thread::spawn(move || {
                     for j in 0..50 {
-                        l.append("action", json!({ "tool": "click", "i": i, "j": j, "none": null }))
-                            .unwrap();
+                        l.append(
+                            "action",
+                            json!({ "tool": "click", "i": i, "j": j, "none": null }),
+                        )
+                        .unwrap();
                     }
                 })
             })
@@ -219,7 +229,11 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(TIMELINE)).unwrap();
         let seqs: Vec<u64> = text
             .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
         assert!(!text.contains("\"none\""), "null fields are left out");

@@ -80,7 +80,8 @@ mod tests {
 
     #[test]
     fn raw_args_with_a_secret_keep_nothing_of_it() {
-        let args = json!({ "session_id": 5, "text": "pa55word", "secret": true, "more": ["pa55word"] });
+        let args =
+            json!({ "session_id": 5, "text": "pa55word", "secret": true, "more": ["pa55word"] });
         let out = raw_args(&args).to_string();
         assert!(!out.contains("pa55word"), "{out}");
         assert!(out.contains("\"session_id\":5"), "{out}");

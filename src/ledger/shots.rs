@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::ImageEncoder;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::vm::display::Frame;
 
@@ -33,8 +33,45 @@ pub fn shot_ref(hash: &str) -> String {
 pub struct ShotStore {
     dir: PathBuf,
     known: Mutex<HashSet<String>>,
-    pending: Mutex<Vec<JoinHandle<()>>>,
+    pending: Mutex<Vec<oneshot::Receiver<()>>>,
     bytes: Arc<AtomicU64>,
+}
+
+struct Job {
+    frame: Arc<Frame>,
+    dir: PathBuf,
+    hash: String,
+    bytes: Arc<AtomicU64>,
+    done: oneshot::Sender<()>,
+}
+
+/// One encoder thread per process, at the lowest CPU priority: guests run under TCG on the
+/// same cores, and a guest starved of CPU drains its keyboard queue too slowly (typed keys
+/// were lost when frames were encoded at normal priority beside three busy guests).
+fn encoder() -> &'static std::sync::mpsc::Sender<Job> {
+    static ENCODER: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("deskvm-shots".into())
+            .spawn(move || {
+                // SAFETY: setpriority only reads its integer arguments; 0 names this thread.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                for job in rx {
+                    match write_png(&job.frame, &job.dir, &job.hash) {
+                        Ok(n) => {
+                            job.bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, shot = %job.hash, "could not store a review frame")
+                        }
+                    }
+                    let _ = job.done.send(());
+                }
+            })
+            .expect("spawning the frame encoder thread");
+        tx
+    })
 }
 
 impl ShotStore {
@@ -58,36 +95,41 @@ impl ShotStore {
         })
     }
 
-    /// The frame's reference; a frame not stored yet is encoded and written in the background.
-    pub fn put(&self, frame: &Arc<Frame>) -> String {
-        let hash = frame_hash(frame);
+    /// The reference of a frame whose [`frame_hash`] is `hash`; a frame not stored yet is
+    /// encoded and written in the background.
+    pub fn put(&self, frame: &Arc<Frame>, hash: &str) -> String {
         let new = self
             .known
             .lock()
             .expect("shot set poisoned")
-            .insert(hash.clone());
+            .insert(hash.to_string());
         if new {
-            let (frame, dir, bytes) = (frame.clone(), self.dir.clone(), self.bytes.clone());
-            let name = hash.clone();
-            let job = tokio::task::spawn_blocking(move || match write_png(&frame, &dir, &name) {
-                Ok(n) => {
-                    bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(error = %e, shot = %name, "could not store a review frame"),
-            });
-            let mut pending = self.pending.lock().expect("pending list poisoned");
-            pending.retain(|j| !j.is_finished());
-            pending.push(job);
+            let (done, wait) = oneshot::channel();
+            let job = Job {
+                frame: frame.clone(),
+                dir: self.dir.clone(),
+                hash: hash.to_string(),
+                bytes: self.bytes.clone(),
+                done,
+            };
+            if encoder().send(job).is_ok() {
+                let mut pending = self.pending.lock().expect("pending list poisoned");
+                // Keep only the jobs still in flight.
+                pending.retain_mut(|w| {
+                    matches!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                });
+                pending.push(wait);
+            }
         }
-        shot_ref(&hash)
+        shot_ref(hash)
     }
 
     /// Waits until every frame handed to [`ShotStore::put`] so far is on disk.
     pub async fn flush(&self) {
-        let jobs: Vec<JoinHandle<()>> =
+        let waits: Vec<oneshot::Receiver<()>> =
             std::mem::take(&mut *self.pending.lock().expect("pending list poisoned"));
-        for j in jobs {
-            let _ = j.await;
+        for w in waits {
+            let _ = w.await;
         }
     }
 
@@ -129,9 +171,10 @@ mod tests {
     async fn a_frame_is_stored_once_by_its_pixels() {
         let dir = std::env::temp_dir().join(format!("deskvm-shots-{}", rand::random::<u64>()));
         let store = ShotStore::open(&dir).unwrap();
-        let a = store.put(&frame(1));
-        let again = store.put(&frame(1));
-        let b = store.put(&frame(2));
+        let put = |f: Arc<Frame>| store.put(&f, &frame_hash(&f));
+        let a = put(frame(1));
+        let again = put(frame(1));
+        let b = put(frame(2));
         assert_eq!(a, again);
         assert_ne!(a, b);
         store.flush().await;

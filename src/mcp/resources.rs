@@ -25,7 +25,9 @@ fn mime(file: &str) -> &'static str {
 
 /// A resource entry for one file of a bundle.
 pub fn entry(exports: &Path, name: &str, file: &str, description: &str) -> Resource {
-    let size = std::fs::metadata(exports.join(name).join(file)).map(|m| m.len()).ok();
+    let size = std::fs::metadata(exports.join(name).join(file))
+        .map(|m| m.len())
+        .ok();
     let mut r = Resource::new(uri(name, file), format!("{name}/{file}"))
         .with_mime_type(mime(file))
         .with_description(description);
@@ -54,10 +56,25 @@ pub fn list(exports: &Path) -> Vec<Resource> {
 
 pub fn bundle_entries(exports: &Path, name: &str) -> Vec<Resource> {
     vec![
-        entry(exports, name, "index.html", "review viewer (open the bundle directory from file://)"),
-        entry(exports, name, &format!("{name}.html"), "review viewer as one file, pictures inlined"),
+        entry(
+            exports,
+            name,
+            "index.html",
+            "review viewer (open the bundle directory from file://)",
+        ),
+        entry(
+            exports,
+            name,
+            &format!("{name}.html"),
+            "review viewer as one file, pictures inlined",
+        ),
         entry(exports, name, "review.json", "review manifest"),
-        entry(exports, name, "timeline.jsonl", "review timeline, one event a line"),
+        entry(
+            exports,
+            name,
+            "timeline.jsonl",
+            "review timeline, one event a line",
+        ),
     ]
 }
 
@@ -80,15 +97,19 @@ fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
     if !(2..=3).contains(&parts.len()) || !parts.iter().all(safe) {
         return Err(bad());
     }
-    Ok(parts.iter().fold(exports.to_path_buf(), |p, part| p.join(part)))
+    Ok(parts
+        .iter()
+        .fold(exports.to_path_buf(), |p, part| p.join(part)))
 }
 
 pub fn read(exports: &Path, uri: &str) -> Result<ResourceContents, McpError> {
     let path = resolve(exports, uri)?;
-    let bytes = std::fs::read(&path).map_err(|e| {
-        McpError::resource_not_found(format!("cannot read {uri}: {e}"), None)
-    })?;
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = std::fs::read(&path)
+        .map_err(|e| McpError::resource_not_found(format!("cannot read {uri}: {e}"), None))?;
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let m = mime(&file);
     Ok(if m.starts_with("image/") {
         ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(bytes), uri)
@@ -105,8 +126,14 @@ mod tests {
     #[test]
     fn uris_stay_inside_the_exports_dir() {
         let root = Path::new("/x/exports");
-        assert_eq!(resolve(root, &uri("a", "index.html")).unwrap(), root.join("a/index.html"));
-        assert_eq!(resolve(root, &uri("a", "shots/f.png")).unwrap(), root.join("a/shots/f.png"));
+        assert_eq!(
+            resolve(root, &uri("a", "index.html")).unwrap(),
+            root.join("a/index.html")
+        );
+        assert_eq!(
+            resolve(root, &uri("a", "shots/f.png")).unwrap(),
+            root.join("a/shots/f.png")
+        );
         for bad in [
             "deskvm://exports/../etc/passwd",
             "deskvm://exports/a/../../etc",

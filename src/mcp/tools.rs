@@ -3,13 +3,13 @@ use std::sync::Arc;
 use base64::Engine;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptResult,
     Implementation, ListResourcesResult, PaginatedRequestParams, PromptMessage,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Role,
-    ServerCapabilities, ServerConfig,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Role, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::resources;
 
-use crate::session::{Action, Outcome, Point, SessionError, SessionManager, StartRequest};
+use crate::session::{chain, Action, Outcome, Point, SessionError, SessionManager, StartRequest};
 use crate::vm::Button;
 
 #[derive(Debug, Deserialize, JsonSchema, Default)]
@@ -169,7 +169,10 @@ pub struct DeskvmServer {
 /// A tool error: the whole cause chain as text, and `{error, message, field?, value?, valid?}`.
 fn tool_error(e: SessionError) -> CallToolResult {
     let structured = e.to_json();
-    let message = structured["message"].as_str().unwrap_or_default().to_string();
+    let message = structured["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut r = CallToolResult::error(vec![ContentBlock::text(message)]);
     r.structured_content = Some(structured);
     r
@@ -194,6 +197,8 @@ impl DeskvmServer {
 
     async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
         let name = action.name();
+        // An error about a secret may quote it: the log gets its kind only.
+        let secret = action.is_secret();
         let started = std::time::Instant::now();
         let result = self.manager.act(session_id, action).await;
         let ms = started.elapsed().as_millis() as u64;
@@ -203,7 +208,12 @@ impl DeskvmServer {
                 render(outcome, ms)
             }
             Err(e) => {
-                tracing::info!(session = session_id, action = name, ms, error = %e, "action failed");
+                let error = if secret {
+                    e.kind().to_string()
+                } else {
+                    chain(&e)
+                };
+                tracing::info!(session = session_id, action = name, ms, %error, "action failed");
                 tool_error(e)
             }
         }
@@ -433,7 +443,13 @@ impl DeskvmServer {
 
     #[tool(
         description = "Export the session's review (every tool call with before/after screenshots) as a bundle a person opens in a browser: index.html works from file:// with no server. Works for running, stopped and failed sessions. Returns paths, counts, bytes and resource links to read the bundle over MCP.",
-        annotations(title = "Export review", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Export review",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn export_review(
         &self,
@@ -533,7 +549,12 @@ impl ServerHandler for DeskvmServer {
                 .record_refused_call(&tool, &args, &message)
                 .await;
         }
-        tracing::debug!(tool, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "tool call");
+        tracing::debug!(
+            tool,
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "tool call"
+        );
         result
     }
 

@@ -166,12 +166,18 @@ impl Action {
         }
     }
 
-    /// Whether the action can change what the screen shows: the ledger then keeps the frame
-    /// after it once the screen settled.
+    /// Whether the call carries text the ledger must not keep.
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Action::Type { secret: true, .. })
+    }
+
+    /// Whether the action can change what the screen shows (a pointer that only moves can
+    /// still light up what it hovers): the ledger then keeps the frames before and after it.
     pub fn changes_screen(&self) -> bool {
         matches!(
             self,
             Action::Click { .. }
+                | Action::MouseMove { .. }
                 | Action::Drag { .. }
                 | Action::Scroll { .. }
                 | Action::Type { .. }
@@ -192,7 +198,9 @@ impl Action {
                 button,
                 count,
                 modifiers,
-            } => json!({ "x": at.x, "y": at.y, "button": button, "count": count, "modifiers": modifiers }),
+            } => {
+                json!({ "x": at.x, "y": at.y, "button": button, "count": count, "modifiers": modifiers })
+            }
             Action::MouseMove { to } => json!({ "x": to.x, "y": to.y }),
             Action::Drag { from, to, button } => {
                 json!({ "from": from, "to": to, "button": button })
@@ -307,7 +315,12 @@ impl Action {
                 command,
                 timeout_ms,
             } => {
-                check_range("command length in bytes", command.len(), 1, MAX_COMMAND_BYTES)?;
+                check_range(
+                    "command length in bytes",
+                    command.len(),
+                    1,
+                    MAX_COMMAND_BYTES,
+                )?;
                 Plan::Exec {
                     command: command.clone(),
                     timeout_ms: check_range(
@@ -342,7 +355,10 @@ mod tests {
             count: 7,
             modifiers: vec![],
         });
-        assert_eq!((e["field"].as_str(), e["valid"].as_str()), (Some("count"), Some("1..=3")));
+        assert_eq!(
+            (e["field"].as_str(), e["valid"].as_str()),
+            (Some("count"), Some("1..=3"))
+        );
         let e = refused(Action::Wait {
             ms: Some(0),
             until_stable: true,
@@ -354,7 +370,10 @@ mod tests {
             dx: 0,
             dy: -51,
         });
-        assert_eq!((e["field"].as_str(), e["value"].as_str()), (Some("dy"), Some("-51")));
+        assert_eq!(
+            (e["field"].as_str(), e["value"].as_str()),
+            (Some("dy"), Some("-51"))
+        );
         let e = refused(Action::Exec {
             command: "true".into(),
             timeout_ms: Some(0),
@@ -376,7 +395,10 @@ mod tests {
             keys: "ctrl+a ctrl+retrun".into(),
         });
         assert_eq!(e["error"], "unknown_key");
-        assert_eq!(refused(Action::Key { keys: "  ".into() })["error"], "invalid_input");
+        assert_eq!(
+            refused(Action::Key { keys: "  ".into() })["error"],
+            "invalid_input"
+        );
         match (Action::Key {
             keys: "ctrl+a BackSpace".into(),
         })

@@ -107,11 +107,7 @@ impl SessionError {
                 valid,
             } => json!({ "field": field, "value": value, "valid": valid }),
             SessionError::OffScreen {
-                x,
-                y,
-                max_x,
-                max_y,
-                ..
+                x, y, max_x, max_y, ..
             } => {
                 let field = if *x < 0.0 || *x > f64::from(*max_x) || !x.is_finite() {
                     "x"

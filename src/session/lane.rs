@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::action::{Outcome, Plan, Point};
 use super::error::SessionError;
 use crate::backend::Instance;
+use crate::ledger::shots::frame_hash;
 use crate::vm::display::{scaled_size, Frame};
 use crate::vm::{Vm, VmError};
 
@@ -14,9 +15,21 @@ use crate::vm::{Vm, VmError};
 #[derive(Clone)]
 pub struct Seen {
     pub frame: Arc<Frame>,
+    /// Its pixel hash, which names it in the review ledger.
+    pub hash: String,
     pub at: Instant,
     /// Whether the screen had stopped changing when this frame was taken.
     pub settled: bool,
+}
+
+/// The space agents' coordinates are in: the screen size and the scale of the latest
+/// screenshot the session answered. Read without the lane lock, so coordinates are checked
+/// before a call queues.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub width: u32,
+    pub height: u32,
+    pub scale: f64,
 }
 
 /// Where the pointer acted, in screen pixels of the full-resolution frame (for the ledger).
@@ -26,11 +39,64 @@ pub struct Trace {
     pub path: Option<Vec<(u32, u32)>>,
 }
 
+impl Geometry {
+    /// Maps a point in screenshot space to screen pixels, or says which range is valid.
+    fn screen_point(&self, p: Point, what: &'static str) -> Result<(u32, u32), SessionError> {
+        let (w, h) = scaled_size(self.width, self.height, self.scale);
+        let ok = |v: f64, max: u32| v.is_finite() && v >= 0.0 && v <= (max - 1) as f64;
+        if !ok(p.x, w) || !ok(p.y, h) {
+            let space = if self.scale < 1.0 {
+                format!(
+                    "pixels of the latest screenshot, {w}x{h} at scale {:.3}",
+                    self.scale
+                )
+            } else {
+                format!("screen pixels, {w}x{h}")
+            };
+            return Err(SessionError::OffScreen {
+                what,
+                x: p.x,
+                y: p.y,
+                max_x: w - 1,
+                max_y: h - 1,
+                space,
+            });
+        }
+        let sx = ((p.x / self.scale).round() as u32).min(self.width - 1);
+        let sy = ((p.y / self.scale).round() as u32).min(self.height - 1);
+        Ok((sx, sy))
+    }
+
+    /// Where a pointer action lands, checked against the latest screenshot before anything runs.
+    pub fn trace(&self, plan: &Plan) -> Result<Trace, SessionError> {
+        let one = |p, what| -> Result<Trace, SessionError> {
+            Ok(Trace {
+                pointer: Some(self.screen_point(p, what)?),
+                path: None,
+            })
+        };
+        match plan {
+            Plan::Click { at, .. } => one(*at, "click"),
+            Plan::MouseMove { to } => one(*to, "mouse_move"),
+            Plan::Scroll { at, .. } => one(*at, "scroll"),
+            Plan::Drag { from, to, .. } => {
+                let a = self.screen_point(*from, "drag start")?;
+                let b = self.screen_point(*to, "drag end")?;
+                Ok(Trace {
+                    pointer: Some(b),
+                    path: Some(vec![a, b]),
+                })
+            }
+            _ => Ok(Trace::default()),
+        }
+    }
+}
+
 pub struct Lane {
     pub vm: Vm,
     pub instance: Box<dyn Instance>,
-    /// Scale of the latest screenshot: coordinates are in its pixel space.
-    pub scale: f64,
+    /// Shared with the session, which checks coordinates against it before taking the lane.
+    pub geometry: Arc<std::sync::Mutex<Geometry>>,
     /// When the latest click or drag was sent (see [`Lane::input_barrier`]).
     pub last_pointer: Option<Instant>,
     /// The latest frame any screendump of this lane produced.
@@ -44,13 +110,21 @@ pub struct Lane {
 
 /// A frame younger than this counts as the current screen even if it was still changing.
 const FRESH: Duration = Duration::from_millis(500);
+/// A settled frame counts as the current screen this long after it was taken (an agent that
+/// looked, thought and acts within it costs no screendump). Past it the screen is looked at
+/// again, since a program may have changed it meanwhile.
+const SETTLED_FOR: Duration = Duration::from_secs(10);
 
 impl Lane {
-    pub fn new(vm: Vm, instance: Box<dyn Instance>) -> Self {
+    pub fn new(
+        vm: Vm,
+        instance: Box<dyn Instance>,
+        geometry: Arc<std::sync::Mutex<Geometry>>,
+    ) -> Self {
         Lane {
             vm,
             instance,
-            scale: 1.0,
+            geometry,
             last_pointer: None,
             latest: None,
             changed_since_frame: true,
@@ -65,10 +139,18 @@ impl Lane {
     }
 
     fn saw(&mut self, frame: Arc<Frame>, settled: bool) -> Seen {
+        let hash = frame_hash(&frame);
+        // The same pixels as a settled frame with no action in between: still settled.
+        let still = !self.changed_since_frame
+            && self
+                .latest
+                .as_ref()
+                .is_some_and(|l| l.settled && l.hash == hash);
         let seen = Seen {
             frame,
+            hash,
             at: Instant::now(),
-            settled,
+            settled: settled || still,
         };
         self.latest = Some(seen.clone());
         self.changed_since_frame = false;
@@ -80,14 +162,22 @@ impl Lane {
     /// keeps the ledger's cost off most replies.
     pub async fn current(&mut self) -> Result<Seen, VmError> {
         match &self.latest {
-            Some(s) if !self.changed_since_frame && (s.settled || s.at.elapsed() < FRESH) => {
+            Some(s)
+                if !self.changed_since_frame
+                    && s.at.elapsed() < if s.settled { SETTLED_FOR } else { FRESH } =>
+            {
                 Ok(s.clone())
             }
             _ => self.look(false).await,
         }
     }
 
-    async fn settle(&mut self, timeout: Duration, interval: Duration, needed: u32) -> Result<bool, VmError> {
+    async fn settle(
+        &mut self,
+        timeout: Duration,
+        interval: Duration,
+        needed: u32,
+    ) -> Result<bool, VmError> {
         let (frame, stable) = self.vm.settle(timeout, interval, needed).await?;
         self.saw(Arc::new(frame), stable);
         Ok(stable)
@@ -110,57 +200,6 @@ impl Lane {
         Ok(())
     }
 
-    /// Maps a point in screenshot space to screen pixels, or says which range is valid.
-    fn to_screen(&self, p: Point, what: &'static str) -> Result<(u32, u32), SessionError> {
-        let (w, h) = scaled_size(self.vm.width, self.vm.height, self.scale);
-        let ok = |v: f64, max: u32| v.is_finite() && v >= 0.0 && v <= (max - 1) as f64;
-        if !ok(p.x, w) || !ok(p.y, h) {
-            let space = if self.scale < 1.0 {
-                format!(
-                    "pixels of the latest screenshot, {w}x{h} at scale {:.3}",
-                    self.scale
-                )
-            } else {
-                format!("screen pixels, {w}x{h}")
-            };
-            return Err(SessionError::OffScreen {
-                what,
-                x: p.x,
-                y: p.y,
-                max_x: w - 1,
-                max_y: h - 1,
-                space,
-            });
-        }
-        let sx = ((p.x / self.scale).round() as u32).min(self.vm.width - 1);
-        let sy = ((p.y / self.scale).round() as u32).min(self.vm.height - 1);
-        Ok((sx, sy))
-    }
-
-    /// Where a pointer action lands, checked against the latest screenshot before anything runs.
-    pub fn trace(&self, plan: &Plan) -> Result<Trace, SessionError> {
-        let one = |p, what| -> Result<Trace, SessionError> {
-            Ok(Trace {
-                pointer: Some(self.to_screen(p, what)?),
-                path: None,
-            })
-        };
-        match plan {
-            Plan::Click { at, .. } => one(*at, "click"),
-            Plan::MouseMove { to } => one(*to, "mouse_move"),
-            Plan::Scroll { at, .. } => one(*at, "scroll"),
-            Plan::Drag { from, to, .. } => {
-                let a = self.to_screen(*from, "drag start")?;
-                let b = self.to_screen(*to, "drag end")?;
-                Ok(Trace {
-                    pointer: Some(b),
-                    path: Some(vec![a, b]),
-                })
-            }
-            _ => Ok(Trace::default()),
-        }
-    }
-
     /// Waits at the input barrier when the plan is input that could overtake a click.
     pub async fn before(&mut self, plan: &Plan) -> Result<(), VmError> {
         if matches!(
@@ -176,8 +215,12 @@ impl Lane {
         Ok(())
     }
 
-    /// Runs a checked plan whose points [`Lane::trace`] resolved.
-    pub async fn run(&mut self, plan: Plan, trace: &Trace) -> Result<(Outcome, Option<Seen>), SessionError> {
+    /// Runs a checked plan whose points [`Geometry::trace`] resolved.
+    pub async fn run(
+        &mut self,
+        plan: Plan,
+        trace: &Trace,
+    ) -> Result<(Outcome, Option<Seen>), SessionError> {
         let at = trace.pointer.unwrap_or_default();
         // Hover and focus can change with any input; only looking and waiting cannot.
         // Set first: input that fails half-way may still have changed the screen.
@@ -193,7 +236,11 @@ impl Lane {
                     None => scale,
                 };
                 let enc = seen.frame.png(s).map_err(VmError::from)?;
-                self.scale = s;
+                *self.geometry.lock().expect("geometry poisoned") = Geometry {
+                    width: seen.frame.width(),
+                    height: seen.frame.height(),
+                    scale: s,
+                };
                 shown = Some(seen);
                 Outcome::Screenshot {
                     png: enc.png,
@@ -281,5 +328,48 @@ impl Lane {
             ),
         };
         Ok((outcome, shown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Button;
+
+    #[test]
+    fn points_map_through_the_latest_screenshot_scale() {
+        let g = Geometry {
+            width: 1280,
+            height: 800,
+            scale: 0.5,
+        };
+        let click = |x, y| Plan::Click {
+            at: Point { x, y },
+            button: Button::Left,
+            count: 1,
+            modifiers: vec![],
+        };
+        assert_eq!(
+            g.trace(&click(639.0, 399.0)).unwrap().pointer,
+            Some((1278, 798))
+        );
+        let e = g.trace(&click(640.0, 10.0)).unwrap_err().to_json();
+        assert_eq!(
+            (e["field"].as_str(), e["valid"].as_str()),
+            (Some("x"), Some("0..=639"))
+        );
+        let e = g.trace(&click(10.0, f64::NAN)).unwrap_err().to_json();
+        assert_eq!(e["field"], "y");
+        let drag = Plan::Drag {
+            from: Point { x: 0.0, y: 0.0 },
+            to: Point { x: 100.0, y: 50.0 },
+            button: Button::Left,
+        };
+        let t = g.trace(&drag).unwrap();
+        assert_eq!(t.path, Some(vec![(0, 0), (200, 100)]));
+        assert_eq!(
+            g.trace(&Plan::Key { combos: vec![] }).unwrap().pointer,
+            None
+        );
     }
 }

@@ -76,6 +76,7 @@ pub struct Session {
     exited: watch::Receiver<Option<String>>,
     files: RuntimeFiles,
     ledger: Arc<Ledger>,
+    geometry: Arc<std::sync::Mutex<lane::Geometry>>,
     /// The capture of the frame after the latest screen-changing action, while it runs.
     after: std::sync::Mutex<Option<AfterFrame>>,
 }
@@ -192,8 +193,18 @@ impl SessionManager {
         req: StartRequest,
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
-        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE.0, WIDTH_RANGE.1)?;
-        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE.0, HEIGHT_RANGE.1)?;
+        let width = check_range(
+            "width",
+            req.width.unwrap_or(MACHINE_WIDTH),
+            WIDTH_RANGE.0,
+            WIDTH_RANGE.1,
+        )?;
+        let height = check_range(
+            "height",
+            req.height.unwrap_or(MACHINE_HEIGHT),
+            HEIGHT_RANGE.0,
+            HEIGHT_RANGE.1,
+        )?;
         let memory_mb = check_range(
             "memory_mb",
             req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
@@ -284,9 +295,15 @@ impl SessionManager {
                 let _ = watch_ledger.update_meta(|m| m.state = "failed".into());
             }
         });
+        let geometry = Arc::new(std::sync::Mutex::new(lane::Geometry {
+            width,
+            height,
+            scale: 1.0,
+        }));
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane::new(booted.vm, booted.instance)),
+            lane: Mutex::new(Lane::new(booted.vm, booted.instance, geometry.clone())),
+            geometry,
             exited,
             files,
             ledger,
@@ -338,13 +355,20 @@ impl SessionManager {
             .collect();
         list.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         let ids: Vec<&str> = list.iter().map(|s| s.session_id.as_str()).collect();
-        self.record_server("session_list", json!({}), Ok(&json!({ "sessions": ids })), started);
+        self.record_server(
+            "session_list",
+            json!({}),
+            Ok(&json!({ "sessions": ids })),
+            started,
+        );
         list
     }
 
     pub async fn stop(&self, id: &str) -> Result<(), SessionError> {
         let started = Instant::now();
-        let session = self.session_for("session_stop", id, &json!({}), started).await?;
+        let session = self
+            .session_for("session_stop", id, &json!({}), started)
+            .await?;
         self.sessions.write().await.remove(id);
         session.finish_capture().await;
         let failed = session.exited.borrow().is_some();
@@ -355,10 +379,21 @@ impl SessionManager {
         drop(lane);
         let outcome = match &removed {
             Ok(()) => Ok(json!({ "ok": true })),
-            Err(e) => Err(SessionError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+            Err(e) => Err(SessionError::Io(std::io::Error::new(
+                e.kind(),
+                e.to_string(),
+            ))),
         };
         let ledger = &session.ledger;
-        let _ = record::append_call(ledger, "session_stopped", "session_stop", json!({}), outcome.as_ref(), started, &Default::default());
+        let _ = record::append_call(
+            ledger,
+            "session_stopped",
+            "session_stop",
+            json!({}),
+            outcome.as_ref(),
+            started,
+            &Default::default(),
+        );
         session.ledger.shots.flush().await;
         let _ = ledger.update_meta(|m| {
             m.state = if failed { "failed" } else { "stopped" }.into();
@@ -396,7 +431,9 @@ impl SessionManager {
             .unwrap_or_else(|| export::default_name(id));
         let running = self.get(id).await;
         let dir = self.cfg.layout.reviews().join(id);
-        let result = self.export_inner(id, &name, running.as_ref().ok(), &dir).await;
+        let result = self
+            .export_inner(id, &name, running.as_ref().ok(), &dir)
+            .await;
         let summary = result.as_ref().map(Exported::summary);
         let outcome = summary.as_ref().map_err(|e| *e);
         let ledger = match &running {
@@ -410,7 +447,15 @@ impl SessionManager {
         };
         match ledger {
             Some(l) => {
-                let _ = record::append_call(&l, "", "export_review", args, outcome, started, &Default::default());
+                let _ = record::append_call(
+                    &l,
+                    "",
+                    "export_review",
+                    args,
+                    outcome,
+                    started,
+                    &Default::default(),
+                );
             }
             None => {
                 let args = json!({ "session_id": id, "args": args });
@@ -438,12 +483,23 @@ impl SessionManager {
                 Some(s.ledger.timeline_len())
             }
             None if dir.join(crate::ledger::TIMELINE).is_file() => None,
-            None => return Err(self.get(id).await.err().unwrap_or(SessionError::Setup("session vanished".into()))),
+            None => {
+                return Err(self
+                    .get(id)
+                    .await
+                    .err()
+                    .unwrap_or(SessionError::Setup("session vanished".into())))
+            }
         };
-        let (dir, exports, name_owned) = (dir.to_path_buf(), self.cfg.layout.exports(), name.to_string());
-        let done = tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
-            .await
-            .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
+        let (dir, exports, name_owned) = (
+            dir.to_path_buf(),
+            self.cfg.layout.exports(),
+            name.to_string(),
+        );
+        let done =
+            tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
+                .await
+                .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
         done.map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => SessionError::InvalidName {
                 field: "name",
@@ -458,8 +514,15 @@ impl SessionManager {
         if let Some(l) = self.server_ledger.get() {
             return Some(l);
         }
-        let id = format!("server-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        match Ledger::create(&self.cfg.layout.reviews().join(&id), ReviewMeta::new(&id, "server")) {
+        let id = format!(
+            "server-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        match Ledger::create(
+            &self.cfg.layout.reviews().join(&id),
+            ReviewMeta::new(&id, "server"),
+        ) {
             Ok(l) => {
                 let _ = self.server_ledger.set(Arc::new(l));
                 self.server_ledger.get()
@@ -486,9 +549,21 @@ impl SessionManager {
 
     /// Records a call refused before any handler ran (malformed arguments, unknown tool): in the
     /// ledger of the session it names when there is one, else in the server's.
-    pub async fn record_refused_call(&self, tool: &str, raw_args: &serde_json::Value, message: &str) {
+    pub async fn record_refused_call(
+        &self,
+        tool: &str,
+        raw_args: &serde_json::Value,
+        message: &str,
+    ) {
         let started = Instant::now();
         let args = crate::ledger::redact::raw_args(raw_args);
+        // The parser's message may quote a value; with a secret among them, it is withheld.
+        let secret = args.get("secret").is_some_and(|s| s != &json!(false));
+        let message = if secret {
+            "withheld from the review: it could quote the secret text"
+        } else {
+            message
+        };
         let error = json!({ "error": "invalid_params", "message": message });
         let fields = json!({ "tool": tool, "args": args, "error": error, "duration_ms": 0 });
         let id = raw_args.get("session_id").and_then(|v| v.as_str());

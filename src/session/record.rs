@@ -10,10 +10,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::action::{Action, Outcome};
-use super::lane::Trace;
+use super::lane::{Seen, Trace};
 use super::{Session, SessionError};
 use crate::ledger::{redact, Ledger};
-use crate::vm::display::{Frame, SETTLE_THRESHOLD_PX};
+use crate::vm::display::SETTLE_THRESHOLD_PX;
 
 /// The after-frame capture of one action, while it runs.
 pub struct AfterFrame {
@@ -27,13 +27,16 @@ pub struct Extra {
     pub trace: Trace,
     pub before: Option<String>,
     pub shot: Option<String>,
+    /// The call carried a secret: an error message, which may quote the input, is withheld.
+    pub secret: bool,
 }
 
 /// How long after an action its "after" frame may be taken, and how often the screen is looked
-/// at until then (two quiet looks in a row end it early).
+/// at until then (two equal looks in a row end it early).
 const AFTER_LIMIT: Duration = Duration::from_millis(1500);
-const AFTER_FIRST: Duration = Duration::from_millis(50);
-const AFTER_INTERVAL: Duration = Duration::from_millis(150);
+const AFTER_FIRST: Duration = Duration::from_millis(100);
+/// Each look is a screendump that QEMU's main loop makes while the guest waits: few of them.
+const AFTER_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Appends a call's event: `kind` (or `action`/`action_failed` when empty), tool, arguments,
 /// outcome or error, duration, pointer and frames.
@@ -53,6 +56,12 @@ pub fn append_call(
     };
     let (outcome, error) = match outcome {
         Ok(v) => (Some(redact::outcome(v)), None),
+        Err(e) if extra.secret => (
+            None,
+            Some(
+                json!({ "error": e.kind(), "message": "withheld from the review: it could quote the secret text" }),
+            ),
+        ),
         Err(e) => (None, Some(e.to_json())),
     };
     let xy = |(x, y): (u32, u32)| json!({ "x": x, "y": y });
@@ -78,8 +87,8 @@ pub fn append_call(
 }
 
 /// Records `frame` as the screen after action `of_seq`, which ended at `ended`.
-fn append_frame(ledger: &Ledger, of_seq: u64, frame: &Arc<Frame>, settled: bool, ended: Instant) {
-    let shot = ledger.shots.put(frame);
+fn append_frame(ledger: &Ledger, of_seq: u64, seen: &Seen, settled: bool, ended: Instant) {
+    let shot = ledger.shots.put(&seen.frame, &seen.hash);
     let fields = json!({
         "of_seq": of_seq,
         "shot": shot,
@@ -110,8 +119,16 @@ impl Session {
         outcome: Value,
         started: Instant,
     ) -> Result<u64, SessionError> {
-        append_call(&self.ledger, kind, tool, args, Ok(&outcome), started, &Extra::default())
-            .map_err(SessionError::Ledger)
+        append_call(
+            &self.ledger,
+            kind,
+            tool,
+            args,
+            Ok(&outcome),
+            started,
+            &Extra::default(),
+        )
+        .map_err(SessionError::Ledger)
     }
 
     /// Stops a running after-frame capture (it records what it has) and waits for it.
@@ -131,12 +148,36 @@ impl Session {
     ) -> Result<Outcome, SessionError> {
         let (tool, args) = (action.name(), action.record());
         let refuse = |e: SessionError, extra: &Extra| {
-            let _ = append_call(&self.ledger, "", tool, args.clone(), Err(&e), started, extra);
+            let _ = append_call(
+                &self.ledger,
+                "",
+                tool,
+                args.clone(),
+                Err(&e),
+                started,
+                extra,
+            );
             Err(e)
         };
-        let plan = match action.validate().and_then(|p| self.check_alive().map(|()| p)) {
-            Ok(p) => p,
-            Err(e) => return refuse(e, &Extra::default()),
+        // Coordinates are in the space of the latest screenshot this session answered: the only
+        // one the agent can have seen when it sent them.
+        let geometry = *self.geometry.lock().expect("geometry poisoned");
+        let checked = action.validate().and_then(|plan| {
+            self.check_alive()?;
+            Ok((geometry.trace(&plan)?, plan))
+        });
+        let secret = action.is_secret();
+        let (trace, plan) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(
+                    e,
+                    &Extra {
+                        secret,
+                        ..Extra::default()
+                    },
+                )
+            }
         };
         // The previous action's after-frame capture yields to this call: it stops looking and
         // records the last frame it took.
@@ -149,17 +190,17 @@ impl Session {
         } else {
             Duration::ZERO
         };
-        let mut extra = Extra::default();
-        match lane.trace(&plan) {
-            Ok(t) => extra.trace = t,
-            Err(e) => return refuse(e, &extra),
-        }
+        let mut extra = Extra {
+            trace,
+            secret,
+            ..Extra::default()
+        };
         let ran = async {
             lane.before(&plan).await?;
             if action.changes_screen() {
                 let t = Instant::now();
                 let seen = lane.current().await?;
-                extra.before = Some(self.ledger.shots.put(&seen.frame));
+                extra.before = Some(self.ledger.shots.put(&seen.frame, &seen.hash));
                 overhead += t.elapsed();
             }
             lane.run(plan, &extra.trace).await
@@ -178,32 +219,41 @@ impl Session {
         // screen after it.
         if let Some((seq, ended)) = lane.awaiting_after {
             if let Some(seen) = lane.latest.as_ref().filter(|s| s.at >= started) {
-                let (frame, settled) = (seen.frame.clone(), seen.settled);
+                append_frame(&self.ledger, seq, &seen.clone(), seen.settled, ended);
                 lane.awaiting_after = None;
-                append_frame(&self.ledger, seq, &frame, settled, ended);
             }
         }
         let recorded = match &result {
             Ok((outcome, shown)) => {
                 if let Some(seen) = shown {
-                    extra.shot = Some(self.ledger.shots.put(&seen.frame));
+                    extra.shot = Some(self.ledger.shots.put(&seen.frame, &seen.hash));
                 }
-                append_call(&self.ledger, "", tool, args, Ok(&outcome.to_json()), started, &extra)
+                append_call(
+                    &self.ledger,
+                    "",
+                    tool,
+                    args,
+                    Ok(&outcome.to_json()),
+                    started,
+                    &extra,
+                )
             }
             Err(e) => append_call(&self.ledger, "", tool, args, Err(e), started, &extra),
         };
-        let seq = recorded.map_err(SessionError::Ledger);
-        let capture = matches!(seq, Ok(_)) && result.is_ok() && action.changes_screen();
-        if let (true, Ok(seq)) = (capture, &seq) {
-            lane.awaiting_after = Some((*seq, Instant::now()));
+        let capture = match (&recorded, &result) {
+            (Ok(seq), Ok(_)) if action.changes_screen() => Some(*seq),
+            _ => None,
+        };
+        if let Some(seq) = capture {
+            lane.awaiting_after = Some((seq, Instant::now()));
         }
         drop(lane);
         overhead += t.elapsed();
         self.ledger.note_overhead(overhead);
-        if let (true, Ok(seq)) = (capture, &seq) {
-            spawn_after_frame(self, *seq);
+        if let Some(seq) = capture {
+            spawn_after_frame(self, seq);
         }
-        seq?;
+        recorded.map_err(SessionError::Ledger)?;
         result.map(|(outcome, _)| outcome)
     }
 }
@@ -216,7 +266,6 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let mut last = None;
-        let mut quiet = 0;
         let mut wait = AFTER_FIRST;
         let settled = loop {
             tokio::select! {
@@ -233,12 +282,12 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
             };
             // This capture records the frame: later calls need not.
             lane.awaiting_after = None;
-            let still = last.as_ref().is_some_and(|l: &Arc<Frame>| {
-                seen.frame.changed_pixels(l) < SETTLE_THRESHOLD_PX
+            // Equal hashes say "unchanged" without comparing 3 MB of pixels.
+            let still = last.as_ref().is_some_and(|l: &Seen| {
+                l.hash == seen.hash || seen.frame.changed_pixels(&l.frame) < SETTLE_THRESHOLD_PX
             });
-            quiet = if still { quiet + 1 } else { 0 };
-            last = Some(seen.frame);
-            if quiet >= 2 {
+            last = Some(seen);
+            if still {
                 // The next action may reuse this frame as its "before".
                 if let Some(l) = lane.latest.as_mut() {
                     l.settled = true;
@@ -250,8 +299,8 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
                 break false;
             }
         };
-        if let Some(frame) = last {
-            append_frame(&s.ledger, of_seq, &frame, settled, started);
+        if let Some(seen) = last {
+            append_frame(&s.ledger, of_seq, &seen, settled, started);
         }
     });
     *session.after.lock().expect("capture slot poisoned") = Some(AfterFrame { cancel, task });
