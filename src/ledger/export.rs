@@ -14,9 +14,9 @@ use super::{capture_policy, ReviewMeta, TIMELINE};
 
 const VIEWER: &str = include_str!("viewer.html");
 
-/// `<session>-<UTC time>`: unique per second, sorts by time.
+/// `<session>-<UTC time to the millisecond>`: sorts by time.
 pub fn default_name(session_id: &str) -> String {
-    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let t = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     format!("{session_id}-{}", t.replace(':', ""))
 }
 
@@ -131,6 +131,24 @@ pub fn export(
             format!("an export named {name:?} exists; choose another name"),
         ));
     }
+    crate::storage::private_dir(exports)?;
+    // Its own work dir: two exports of one name at once never touch each other's files.
+    let tmp = exports.join(format!(".{name}.{:016x}.partial", rand::random::<u64>()));
+    std::fs::create_dir_all(tmp.join(super::shots::SHOTS_DIR))?;
+    let result = write_bundle(review_dir, &tmp, &target, name, upto);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_bundle(
+    review_dir: &Path,
+    tmp: &Path,
+    target: &Path,
+    name: &str,
+    upto: Option<u64>,
+) -> io::Result<Exported> {
     let session = review_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -140,13 +158,6 @@ pub fn export(
     let events = read_timeline(review_dir, upto)?;
     let refs = frame_refs(&events);
     let unique: BTreeSet<&String> = refs.iter().collect();
-
-    crate::storage::private_dir(exports)?;
-    let tmp = exports.join(format!(".{name}.partial"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(tmp.join(super::shots::SHOTS_DIR))?;
     let mut missing = Vec::new();
     let mut inlined = serde_json::Map::new();
     let mut shot_bytes = 0;
@@ -217,12 +228,19 @@ pub fn export(
         tmp.join("review.json"),
         serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,
     )?;
-    std::fs::rename(&tmp, &target)?;
+    // rename(2) onto an existing non-empty directory fails: a bundle is never replaced.
+    std::fs::rename(tmp, target).map_err(|e| match e.kind() {
+        io::ErrorKind::DirectoryNotEmpty => io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("an export named {name:?} exists; choose another name"),
+        ),
+        _ => e,
+    })?;
     Ok(Exported {
         name: name.to_string(),
         index: target.join("index.html"),
         single_file: target.join(format!("{name}.html")),
-        dir: target,
+        dir: target.to_path_buf(),
         events: events.len(),
         steps,
         failed,

@@ -60,7 +60,8 @@ pub struct ReviewMeta {
     pub ended_at: Option<String>,
     /// "running", "stopped" or "failed".
     pub state: String,
-    /// Days a stopped session's ledger is kept before `reclaim` may remove it.
+    /// Days a stopped session's ledger is kept; past that `deskvm review list` marks it
+    /// reclaimable (nothing deletes a ledger by itself).
     pub retention_days: u64,
     pub server_pid: u32,
     #[serde(default)]

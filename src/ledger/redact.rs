@@ -21,26 +21,23 @@ pub fn text(text: &str, secret: bool) -> Value {
     json!({
         "truncated": true,
         "length": length,
-        "sha256": hex(&Sha256::digest(text.as_bytes())),
+        "sha256": crate::vm::spec::hex(&Sha256::digest(text.as_bytes())),
         "head": head,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Raw tool arguments as a client sent them (for calls refused before they were parsed, e.g.
 /// with a field of the wrong type): any string under a `secret: true` is reduced to its
 /// length, and every long string is truncated.
 pub fn raw_args(args: &Value) -> Value {
-    let secret = args.get("secret").is_some_and(|s| match s {
-        Value::Bool(b) => *b,
-        Value::Null => false,
-        // Anything else that was meant as "secret" ("true", 1) counts as one.
-        _ => true,
-    });
-    scrub(args, secret)
+    scrub(args, has_secret(args))
+}
+
+/// Whether raw arguments mark a secret: `secret: true`, or anything else that was meant as
+/// one ("true", 1).
+pub fn has_secret(args: &Value) -> bool {
+    args.get("secret")
+        .is_some_and(|s| !matches!(s, Value::Bool(false) | Value::Null))
 }
 
 /// An outcome as the ledger keeps it: long strings (command output) truncated.
@@ -61,6 +58,8 @@ fn scrub(v: &Value, secret: bool) -> Value {
                 })
                 .collect(),
         ),
+        // A number can be a PIN as well as any string can be a password.
+        Value::Number(_) | Value::Bool(_) if secret => json!({ "secret": true }),
         other => other.clone(),
     }
 }
@@ -83,7 +82,10 @@ mod tests {
         let args =
             json!({ "session_id": 5, "text": "pa55word", "secret": true, "more": ["pa55word"] });
         let out = raw_args(&args).to_string();
-        assert!(!out.contains("pa55word"), "{out}");
+        assert!(
+            !out.contains("pa55word") && !out.contains("123456"),
+            "{out}"
+        );
         assert!(out.contains("\"session_id\":5"), "{out}");
         let args = json!({ "session_id": "a", "text": "hello", "secret": "yes" });
         assert!(!raw_args(&args).to_string().contains("hello"));

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
@@ -34,42 +34,48 @@ pub struct ShotStore {
     dir: PathBuf,
     known: Mutex<HashSet<String>>,
     pending: Mutex<Vec<oneshot::Receiver<()>>>,
-    bytes: Arc<AtomicU64>,
 }
 
 struct Job {
     frame: Arc<Frame>,
     dir: PathBuf,
     hash: String,
-    bytes: Arc<AtomicU64>,
     done: oneshot::Sender<()>,
 }
+
+impl Job {
+    fn run(self) {
+        if let Err(e) = write_png(&self.frame, &self.dir, &self.hash) {
+            tracing::warn!(error = %e, shot = %self.hash, "could not store a review frame");
+        }
+        let _ = self.done.send(());
+    }
+}
+
+/// Frames waiting for the encoder at most (3 MB each); past that a frame is encoded on
+/// tokio's blocking pool at normal priority rather than held in memory.
+const QUEUE: usize = 32;
 
 /// One encoder thread per process, at the lowest CPU priority: guests run under TCG on the
 /// same cores, and a guest starved of CPU drains its keyboard queue too slowly (typed keys
 /// were lost when frames were encoded at normal priority beside three busy guests).
-fn encoder() -> &'static std::sync::mpsc::Sender<Job> {
-    static ENCODER: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+fn encoder() -> &'static std::sync::mpsc::SyncSender<Job> {
+    static ENCODER: OnceLock<std::sync::mpsc::SyncSender<Job>> = OnceLock::new();
     ENCODER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let spawned = std::thread::Builder::new()
             .name("deskvm-shots".into())
             .spawn(move || {
                 // SAFETY: setpriority only reads its integer arguments; 0 names this thread.
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 for job in rx {
-                    match write_png(&job.frame, &job.dir, &job.hash) {
-                        Ok(n) => {
-                            job.bytes.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, shot = %job.hash, "could not store a review frame")
-                        }
-                    }
-                    let _ = job.done.send(());
+                    job.run();
                 }
-            })
-            .expect("spawning the frame encoder thread");
+            });
+        if let Err(e) = spawned {
+            // Every send then fails, and frames are encoded on the blocking pool instead.
+            tracing::warn!(error = %e, "could not start the frame encoder thread");
+        }
         tx
     })
 }
@@ -78,48 +84,45 @@ impl ShotStore {
     /// A store over `dir` (created if missing); frames already there count as stored.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut known = HashSet::new();
-        let mut bytes = 0;
-        for e in std::fs::read_dir(dir)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(hash) = name.strip_suffix(".png") {
-                known.insert(hash.to_string());
-                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            }
-        }
+        let known = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".png").map(str::to_string)
+            })
+            .collect();
         Ok(ShotStore {
             dir: dir.to_path_buf(),
             known: Mutex::new(known),
             pending: Mutex::new(Vec::new()),
-            bytes: Arc::new(AtomicU64::new(bytes)),
         })
     }
 
     /// The reference of a frame whose [`frame_hash`] is `hash`; a frame not stored yet is
     /// encoded and written in the background.
     pub fn put(&self, frame: &Arc<Frame>, hash: &str) -> String {
-        let new = self
-            .known
-            .lock()
-            .expect("shot set poisoned")
-            .insert(hash.to_string());
-        if new {
+        // One lock for "known" and "queued": a frame counts as stored only once it is queued,
+        // so a flush after any put that returned its reference waits for it.
+        let mut known = self.known.lock().expect("shot set poisoned");
+        if known.insert(hash.to_string()) {
             let (done, wait) = oneshot::channel();
             let job = Job {
                 frame: frame.clone(),
                 dir: self.dir.clone(),
                 hash: hash.to_string(),
-                bytes: self.bytes.clone(),
                 done,
             };
-            if encoder().send(job).is_ok() {
-                let mut pending = self.pending.lock().expect("pending list poisoned");
-                // Keep only the jobs still in flight.
-                pending.retain_mut(|w| {
-                    matches!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                });
-                pending.push(wait);
+            match encoder().try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    tokio::task::spawn_blocking(move || job.run());
+                }
             }
+            let mut pending = self.pending.lock().expect("pending list poisoned");
+            // Keep only the jobs still in flight.
+            pending
+                .retain_mut(|w| matches!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            pending.push(wait);
         }
         shot_ref(hash)
     }
@@ -131,11 +134,6 @@ impl ShotStore {
         for w in waits {
             let _ = w.await;
         }
-    }
-
-    /// Bytes of the frames written so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -182,10 +180,10 @@ mod tests {
         assert_eq!(files.len(), 2);
         let png = image::open(dir.join(a.strip_prefix("shots/").unwrap())).unwrap();
         assert_eq!((png.width(), png.height()), (32, 20));
-        assert!(store.bytes() > 0);
-        // A reopened store knows what is there.
+        // A reopened store knows what is there: nothing is queued again.
         let reopened = ShotStore::open(&dir).unwrap();
-        assert_eq!(reopened.bytes(), store.bytes());
+        assert_eq!(reopened.put(&frame(1), &frame_hash(&frame(1))), a);
+        assert!(reopened.pending.lock().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -88,12 +88,8 @@ fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
     };
     let rest = uri.strip_prefix(SCHEME).ok_or_else(bad)?;
     let parts: Vec<&str> = rest.split('/').collect();
-    let safe = |p: &&str| {
-        !p.is_empty()
-            && !p.starts_with('.')
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
+    // Each part obeys the rule for export names: no separators, no "..", nothing hidden.
+    let safe = |p: &&str| crate::session::check_name("path", p).is_ok();
     if !(2..=3).contains(&parts.len()) || !parts.iter().all(safe) {
         return Err(bad());
     }

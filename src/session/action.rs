@@ -228,14 +228,8 @@ impl Action {
             Action::Screenshot { scale, max_width } => {
                 let scale = match *scale {
                     None => 1.0,
-                    Some(s) if s.is_finite() && s > 0.0 && s <= 1.0 => s,
-                    Some(s) => {
-                        return Err(SessionError::OutOfRange {
-                            field: "scale",
-                            value: s.to_string(),
-                            valid: "greater than 0, at most 1".into(),
-                        })
-                    }
+                    // Below 0.01 a 1280-pixel screen would be under 13 pixels wide.
+                    Some(s) => check_range("scale", s, 0.01, 1.0)?,
                 };
                 if let Some(mw) = *max_width {
                     check_range("max_width", mw, 64, 7680)?;

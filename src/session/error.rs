@@ -30,6 +30,9 @@ pub enum SessionError {
         max_y: u32,
         space: String,
     },
+    /// Arguments the protocol layer could not parse (no handler ran).
+    #[error("{0}")]
+    InvalidParams(String),
     #[error("invalid {field} {value:?}: {why}")]
     InvalidName {
         field: &'static str,
@@ -70,6 +73,7 @@ impl SessionError {
             SessionError::Failed { .. } => "session_failed",
             SessionError::OutOfRange { .. } | SessionError::OffScreen { .. } => "out_of_range",
             SessionError::InvalidName { .. } => "invalid_name",
+            SessionError::InvalidParams(_) => "invalid_params",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",
@@ -81,19 +85,6 @@ impl SessionError {
             SessionError::Ledger(_) => "ledger",
             SessionError::Io(_) => "io",
         }
-    }
-
-    /// Whether the call was refused before anything ran (bad input), as opposed to failing.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            SessionError::UnknownSession { .. }
-                | SessionError::OutOfRange { .. }
-                | SessionError::OffScreen { .. }
-                | SessionError::InvalidName { .. }
-                | SessionError::Input(_)
-                | SessionError::TooMany { .. }
-        )
     }
 
     /// `{error, message, ...}`: the kind, the whole cause chain, and for out-of-range values the

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::{watch, Mutex, OnceCell, RwLock};
+use tokio::sync::{watch, Mutex, RwLock};
 
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
@@ -92,8 +92,9 @@ pub struct SessionManager {
     cfg: ManagerConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     starting: AtomicUsize,
-    /// Calls that name no running session (unknown ids, failed starts, session_list).
-    server_ledger: OnceCell<Arc<Ledger>>,
+    /// Calls that name no running session (unknown ids, failed starts, session_list, exports
+    /// of stopped sessions); made on first use (`None` if it could not be).
+    server_ledger: std::sync::OnceLock<Option<Arc<Ledger>>>,
 }
 
 /// Releases a start's place in [`SessionManager::starting`] however the start ends.
@@ -135,7 +136,7 @@ impl SessionManager {
             cfg,
             sessions: RwLock::new(HashMap::new()),
             starting: AtomicUsize::new(0),
-            server_ledger: OnceCell::new(),
+            server_ledger: std::sync::OnceLock::new(),
         }
     }
 
@@ -172,16 +173,25 @@ impl SessionManager {
         match &result {
             Ok(info) => {
                 let session = self.get(&info.session_id).await?;
-                let seq = session.record_ok(
+                let recorded = session.record_ok(
                     "session_started",
                     "session_start",
                     args,
                     serde_json::to_value(info).unwrap_or_default(),
                     started,
-                )?;
-                // The desktop as the session starts, once it is still.
-                session.lane.lock().await.awaiting_after = Some((seq, Instant::now()));
-                record::spawn_after_frame(&session, seq);
+                );
+                match recorded {
+                    Ok(seq) => {
+                        // The desktop as the session starts, once it is still.
+                        let mut lane = session.lane.lock().await;
+                        lane.awaiting_after = Some((seq, Instant::now()));
+                        record::spawn_after_frame(&session, seq);
+                    }
+                    // The desktop runs: failing the call now would leave it with nobody's id.
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "could not record the session start")
+                    }
+                }
             }
             Err(e) => self.record_server("session_start", args, Err(e), started),
         }
@@ -431,24 +441,13 @@ impl SessionManager {
             .unwrap_or_else(|| export::default_name(id));
         let running = self.get(id).await;
         let dir = self.cfg.layout.reviews().join(id);
-        let result = self
-            .export_inner(id, &name, running.as_ref().ok(), &dir)
-            .await;
+        let result = self.export_inner(id, &name, &running, &dir).await;
         let summary = result.as_ref().map(Exported::summary);
         let outcome = summary.as_ref().map_err(|e| *e);
-        let ledger = match &running {
-            Ok(s) => Some(s.ledger.clone()),
-            // A stopped session's ledger takes the record of its own export.
-            Err(_) if result.is_ok() => ReviewMeta::read(&dir)
-                .and_then(|m| Ledger::create(&dir, m))
-                .ok()
-                .map(Arc::new),
-            Err(_) => None,
-        };
-        match ledger {
-            Some(l) => {
+        match &running {
+            Ok(s) => {
                 let _ = record::append_call(
-                    &l,
+                    &s.ledger,
                     "",
                     "export_review",
                     args,
@@ -457,7 +456,9 @@ impl SessionManager {
                     &Default::default(),
                 );
             }
-            None => {
+            // A session not running here has no writer of its ledger in this process; its
+            // export is recorded with the server's calls.
+            Err(_) => {
                 let args = json!({ "session_id": id, "args": args });
                 self.record_server("export_review", args, outcome, started);
             }
@@ -469,27 +470,28 @@ impl SessionManager {
         &self,
         id: &str,
         name: &str,
-        running: Option<&Arc<Session>>,
+        running: &Result<Arc<Session>, SessionError>,
         dir: &std::path::Path,
     ) -> Result<Exported, SessionError> {
         check_name("session_id", id)?;
         check_name("name", name)?;
         let upto = match running {
-            Some(s) => {
-                // A consistent snapshot: every frame referenced so far is on disk, and the
-                // timeline is copied up to the events written so far.
+            Ok(s) => {
+                // A consistent snapshot: the timeline up to the events written so far, and
+                // every frame those events refer to on disk before it is copied.
+                let upto = s.ledger.timeline_len();
                 s.ledger.shots.flush().await;
                 let _ = s.ledger.save_meta();
-                Some(s.ledger.timeline_len())
+                Some(upto)
             }
-            None if dir.join(crate::ledger::TIMELINE).is_file() => None,
-            None => {
-                return Err(self
-                    .get(id)
-                    .await
-                    .err()
-                    .unwrap_or(SessionError::Setup("session vanished".into())))
+            Err(_) if dir.join(crate::ledger::TIMELINE).is_file() => None,
+            Err(SessionError::UnknownSession { id, known }) => {
+                return Err(SessionError::UnknownSession {
+                    id: id.clone(),
+                    known: known.clone(),
+                })
             }
+            Err(_) => unreachable!("get() fails only with UnknownSession"),
         };
         let (dir, exports, name_owned) = (
             dir.to_path_buf(),
@@ -511,27 +513,16 @@ impl SessionManager {
     }
 
     fn server_ledger(&self) -> Option<&Arc<Ledger>> {
-        if let Some(l) = self.server_ledger.get() {
-            return Some(l);
-        }
-        let id = format!(
-            "server-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        match Ledger::create(
-            &self.cfg.layout.reviews().join(&id),
-            ReviewMeta::new(&id, "server"),
-        ) {
-            Ok(l) => {
-                let _ = self.server_ledger.set(Arc::new(l));
-                self.server_ledger.get()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not create the server's review ledger");
-                None
-            }
-        }
+        self.server_ledger
+            .get_or_init(|| {
+                let id = format!("server-{}-{:08x}", std::process::id(), rand::random::<u32>());
+                let dir = self.cfg.layout.reviews().join(&id);
+                Ledger::create(&dir, ReviewMeta::new(&id, "server"))
+                    .inspect_err(|e| tracing::warn!(error = %e, "could not create the server's review ledger"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .as_ref()
     }
 
     /// Records a call that reached no running session.
@@ -555,26 +546,16 @@ impl SessionManager {
         raw_args: &serde_json::Value,
         message: &str,
     ) {
-        let started = Instant::now();
-        let args = crate::ledger::redact::raw_args(raw_args);
-        // The parser's message may quote a value; with a secret among them, it is withheld.
-        let secret = args.get("secret").is_some_and(|s| s != &json!(false));
-        let message = if secret {
-            "withheld from the review: it could quote the secret text"
-        } else {
-            message
-        };
-        let error = json!({ "error": "invalid_params", "message": message });
-        let fields = json!({ "tool": tool, "args": args, "error": error, "duration_ms": 0 });
         let id = raw_args.get("session_id").and_then(|v| v.as_str());
-        let ledger = match id {
-            Some(id) => self.get(id).await.ok().map(|s| s.ledger.clone()),
+        let session = match id {
+            Some(id) => self.get(id).await.ok(),
             None => None,
         };
-        let ledger = ledger.or_else(|| self.server_ledger().cloned());
+        let ledger = session
+            .map(|s| s.ledger.clone())
+            .or_else(|| self.server_ledger().cloned());
         if let Some(l) = ledger {
-            let _ = l.append("action_failed", fields);
-            l.note_overhead(started.elapsed());
+            record::append_refused(&l, tool, raw_args, message);
         }
     }
 }

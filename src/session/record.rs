@@ -100,6 +100,19 @@ fn append_frame(ledger: &Ledger, of_seq: u64, seen: &Seen, settled: bool, ended:
     }
 }
 
+/// Records a call refused before any handler ran: `args` as the client sent them (redacted).
+pub fn append_refused(ledger: &Ledger, tool: &str, raw_args: &Value, message: &str) {
+    let args = redact::raw_args(raw_args);
+    let extra = Extra {
+        secret: redact::has_secret(raw_args),
+        ..Extra::default()
+    };
+    let e = SessionError::InvalidParams(message.to_string());
+    if let Err(e) = append_call(ledger, "", tool, args, Err(&e), Instant::now(), &extra) {
+        tracing::error!(error = %e, tool, "could not record a refused call in the review ledger");
+    }
+}
+
 impl Session {
     pub(super) fn check_alive(&self) -> Result<(), SessionError> {
         match self.exited.borrow().clone() {
@@ -129,6 +142,13 @@ impl Session {
             &Extra::default(),
         )
         .map_err(SessionError::Ledger)
+    }
+
+    /// Tells a running after-frame capture to stop, without waiting for it.
+    fn cancel_capture(&self) {
+        if let Some(p) = self.after.lock().expect("capture slot poisoned").take() {
+            p.cancel.cancel();
+        }
     }
 
     /// Stops a running after-frame capture (it records what it has) and waits for it.
@@ -185,6 +205,9 @@ impl Session {
         let had_capture = self.after.lock().expect("capture slot poisoned").is_some();
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
+        // A capture that a call ahead of this one started while this one queued: it stops at
+        // once (it cannot look any more: this call holds the lane) and keeps what it took.
+        self.cancel_capture();
         let mut overhead = if had_capture {
             waited_for_capture.elapsed()
         } else {
@@ -245,15 +268,17 @@ impl Session {
             _ => None,
         };
         if let Some(seq) = capture {
+            // Installed before the lane is free, so the next call always finds it.
             lane.awaiting_after = Some((seq, Instant::now()));
+            spawn_after_frame(self, seq);
         }
         drop(lane);
         overhead += t.elapsed();
         self.ledger.note_overhead(overhead);
-        if let Some(seq) = capture {
-            spawn_after_frame(self, seq);
+        if let Err(e) = recorded {
+            // The action ran: failing the call now would make an agent repeat it.
+            tracing::error!(error = %e, session = %self.info.session_id, tool, "could not record a call in the review ledger");
         }
-        recorded.map_err(SessionError::Ledger)?;
         result.map(|(outcome, _)| outcome)
     }
 }
@@ -281,7 +306,9 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
                 break false;
             };
             // This capture records the frame: later calls need not.
-            lane.awaiting_after = None;
+            if lane.awaiting_after.is_some_and(|(seq, _)| seq == of_seq) {
+                lane.awaiting_after = None;
+            }
             // Equal hashes say "unchanged" without comparing 3 MB of pixels.
             let still = last.as_ref().is_some_and(|l: &Seen| {
                 l.hash == seen.hash || seen.frame.changed_pixels(&l.frame) < SETTLE_THRESHOLD_PX
@@ -303,5 +330,12 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
             append_frame(&s.ledger, of_seq, &seen, settled, started);
         }
     });
-    *session.after.lock().expect("capture slot poisoned") = Some(AfterFrame { cancel, task });
+    let previous = session
+        .after
+        .lock()
+        .expect("capture slot poisoned")
+        .replace(AfterFrame { cancel, task });
+    if let Some(p) = previous {
+        p.cancel.cancel();
+    }
 }
