@@ -229,10 +229,10 @@ impl Action {
                 let scale = match *scale {
                     None => 1.0,
                     // Below 0.01 a 1280-pixel screen would be under 13 pixels wide.
-                    Some(s) => check_range("scale", s, 0.01, 1.0)?,
+                    Some(s) => check_range("scale", s, (0.01, 1.0))?,
                 };
                 if let Some(mw) = *max_width {
-                    check_range("max_width", mw, 64, 7680)?;
+                    check_range("max_width", mw, (64, 7680))?;
                 }
                 Plan::Screenshot {
                     scale,
@@ -245,7 +245,7 @@ impl Action {
                 count,
                 modifiers,
             } => {
-                check_range("count", *count, 1, 3)?;
+                check_range("count", *count, (1, 3))?;
                 let mut mods = Vec::new();
                 for m in modifiers {
                     mods.extend(input::parse_combo(m)?);
@@ -264,8 +264,8 @@ impl Action {
                 button: *button,
             },
             Action::Scroll { at, dx, dy } => {
-                check_range("dx", *dx, -MAX_SCROLL_CLICKS, MAX_SCROLL_CLICKS)?;
-                check_range("dy", *dy, -MAX_SCROLL_CLICKS, MAX_SCROLL_CLICKS)?;
+                check_range("dx", *dx, (-MAX_SCROLL_CLICKS, MAX_SCROLL_CLICKS))?;
+                check_range("dy", *dy, (-MAX_SCROLL_CLICKS, MAX_SCROLL_CLICKS))?;
                 Plan::Scroll {
                     at: *at,
                     dx: *dx,
@@ -280,7 +280,11 @@ impl Action {
                 if parts.is_empty() {
                     return Err(InputError::EmptyCombo(keys.clone()).into());
                 }
-                check_range("number of key combinations", parts.len(), 1, MAX_KEY_COMBOS)?;
+                check_range(
+                    "number of key combinations",
+                    parts.len(),
+                    (1, MAX_KEY_COMBOS),
+                )?;
                 Plan::Key {
                     combos: parts
                         .into_iter()
@@ -296,10 +300,9 @@ impl Action {
                 let ms = check_range(
                     "ms",
                     ms.unwrap_or(if *until_stable { 0 } else { 1000 }),
-                    0,
-                    MAX_WAIT_MS,
+                    (0, MAX_WAIT_MS),
                 )?;
-                let t = check_range("timeout_ms", timeout_ms.unwrap_or(10_000), 0, MAX_WAIT_MS)?;
+                let t = check_range("timeout_ms", timeout_ms.unwrap_or(10_000), (0, MAX_WAIT_MS))?;
                 Plan::Wait {
                     ms,
                     stable_timeout_ms: until_stable.then_some(t),
@@ -312,16 +315,14 @@ impl Action {
                 check_range(
                     "command length in bytes",
                     command.len(),
-                    1,
-                    MAX_COMMAND_BYTES,
+                    (1, MAX_COMMAND_BYTES),
                 )?;
                 Plan::Exec {
                     command: command.clone(),
                     timeout_ms: check_range(
                         "timeout_ms",
                         timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS),
-                        1,
-                        MAX_EXEC_TIMEOUT_MS,
+                        (1, MAX_EXEC_TIMEOUT_MS),
                     )?,
                 }
             }

@@ -142,7 +142,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A value outside `lo..=hi`, as the error that names the field and the range.
-pub fn check_range<T>(field: &'static str, v: T, lo: T, hi: T) -> Result<T, SessionError>
+pub fn check_range<T>(field: &'static str, v: T, (lo, hi): (T, T)) -> Result<T, SessionError>
 where
     T: PartialOrd + std::fmt::Display + Copy,
 {
@@ -175,13 +175,13 @@ mod tests {
 
     #[test]
     fn out_of_range_is_structured() {
-        let e = check_range("count", 7u32, 1, 3).unwrap_err();
+        let e = check_range("count", 7u32, (1, 3)).unwrap_err();
         let v = e.to_json();
         assert_eq!(v["error"], "out_of_range");
         assert_eq!(v["field"], "count");
         assert_eq!(v["value"], "7");
         assert_eq!(v["valid"], "1..=3");
         assert_eq!(v["message"], "count=7 is out of range; valid: 1..=3");
-        assert!(check_range("count", 3u32, 1, 3).is_ok());
+        assert!(check_range("count", 3u32, (1, 3)).is_ok());
     }
 }

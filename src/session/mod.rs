@@ -203,24 +203,10 @@ impl SessionManager {
         req: StartRequest,
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
-        let width = check_range(
-            "width",
-            req.width.unwrap_or(MACHINE_WIDTH),
-            WIDTH_RANGE.0,
-            WIDTH_RANGE.1,
-        )?;
-        let height = check_range(
-            "height",
-            req.height.unwrap_or(MACHINE_HEIGHT),
-            HEIGHT_RANGE.0,
-            HEIGHT_RANGE.1,
-        )?;
-        let memory_mb = check_range(
-            "memory_mb",
-            req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
-            MEMORY_RANGE.0,
-            MEMORY_RANGE.1,
-        )?;
+        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
+        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
+        let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
         let image = GuestImage::locate(
             &self.cfg.layout,
             req.image.as_deref().unwrap_or(DEFAULT_IMAGE),

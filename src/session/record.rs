@@ -168,7 +168,7 @@ impl Session {
     ) -> Result<Outcome, SessionError> {
         let (tool, args) = (action.name(), action.record());
         let refuse = |e: SessionError, extra: &Extra| {
-            let _ = append_call(
+            let recorded = append_call(
                 &self.ledger,
                 "",
                 tool,
@@ -177,6 +177,9 @@ impl Session {
                 started,
                 extra,
             );
+            if let Err(le) = recorded {
+                tracing::error!(error = %le, tool, "could not record a refused call in the review ledger");
+            }
             Err(e)
         };
         // Coordinates are in the space of the latest screenshot this session answered: the only
@@ -240,11 +243,10 @@ impl Session {
         let t = Instant::now();
         // The previous action's capture took no frame: the first frame of this call shows the
         // screen after it.
-        if let Some((seq, ended)) = lane.awaiting_after {
-            if let Some(seen) = lane.latest.as_ref().filter(|s| s.at >= started) {
-                append_frame(&self.ledger, seq, &seen.clone(), seen.settled, ended);
-                lane.awaiting_after = None;
-            }
+        let fresh = lane.latest.clone().filter(|s| s.at >= started);
+        if let (Some((seq, ended)), Some(seen)) = (lane.awaiting_after, fresh) {
+            append_frame(&self.ledger, seq, &seen, seen.settled, ended);
+            lane.awaiting_after = None;
         }
         let recorded = match &result {
             Ok((outcome, shown)) => {
