@@ -214,7 +214,8 @@ fn write_bundle(
         )
     };
     let index = page(json!({}), &review);
-    let single = page(Value::Object(inlined), &review);
+    let inlined = Value::Object(inlined);
+    let single = page(inlined.clone(), &review);
     let bytes = shot_bytes + (timeline.len() + index.len() + single.len()) as u64;
     if let Value::Object(m) = &mut review {
         m.insert(
@@ -222,8 +223,10 @@ fn write_bundle(
             json!({ "total": bytes, "shots": shot_bytes, "timeline": timeline.len(), "without_dedupe": bytes_without_dedupe }),
         );
     }
+    // Both pages again, now with the sizes in their header (each page is a few bytes longer
+    // than the size it states, which counts the first rendering).
     std::fs::write(tmp.join("index.html"), page(json!({}), &review))?;
-    std::fs::write(tmp.join(format!("{name}.html")), single)?;
+    std::fs::write(tmp.join(format!("{name}.html")), page(inlined, &review))?;
     std::fs::write(
         tmp.join("review.json"),
         serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,

@@ -2,6 +2,7 @@
 //! session [`Action`](crate::session::Action), one hand-written `call_tool` that every call
 //! passes, and exported reviews as resources.
 
+mod params;
 mod resources;
 mod tools;
 

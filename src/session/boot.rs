@@ -277,3 +277,37 @@ fn remove_superseded(image: &GuestImage, keep: &ReadyState, qemu_version: &str) 
         }
     }
 }
+
+/// Sets the guest screen size with xrandr through the guest agent (adding a GTF mode when the
+/// size is not one the virtual monitor lists), then checks the framebuffer really has it.
+pub async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), SessionError> {
+    let script = format!(
+        "set -e; out=$(xrandr | awk '/ connected/ {{print $1; exit}}'); m={width}x{height}; \
+         if ! xrandr | grep -q \"^ *$m \"; then \
+           line=$(gtf {width} {height} 60 | awk '/Modeline/ {{for (i=3;i<=NF;i++) printf \"%s \", $i}}'); \
+           xrandr --newmode $m $line; xrandr --addmode $out $m; fi; \
+         xrandr --output $out --mode $m"
+    );
+    let out = vm.exec(&script, Duration::from_secs(20)).await?;
+    if out.exit_code != 0 {
+        return Err(SessionError::Setup(format!(
+            "could not set the screen to {width}x{height}: {}",
+            out.stderr.trim()
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = vm.frame().await?;
+        if (f.width(), f.height()) == (width, height) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(SessionError::Setup(format!(
+                "asked for {width}x{height} but the guest screen is {}x{}",
+                f.width(),
+                f.height()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,12 +7,13 @@ pub mod action;
 pub mod boot;
 pub mod error;
 mod lane;
+mod ledgers;
 mod record;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use tokio::sync::{watch, Mutex, RwLock};
@@ -20,11 +21,9 @@ use tokio::sync::{watch, Mutex, RwLock};
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
 use crate::image::{GuestImage, DEFAULT_IMAGE};
-use crate::ledger::export::{self, Exported};
 use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
-use crate::vm::Vm;
 pub use action::{Action, Outcome, Plan, Point};
 pub use boot::Startup;
 pub use error::{chain, check_range, SessionError};
@@ -247,7 +246,7 @@ impl SessionManager {
         };
         let ready_ledger = async {
             if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
-                set_resolution(&mut booted.vm, width, height).await?;
+                boot::set_resolution(&mut booted.vm, width, height).await?;
             }
             let mut meta = ReviewMeta::new(&id, "session");
             meta.image = Some(image.name.clone());
@@ -412,170 +411,5 @@ impl SessionManager {
             .session_for(action.name(), id, &action.record(), started)
             .await?;
         session.act(action, started).await
-    }
-
-    /// Exports the review of a running, stopped or failed session into the exports dir.
-    pub async fn export_review(
-        &self,
-        id: &str,
-        name: Option<&str>,
-    ) -> Result<Exported, SessionError> {
-        let started = Instant::now();
-        let args = json!({ "name": name });
-        let name = name
-            .map(str::to_string)
-            .unwrap_or_else(|| export::default_name(id));
-        let running = self.get(id).await;
-        let dir = self.cfg.layout.reviews().join(id);
-        let result = self.export_inner(id, &name, &running, &dir).await;
-        let summary = result.as_ref().map(Exported::summary);
-        let outcome = summary.as_ref().map_err(|e| *e);
-        match &running {
-            Ok(s) => {
-                let _ = record::append_call(
-                    &s.ledger,
-                    "",
-                    "export_review",
-                    args,
-                    outcome,
-                    started,
-                    &Default::default(),
-                );
-            }
-            // A session not running here has no writer of its ledger in this process; its
-            // export is recorded with the server's calls.
-            Err(_) => {
-                let args = json!({ "session_id": id, "args": args });
-                self.record_server("export_review", args, outcome, started);
-            }
-        }
-        result
-    }
-
-    async fn export_inner(
-        &self,
-        id: &str,
-        name: &str,
-        running: &Result<Arc<Session>, SessionError>,
-        dir: &std::path::Path,
-    ) -> Result<Exported, SessionError> {
-        check_name("session_id", id)?;
-        check_name("name", name)?;
-        let upto = match running {
-            Ok(s) => {
-                // A consistent snapshot: the timeline up to the events written so far, and
-                // every frame those events refer to on disk before it is copied.
-                let upto = s.ledger.timeline_len();
-                s.ledger.shots.flush().await;
-                let _ = s.ledger.save_meta();
-                Some(upto)
-            }
-            Err(_) if dir.join(crate::ledger::TIMELINE).is_file() => None,
-            Err(SessionError::UnknownSession { id, known }) => {
-                return Err(SessionError::UnknownSession {
-                    id: id.clone(),
-                    known: known.clone(),
-                })
-            }
-            Err(_) => unreachable!("get() fails only with UnknownSession"),
-        };
-        let (dir, exports, name_owned) = (
-            dir.to_path_buf(),
-            self.cfg.layout.exports(),
-            name.to_string(),
-        );
-        let done =
-            tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
-                .await
-                .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
-        done.map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => SessionError::InvalidName {
-                field: "name",
-                value: name.to_string(),
-                why: "an export of that name exists; choose another name".into(),
-            },
-            _ => SessionError::Io(e),
-        })
-    }
-
-    fn server_ledger(&self) -> Option<&Arc<Ledger>> {
-        self.server_ledger
-            .get_or_init(|| {
-                let id = format!("server-{}-{:08x}", std::process::id(), rand::random::<u32>());
-                let dir = self.cfg.layout.reviews().join(&id);
-                Ledger::create(&dir, ReviewMeta::new(&id, "server"))
-                    .inspect_err(|e| tracing::warn!(error = %e, "could not create the server's review ledger"))
-                    .ok()
-                    .map(Arc::new)
-            })
-            .as_ref()
-    }
-
-    /// Records a call that reached no running session.
-    pub fn record_server(
-        &self,
-        tool: &str,
-        args: serde_json::Value,
-        outcome: Result<&serde_json::Value, &SessionError>,
-        started: Instant,
-    ) {
-        if let Some(l) = self.server_ledger() {
-            let _ = record::append_call(l, "", tool, args, outcome, started, &Default::default());
-        }
-    }
-
-    /// Records a call refused before any handler ran (malformed arguments, unknown tool): in the
-    /// ledger of the session it names when there is one, else in the server's.
-    pub async fn record_refused_call(
-        &self,
-        tool: &str,
-        raw_args: &serde_json::Value,
-        message: &str,
-    ) {
-        let id = raw_args.get("session_id").and_then(|v| v.as_str());
-        let session = match id {
-            Some(id) => self.get(id).await.ok(),
-            None => None,
-        };
-        let ledger = session
-            .map(|s| s.ledger.clone())
-            .or_else(|| self.server_ledger().cloned());
-        if let Some(l) = ledger {
-            record::append_refused(&l, tool, raw_args, message);
-        }
-    }
-}
-
-/// Sets the guest screen size with xrandr through the guest agent (adding a GTF mode when the
-/// size is not one the virtual monitor lists), then checks the framebuffer really has it.
-async fn set_resolution(vm: &mut Vm, width: u32, height: u32) -> Result<(), SessionError> {
-    let script = format!(
-        "set -e; out=$(xrandr | awk '/ connected/ {{print $1; exit}}'); m={width}x{height}; \
-         if ! xrandr | grep -q \"^ *$m \"; then \
-           line=$(gtf {width} {height} 60 | awk '/Modeline/ {{for (i=3;i<=NF;i++) printf \"%s \", $i}}'); \
-           xrandr --newmode $m $line; xrandr --addmode $out $m; fi; \
-         xrandr --output $out --mode $m"
-    );
-    let out = vm.exec(&script, Duration::from_secs(20)).await?;
-    if out.exit_code != 0 {
-        return Err(SessionError::Setup(format!(
-            "could not set the screen to {width}x{height}: {}",
-            out.stderr.trim()
-        )));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let f = vm.frame().await?;
-        if (f.width(), f.height()) == (width, height) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(SessionError::Setup(format!(
-                "asked for {width}x{height} but the guest screen is {}x{}",
-                f.width(),
-                f.height()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

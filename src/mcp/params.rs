@@ -1,0 +1,140 @@
+//! Tool parameters: what an agent sends, with the descriptions its model reads (schemars).
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::vm::Button;
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct SessionStartArgs {
+    /// Screen width in pixels (640..=1920, default 1280).
+    pub width: Option<u32>,
+    /// Screen height in pixels (480..=1200, default 800).
+    pub height: Option<u32>,
+    /// Guest image name (default "debian-desktop").
+    pub image: Option<String>,
+    /// Guest memory in MiB (512..=8192, default 1024). Non-default sizes cold-boot (slow).
+    pub memory_mb: Option<u32>,
+    /// Give the guest a NAT network (default: no network at all).
+    #[serde(default)]
+    pub network: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionArgs {
+    /// Session id from session_start.
+    pub session_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ScreenshotArgs {
+    pub session_id: String,
+    /// Downscale factor in (0, 1]. Later coordinates are in this screenshot's pixel space.
+    pub scale: Option<f64>,
+    /// Downscale so the image is at most this wide (64 or more).
+    pub max_width: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ClickArgs {
+    pub session_id: String,
+    /// X in pixels of the latest screenshot.
+    pub x: f64,
+    /// Y in pixels of the latest screenshot.
+    pub y: f64,
+    /// left (default), right or middle.
+    pub button: Option<Button>,
+    /// 1 (default), 2 for a double click, 3 for a triple click.
+    pub count: Option<u32>,
+    /// Keys held during the click, e.g. ["ctrl"], ["shift"].
+    #[serde(default)]
+    pub modifiers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct MoveArgs {
+    pub session_id: String,
+    pub x: f64,
+    pub y: f64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct XY {
+    pub x: f64,
+    pub y: f64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DragArgs {
+    pub session_id: String,
+    pub from: XY,
+    pub to: XY,
+    /// left (default), right or middle.
+    pub button: Option<Button>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ScrollArgs {
+    pub session_id: String,
+    pub x: f64,
+    pub y: f64,
+    /// Horizontal wheel clicks, negative = left (-50..=50).
+    #[serde(default)]
+    pub dx: i32,
+    /// Vertical wheel clicks, negative = up, positive = down (-50..=50).
+    #[serde(default)]
+    pub dy: i32,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TypeArgs {
+    pub session_id: String,
+    /// Text to type exactly: printable ASCII, newline and tab; at most 4096 characters.
+    pub text: String,
+    /// A password or other secret: the review ledger keeps only its length.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportArgs {
+    /// Session id (running, stopped or failed).
+    pub session_id: String,
+    /// Bundle name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<UTC time>.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct KeyArgs {
+    pub session_id: String,
+    /// xdotool-style combination(s): "ctrl+s", "alt+Tab", "Return", "F5", "super".
+    /// Several separated by spaces are pressed one after another: "ctrl+a BackSpace".
+    pub keys: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WaitArgs {
+    pub session_id: String,
+    /// Fixed wait in ms first (0..=60000; default 1000, or 0 with until_stable).
+    pub ms: Option<u64>,
+    /// Then wait until the screen stops changing.
+    #[serde(default)]
+    pub until_stable: bool,
+    /// Give up waiting for a stable screen after this long (default 10000, at most 60000).
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecArgs {
+    pub session_id: String,
+    /// Shell command, run as `sh -c` by root in the guest with DISPLAY=:0.
+    pub command: String,
+    /// Timeout in ms (1..=300000, default 30000).
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UseDesktopArgs {
+    /// What you want done on the desktop.
+    pub task: Option<String>,
+}

@@ -1,0 +1,144 @@
+//! The manager's side of the review ledgers: exports, and the server's own ledger for calls
+//! that name no running session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{check_name, record, Session, SessionError, SessionManager};
+use crate::ledger::export::{self, Exported};
+use crate::ledger::{Ledger, ReviewMeta};
+
+impl SessionManager {
+    /// Exports the review of a running, stopped or failed session into the exports dir.
+    pub async fn export_review(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Exported, SessionError> {
+        let started = Instant::now();
+        let args = json!({ "name": name });
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| export::default_name(id));
+        let running = self.get(id).await;
+        let dir = self.cfg.layout.reviews().join(id);
+        let result = self.export_inner(id, &name, &running, &dir).await;
+        let summary = result.as_ref().map(Exported::summary);
+        let outcome = summary.as_ref().map_err(|e| *e);
+        match &running {
+            Ok(s) => {
+                let _ = record::append_call(
+                    &s.ledger,
+                    "",
+                    "export_review",
+                    args,
+                    outcome,
+                    started,
+                    &Default::default(),
+                );
+            }
+            // A session not running here has no writer of its ledger in this process; its
+            // export is recorded with the server's calls.
+            Err(_) => {
+                let args = json!({ "session_id": id, "args": args });
+                self.record_server("export_review", args, outcome, started);
+            }
+        }
+        result
+    }
+
+    async fn export_inner(
+        &self,
+        id: &str,
+        name: &str,
+        running: &Result<Arc<Session>, SessionError>,
+        dir: &std::path::Path,
+    ) -> Result<Exported, SessionError> {
+        check_name("session_id", id)?;
+        check_name("name", name)?;
+        let upto = match running {
+            Ok(s) => {
+                // A consistent snapshot: the timeline up to the events written so far, and
+                // every frame those events refer to on disk before it is copied.
+                let upto = s.ledger.timeline_len();
+                s.ledger.shots.flush().await;
+                let _ = s.ledger.save_meta();
+                Some(upto)
+            }
+            Err(_) if dir.join(crate::ledger::TIMELINE).is_file() => None,
+            Err(SessionError::UnknownSession { id, known }) => {
+                return Err(SessionError::UnknownSession {
+                    id: id.clone(),
+                    known: known.clone(),
+                })
+            }
+            Err(_) => unreachable!("get() fails only with UnknownSession"),
+        };
+        let (dir, exports, name_owned) = (
+            dir.to_path_buf(),
+            self.cfg.layout.exports(),
+            name.to_string(),
+        );
+        let done =
+            tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
+                .await
+                .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
+        done.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => SessionError::InvalidName {
+                field: "name",
+                value: name.to_string(),
+                why: "an export of that name exists; choose another name".into(),
+            },
+            _ => SessionError::Io(e),
+        })
+    }
+
+    fn server_ledger(&self) -> Option<&Arc<Ledger>> {
+        self.server_ledger
+            .get_or_init(|| {
+                let id = format!("server-{}-{:08x}", std::process::id(), rand::random::<u32>());
+                let dir = self.cfg.layout.reviews().join(&id);
+                Ledger::create(&dir, ReviewMeta::new(&id, "server"))
+                    .inspect_err(|e| tracing::warn!(error = %e, "could not create the server's review ledger"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .as_ref()
+    }
+
+    /// Records a call that reached no running session.
+    pub fn record_server(
+        &self,
+        tool: &str,
+        args: serde_json::Value,
+        outcome: Result<&serde_json::Value, &SessionError>,
+        started: Instant,
+    ) {
+        if let Some(l) = self.server_ledger() {
+            let _ = record::append_call(l, "", tool, args, outcome, started, &Default::default());
+        }
+    }
+
+    /// Records a call refused before any handler ran (malformed arguments, unknown tool): in the
+    /// ledger of the session it names when there is one, else in the server's.
+    pub async fn record_refused_call(
+        &self,
+        tool: &str,
+        raw_args: &serde_json::Value,
+        message: &str,
+    ) {
+        let id = raw_args.get("session_id").and_then(|v| v.as_str());
+        let session = match id {
+            Some(id) => self.get(id).await.ok(),
+            None => None,
+        };
+        let ledger = session
+            .map(|s| s.ledger.clone())
+            .or_else(|| self.server_ledger().cloned());
+        if let Some(l) = ledger {
+            record::append_refused(&l, tool, raw_args, message);
+        }
+    }
+}
