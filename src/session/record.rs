@@ -93,7 +93,8 @@ fn append_frame(ledger: &Ledger, of_seq: u64, seen: &Seen, settled: bool, ended:
         "of_seq": of_seq,
         "shot": shot,
         "settled": settled,
-        "ms_after": ended.elapsed().as_millis() as u64,
+        // When the frame was taken, not when it is written down.
+        "ms_after": seen.at.saturating_duration_since(ended).as_millis() as u64,
     });
     if let Err(e) = ledger.append("frame", fields) {
         tracing::warn!(error = %e, "could not record a frame in the review ledger");
