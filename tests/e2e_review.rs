@@ -1,6 +1,5 @@
 //! The review ledger end to end: a real guest driven through the real binary by rmcp's client,
-//! the bundle exported, moved, read back over MCP and opened in headless Chromium; and a
-//! ledger that survives `kill -9` of its server.
+//! the bundle exported, moved, read back over MCP and opened in headless Chromium.
 
 mod common;
 
@@ -58,6 +57,7 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         json!({ "session_id": sid, "text": "read -s pw; echo ${#pw} > /tmp/pwlen\n" }),
     )
     .await?;
+    wait_stable(c, &sid).await?;
     c.call_ok(
         "type",
         json!({ "session_id": sid, "text": format!("{SECRET}\n"), "secret": true }),
@@ -353,60 +353,4 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
     .await?;
     assert_eq!(kind, "invalid_name");
     s.client.close().await
-}
-
-#[tokio::test]
-async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
-    let s = server().await?;
-    let c = &s.client;
-    let sid = start(c).await?;
-    c.screenshot(&sid, json!({})).await?;
-    c.call_ok("click", json!({ "session_id": sid, "x": 400, "y": 300 }))
-        .await?;
-    c.call_ok(
-        "type",
-        json!({ "session_id": sid, "text": "echo before-the-crash\n" }),
-    )
-    .await?;
-    tool_error(c, "click", json!({ "session_id": sid, "x": -1, "y": 0 })).await?;
-    c.call_ok("key", json!({ "session_id": sid, "keys": "ctrl+l" }))
-        .await?;
-    let answered = 6; // session_started + 5 calls
-
-    let marker = std::fs::read_to_string(s.runtime.join("s").join(&sid).join(".deskvm-owned"))?;
-    let pid: i32 = marker.trim().strip_prefix("pid ").unwrap().parse()?;
-    // SAFETY: kill has no memory-safety preconditions; the pid is the server this test spawned.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
-        .args(["review", "export", &sid, "--name", "after-crash"])
-        .env("DESKVM_DATA_DIR", &s.data)
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bundle = s.data.join("exports").join("after-crash");
-    let ev = events(&bundle)?;
-    seqs_are_gapless(&ev);
-    let steps: Vec<&Value> = ev.iter().filter(|e| e["kind"] != "frame").collect();
-    assert_eq!(
-        steps.len(),
-        answered,
-        "every answered call survives: {steps:?}"
-    );
-    assert_eq!(steps[answered - 1]["tool"], "key");
-    assert!(bundle.join("index.html").is_file() && bundle.join("after-crash.html").is_file());
-    let list = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
-        .args(["review", "list"])
-        .env("DESKVM_DATA_DIR", &s.data)
-        .output()?;
-    let list = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        list.contains(&sid) && list.contains("server gone"),
-        "{list}"
-    );
-    drop(s.client);
-    Ok(())
 }
