@@ -4,18 +4,9 @@
 
 mod common;
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use common::*;
 use serde_json::{json, Value};
-
-fn events(dir: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(dir.join("timeline.jsonl"))?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line {l}")))
-        .collect()
-}
 
 #[tokio::test]
 async fn a_review_survives_kill_9_of_its_server() -> Result<()> {

@@ -185,10 +185,8 @@ async fn a_dead_vm_fails_its_session_and_stop_cleans_up() -> Result<()> {
     assert!(!dir.exists(), "stop removes the runtime dir");
     // The review tells when and why the VM died, and that the session ended failed.
     let review = s.data.join("reviews").join(&sid);
-    let timeline = std::fs::read_to_string(review.join("timeline.jsonl"))?;
-    let died = timeline
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let died = events(&review)?
+        .into_iter()
         .find(|e| e["kind"] == "session_failed")
         .expect("session_failed is recorded when the VM dies");
     assert!(

@@ -13,22 +13,6 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "Xq7-s3cret-Pa55word-91";
 
-fn events(dir: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(dir.join("timeline.jsonl"))?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line {l}")))
-        .collect()
-}
-
-fn seqs_are_gapless(ev: &[Value]) {
-    let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (1..=ev.len() as u64).collect::<Vec<_>>(),
-        "seq must be 1..n"
-    );
-}
-
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -241,3 +241,21 @@ pub async fn first_click_and_typing(c: &Client, sid: &str) -> Result<()> {
     assert!(drift <= 30, "guest clock is {drift} s away from the host's");
     Ok(())
 }
+
+/// The events of a review timeline (a ledger or an exported bundle).
+pub fn events(dir: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(dir.join("timeline.jsonl"))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line {l}")))
+        .collect()
+}
+
+/// Asserts the events are numbered 1..n with no gap.
+pub fn seqs_are_gapless(ev: &[Value]) {
+    let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=ev.len() as u64).collect::<Vec<_>>(),
+        "seq must be 1..n"
+    );
+}
