@@ -203,6 +203,7 @@ pub async fn manager(
     accel: AccelChoice,
     backend: BackendChoice,
     max_sessions: usize,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
@@ -224,6 +225,7 @@ pub async fn manager(
         backend,
         accel: probe.accel,
         max_sessions,
+        idle_timeout,
     })))
 }
 
@@ -244,6 +246,7 @@ async fn ensure_ready_state(
         backend,
         accel,
         max_sessions: 1,
+        idle_timeout: None,
     });
     let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
@@ -398,6 +401,7 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 backend: Arc::new(LocalBackend::new().await.expect("checked above")),
                 accel: probe.accel,
                 max_sessions: 1,
+                idle_timeout: None,
             });
             let spec = mgr.machine_spec(img, DEFAULT_MEMORY_MB, false);
             match ReadyState::find(img, b.qemu_version(), &spec) {

@@ -31,6 +31,9 @@ enum Cmd {
         /// Most sessions at once.
         #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
         max_sessions: usize,
+        /// Stop a session after this many seconds without a tool call (0: never).
+        #[arg(long, env = "DESKVM_IDLE_TIMEOUT_S", default_value_t = 1800)]
+        idle_timeout_s: u64,
     },
     /// Install host packages (as root), build the guest image and save its ready state.
     Setup,
@@ -120,8 +123,13 @@ async fn main() -> Result<()> {
         format!("{:?}", cli.backend).to_lowercase(),
     ];
     match cli.cmd {
-        Cmd::Serve { max_sessions } => {
-            let manager = app::manager(cli.accel, cli.backend, max_sessions).await?;
+        Cmd::Serve {
+            max_sessions,
+            idle_timeout_s,
+        } => {
+            let idle = (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s));
+            let manager = app::manager(cli.accel, cli.backend, max_sessions, idle).await?;
+            manager.spawn_idle_janitor();
             let service = DeskvmServer::new(manager.clone())
                 .serve(rmcp::transport::stdio())
                 .await?;

@@ -13,6 +13,12 @@ use crate::vm::VmError;
 pub enum SessionError {
     #[error("unknown session {id:?}; {}", known_list(.known))]
     UnknownSession { id: String, known: Vec<String> },
+    #[error("session {id} was stopped after {idle_s} s without a tool call (idle timeout {timeout_s} s); start a new one with session_start")]
+    StoppedIdle {
+        id: String,
+        idle_s: u64,
+        timeout_s: u64,
+    },
     #[error("session {id} failed: {reason}. Its VM is gone; stop it with session_stop and start a new one")]
     Failed { id: String, reason: String },
     #[error("{field}={value} is out of range; valid: {valid}")]
@@ -71,6 +77,7 @@ impl SessionError {
         match self {
             SessionError::UnknownSession { .. } => "unknown_session",
             SessionError::Failed { .. } => "session_failed",
+            SessionError::StoppedIdle { .. } => "session_stopped_idle",
             SessionError::OutOfRange { .. } | SessionError::OffScreen { .. } => "out_of_range",
             SessionError::InvalidName { .. } => "invalid_name",
             SessionError::InvalidParams(_) => "invalid_params",

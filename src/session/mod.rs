@@ -13,7 +13,7 @@ mod record;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{watch, Mutex, RwLock};
@@ -78,6 +78,8 @@ pub struct Session {
     geometry: Arc<std::sync::Mutex<lane::Geometry>>,
     /// The capture of the frame after the latest screen-changing action, while it runs.
     after: std::sync::Mutex<Option<AfterFrame>>,
+    /// When the latest tool call on this session began or ended (the idle timeout's clock).
+    last_call: std::sync::Mutex<Instant>,
 }
 
 pub struct ManagerConfig {
@@ -85,6 +87,8 @@ pub struct ManagerConfig {
     pub backend: Arc<dyn Backend>,
     pub accel: Accel,
     pub max_sessions: usize,
+    /// Sessions with no tool call for this long are stopped (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 pub struct SessionManager {
@@ -94,6 +98,8 @@ pub struct SessionManager {
     /// Calls that name no running session (unknown ids, failed starts, session_list, exports
     /// of stopped sessions); made on first use (`None` if it could not be).
     server_ledger: std::sync::OnceLock<Option<Arc<Ledger>>>,
+    /// Sessions the idle timeout stopped, and after how long: their next call says so.
+    stopped_idle: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 /// Releases a start's place in [`SessionManager::starting`] however the start ends.
@@ -136,6 +142,7 @@ impl SessionManager {
             sessions: RwLock::new(HashMap::new()),
             starting: AtomicUsize::new(0),
             server_ledger: std::sync::OnceLock::new(),
+            stopped_idle: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -303,6 +310,7 @@ impl SessionManager {
             files,
             ledger,
             after: std::sync::Mutex::new(None),
+            last_call: std::sync::Mutex::new(Instant::now()),
         });
         self.sessions.write().await.insert(id.clone(), session);
         tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, "session started");
@@ -312,6 +320,19 @@ impl SessionManager {
     async fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {
         let sessions = self.sessions.read().await;
         sessions.get(id).cloned().ok_or_else(|| {
+            let idle = self
+                .stopped_idle
+                .lock()
+                .expect("idle list poisoned")
+                .get(id)
+                .copied();
+            if let Some(idle_s) = idle {
+                return SessionError::StoppedIdle {
+                    id: id.to_string(),
+                    idle_s,
+                    timeout_s: self.cfg.idle_timeout.unwrap_or_default().as_secs(),
+                };
+            }
             let mut known: Vec<String> = sessions.keys().cloned().collect();
             known.sort();
             SessionError::UnknownSession {
@@ -365,13 +386,7 @@ impl SessionManager {
             .session_for("session_stop", id, &json!({}), started)
             .await?;
         self.sessions.write().await.remove(id);
-        session.finish_capture().await;
-        let failed = session.exited.borrow().is_some();
-        let mut lane = session.lane.lock().await;
-        lane.vm.qmp().quit().await;
-        lane.instance.stop().await;
-        let removed = storage::remove_owned_dir(&session.files.dir);
-        drop(lane);
+        let removed = session.end().await;
         let outcome = match &removed {
             Ok(()) => Ok(json!({ "ok": true })),
             Err(e) => Err(SessionError::Io(std::io::Error::new(
@@ -379,9 +394,8 @@ impl SessionManager {
                 e.to_string(),
             ))),
         };
-        let ledger = &session.ledger;
         let _ = record::append_call(
-            ledger,
+            &session.ledger,
             "session_stopped",
             "session_stop",
             json!({}),
@@ -389,13 +403,62 @@ impl SessionManager {
             started,
             &Default::default(),
         );
-        session.ledger.shots.flush().await;
-        let _ = ledger.update_meta(|m| {
-            m.state = if failed { "failed" } else { "stopped" }.into();
-            m.ended_at = Some(crate::ledger::now());
-        });
+        session.close_ledger().await;
         tracing::info!(session = %id, "session stopped");
         removed.map_err(SessionError::Io)
+    }
+
+    /// Stops sessions that had no tool call for the idle timeout, now and then, for as long as
+    /// the manager lives. A call in flight (however long) keeps its session.
+    pub fn spawn_idle_janitor(self: &Arc<Self>) {
+        let Some(timeout) = self.cfg.idle_timeout else {
+            return;
+        };
+        let manager = Arc::downgrade(self);
+        let tick = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(m) = manager.upgrade() else { break };
+                let idle: Vec<(String, Duration)> = m
+                    .sessions
+                    .read()
+                    .await
+                    .iter()
+                    .filter_map(|(id, s)| {
+                        let since = s.last_call.lock().expect("clock poisoned").elapsed();
+                        let busy = s.lane.try_lock().is_err();
+                        (since >= timeout && !busy).then(|| (id.clone(), since))
+                    })
+                    .collect();
+                for (id, since) in idle {
+                    m.stop_idle(&id, since).await;
+                }
+            }
+        });
+    }
+
+    async fn stop_idle(&self, id: &str, since: Duration) {
+        let Some(session) = self.sessions.write().await.remove(id) else {
+            return;
+        };
+        let idle_s = since.as_secs();
+        self.stopped_idle
+            .lock()
+            .expect("idle list poisoned")
+            .insert(id.to_string(), idle_s);
+        let removed = session.end().await;
+        let fields = json!({
+            "reason": "idle",
+            "idle_s": idle_s,
+            "timeout_s": self.cfg.idle_timeout.unwrap_or_default().as_secs(),
+            "error": removed.as_ref().err().map(|e| json!({ "error": "io", "message": e.to_string() })),
+        });
+        if let Err(e) = session.ledger.append("session_stopped", fields) {
+            tracing::error!(error = %e, session = %id, "could not record an idle stop");
+        }
+        session.close_ledger().await;
+        tracing::info!(session = %id, idle_s, "session stopped: idle");
     }
 
     pub async fn shutdown(&self) {

@@ -145,6 +145,33 @@ impl Session {
         .map_err(SessionError::Ledger)
     }
 
+    /// Ends the VM and removes the runtime dir (the ledger stays).
+    pub(super) async fn end(&self) -> std::io::Result<()> {
+        self.finish_capture().await;
+        let mut lane = self.lane.lock().await;
+        lane.vm.qmp().quit().await;
+        lane.instance.stop().await;
+        crate::storage::remove_owned_dir(&self.files.dir)
+    }
+
+    /// After the last event: frames on disk, the ledger's state final.
+    pub(super) async fn close_ledger(&self) {
+        self.ledger.shots.flush().await;
+        let failed = self
+            .exited
+            .borrow()
+            .as_deref()
+            .is_some_and(|r| r != "stopped");
+        let _ = self.ledger.update_meta(|m| {
+            m.state = if failed { "failed" } else { "stopped" }.into();
+            m.ended_at = Some(crate::ledger::now());
+        });
+    }
+
+    fn touch(&self) {
+        *self.last_call.lock().expect("clock poisoned") = Instant::now();
+    }
+
     /// Tells a running after-frame capture to stop, without waiting for it.
     fn cancel_capture(&self) {
         if let Some(p) = self.after.lock().expect("capture slot poisoned").take() {
@@ -167,6 +194,7 @@ impl Session {
         action: Action,
         started: Instant,
     ) -> Result<Outcome, SessionError> {
+        self.touch();
         let (tool, args) = (action.name(), action.record());
         let refuse = |e: SessionError, extra: &Extra| {
             let recorded = append_call(
@@ -278,6 +306,7 @@ impl Session {
         drop(lane);
         overhead += t.elapsed();
         self.ledger.note_overhead(overhead);
+        self.touch();
         if let Err(e) = recorded {
             // The action ran: failing the call now would make an agent repeat it.
             tracing::error!(error = %e, session = %self.info.session_id, tool, "could not record a call in the review ledger");
