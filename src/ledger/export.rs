@@ -16,8 +16,7 @@ const VIEWER: &str = include_str!("viewer.html");
 
 /// `<session>-<UTC time to the millisecond>`: sorts by time.
 pub fn default_name(session_id: &str) -> String {
-    let t = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    format!("{session_id}-{}", t.replace(':', ""))
+    format!("{session_id}-{}", super::now().replace(':', ""))
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +159,7 @@ fn write_bundle(
     let unique: BTreeSet<&String> = refs.iter().collect();
     let mut missing = Vec::new();
     let mut inlined = serde_json::Map::new();
-    let mut shot_bytes = 0;
+    let mut sizes = std::collections::BTreeMap::new();
     for r in &unique {
         let (src, dst) = (review_dir.join(r), tmp.join(r));
         match std::fs::read(&src) {
@@ -169,15 +168,15 @@ fn write_bundle(
                 if std::fs::hard_link(&src, &dst).is_err() {
                     std::fs::write(&dst, &png)?;
                 }
-                shot_bytes += png.len() as u64;
+                sizes.insert(*r, png.len() as u64);
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
                 inlined.insert((*r).clone(), format!("data:image/png;base64,{b64}").into());
             }
             Err(_) => missing.push((*r).clone()),
         }
     }
-    let size_of = |r: &String| std::fs::metadata(tmp.join(r)).map(|m| m.len()).unwrap_or(0);
-    let bytes_without_dedupe = refs.iter().map(size_of).sum();
+    let shot_bytes: u64 = sizes.values().sum();
+    let bytes_without_dedupe = refs.iter().filter_map(|r| sizes.get(r)).sum();
 
     let mut timeline = String::new();
     for e in &events {

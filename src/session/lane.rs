@@ -133,9 +133,9 @@ impl Lane {
     }
 
     /// A screendump, remembered as the latest frame.
-    pub async fn look(&mut self, settled: bool) -> Result<Seen, VmError> {
+    pub async fn look(&mut self) -> Result<Seen, VmError> {
         let frame = Arc::new(self.vm.frame().await?);
-        Ok(self.saw(frame, settled))
+        Ok(self.saw(frame, false))
     }
 
     fn saw(&mut self, frame: Arc<Frame>, settled: bool) -> Seen {
@@ -168,7 +168,7 @@ impl Lane {
             {
                 Ok(s.clone())
             }
-            _ => self.look(false).await,
+            _ => self.look().await,
         }
     }
 
@@ -230,7 +230,7 @@ impl Lane {
         let mut shown = None;
         let outcome = match plan {
             Plan::Screenshot { scale, max_width } => {
-                let seen = self.look(false).await?;
+                let seen = self.look().await?;
                 let s = match max_width {
                     Some(mw) => scale.min(mw as f64 / seen.frame.width() as f64),
                     None => scale,

@@ -179,13 +179,16 @@ impl Session {
         }
     }
 
-    /// Stops a running after-frame capture (it records what it has) and waits for it.
-    pub(super) async fn finish_capture(&self) {
+    /// Stops a running after-frame capture (it records what it has) and waits for it; says
+    /// whether there was one.
+    pub(super) async fn finish_capture(&self) -> bool {
         let pending = self.after.lock().expect("capture slot poisoned").take();
-        if let Some(p) = pending {
-            p.cancel.cancel();
-            let _ = p.task.await;
-        }
+        let Some(p) = pending else {
+            return false;
+        };
+        p.cancel.cancel();
+        let _ = p.task.await;
+        true
     }
 
     /// Runs one action on the lane and records it. Refusals are recorded before any lock.
@@ -234,8 +237,7 @@ impl Session {
         // The previous action's after-frame capture yields to this call: it stops looking and
         // records the last frame it took.
         let waited_for_capture = Instant::now();
-        let had_capture = self.after.lock().expect("capture slot poisoned").is_some();
-        self.finish_capture().await;
+        let had_capture = self.finish_capture().await;
         let mut lane = self.lane.lock().await;
         // A capture that a call ahead of this one started while this one queued: it stops at
         // once (it cannot look any more: this call holds the lane) and keeps what it took.
@@ -334,7 +336,7 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
             if c.is_cancelled() {
                 break false;
             }
-            let Ok(seen) = lane.look(false).await else {
+            let Ok(seen) = lane.look().await else {
                 break false;
             };
             // This capture records the frame: later calls need not.
