@@ -35,11 +35,18 @@ async fn an_idle_session_is_stopped_and_says_so() -> Result<()> {
     let (kind, msg) = tool_error(c, "screenshot", json!({ "session_id": idle })).await?;
     assert_eq!(kind, "session_stopped_idle", "{msg}");
     assert!(msg.contains("idle timeout 3 s"), "{msg}");
-    assert!(
-        !s.runtime.join("s").join(&idle).exists(),
-        "its runtime dir is removed"
-    );
-    let ev = events(&s.data.join("reviews").join(&idle))?;
+    // The session leaves the list as its teardown begins; the VM's end, the runtime dir's
+    // removal and the ledger's last event follow within moments.
+    let dir = s.runtime.join("s").join(&idle);
+    let review = s.data.join("reviews").join(&idle);
+    let t = Instant::now();
+    while (dir.exists() || events(&review)?.last().unwrap()["kind"] != "session_stopped")
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists(), "its runtime dir is removed");
+    let ev = events(&review)?;
     let last = ev.last().unwrap();
     assert_eq!(last["kind"], "session_stopped", "{last}");
     assert_eq!(last["reason"], "idle", "{last}");

@@ -47,11 +47,17 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         json!({ "session_id": sid, "text": format!("{SECRET}\n"), "secret": true }),
     )
     .await?;
-    assert_eq!(
-        read_guest_file(c, &sid, "/tmp/pwlen", 1).await?.trim(),
-        SECRET.len().to_string(),
-        "the secret must still be typed"
-    );
+    let pwlen = read_guest_file(c, &sid, "/tmp/pwlen", 1).await?;
+    if pwlen.trim() != SECRET.len().to_string() {
+        // Keep what the terminal showed: typing that lost keys is told apart from a wrong length.
+        let (png, _) = c.screenshot(&sid, json!({})).await?;
+        std::fs::write(
+            browser::artifact_dir().join("secret-typing-failure.png"),
+            png,
+        )?;
+        let ps = guest(c, &sid, "ps -eo pid,stat,args | grep -v ']$' | tail -8").await?;
+        panic!("the secret must still be typed: /tmp/pwlen = {pwlen:?}; guest processes:\n{ps}");
+    }
     c.call_ok(
         "type",
         json!({ "session_id": sid, "text": "echo visible-text" }),
