@@ -182,14 +182,13 @@ pub async fn select_backend(
     accel: Accel,
     local: LocalBackend,
 ) -> Result<(Arc<dyn Backend>, String)> {
-    let instance = format!("{:08x}", rand::random::<u32>());
     match choice {
         BackendChoice::Local => Ok((Arc::new(local), "chosen with --backend local".into())),
         BackendChoice::Docker => {
-            let b = DockerBackend::new(&layout.cache, accel, instance).await?;
+            let b = DockerBackend::new(&layout.cache, accel).await?;
             Ok((Arc::new(b), "chosen with --backend docker".into()))
         }
-        BackendChoice::Auto => match DockerBackend::new(&layout.cache, accel, instance).await {
+        BackendChoice::Auto => match DockerBackend::new(&layout.cache, accel).await {
             Ok(b) => Ok((
                 Arc::new(b),
                 "auto: the Docker engine answers and the runtime image exists".into(),
@@ -208,17 +207,19 @@ pub async fn manager(
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
         .with_context(|| format!("creating {}", layout.sessions().display()))?;
-    for dir in storage::reap_orphan_dirs(&layout.sessions()) {
-        tracing::info!(dir = %dir.display(), "removed the runtime dir of a deskvm server that is gone");
-    }
-    if let Ok(docker) = docker::connect().await {
-        for name in docker::reap_orphans(&docker).await {
-            tracing::info!(container = %name, "removed the container of a deskvm server that is gone");
-        }
+    // What dead deskvm processes left behind; a live instance's things are never touched.
+    let engine = docker::connect().await.ok();
+    if let Err(e) = storage::janitor::run(&layout, engine.as_ref()).await {
+        tracing::warn!(error = %e, "the startup janitor could not run");
     }
     let local = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &local, accel).await;
     let (backend, why) = select_backend(&layout, backend, probe.accel, local).await?;
+    if let Ok(image) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
+        let spec = crate::session::machine_spec(&image, probe.accel, DEFAULT_MEMORY_MB, false);
+        let ready = ReadyState::find(&image, backend.qemu_version(), &spec);
+        crate::reclaim::adopt(&image, ready.as_ref());
+    }
     tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, backend = backend.name(), why = %why, qemu = backend.qemu_version(), "serving");
     Ok(Arc::new(SessionManager::new(ManagerConfig {
         layout,
@@ -251,6 +252,7 @@ async fn ensure_ready_state(
     let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
         if let Some(r) = ReadyState::find(image, mgr.backend().qemu_version(), &spec) {
+            crate::reclaim::adopt(image, Some(&r));
             say(&format!(
                 "ready state for the {} backend is up to date: {}",
                 mgr.backend().name(),
@@ -262,7 +264,7 @@ async fn ensure_ready_state(
     let work = layout
         .sessions()
         .join(format!("ready-{}", std::process::id()));
-    storage::owned_dir(&work)?;
+    storage::owned_dir(&work, &storage::Owner::me("ready_build", None))?;
     let result = boot::make_ready_state(mgr.backend(), image, spec, &work, &say).await;
     let _ = storage::remove_owned_dir(&work);
     result?;
@@ -291,9 +293,9 @@ pub async fn build_image(
     }
     if runtime {
         let docker = docker::connect().await?;
-        docker::build_runtime_image(&docker, &say).await?;
+        docker::build_runtime_image(&docker, &layout.work(), &say).await?;
         if with_ready {
-            let backend = DockerBackend::new(&layout.cache, probe.accel, "setup".into()).await?;
+            let backend = DockerBackend::new(&layout.cache, probe.accel).await?;
             ensure_ready_state(&layout, &image, Arc::new(backend), probe.accel, force).await?;
         }
     }
@@ -435,6 +437,33 @@ pub async fn doctor(choice: AccelChoice) -> bool {
             Ok((b, why)) => println!("info  backend for --backend auto: {} ({why})", b.name()),
             Err(e) => println!("info  backend for --backend auto: none ({e})"),
         }
+    }
+    let req = crate::storage::reclaim::Request::default();
+    match crate::reclaim::run(&layout, &req).await {
+        Ok(r) => {
+            let u = &r.usage;
+            let h = crate::storage::usage::human;
+            println!(
+                "info  disk: guest images {}, ready states {}, build work {}, sessions {} in {}, ledgers {} in {}, exports {} in {}, runtime images {} in {}",
+                h(u.guest_images.bytes), h(u.ready_states.bytes), h(u.build_work.bytes),
+                u.sessions.count, h(u.sessions.bytes), u.ledgers.count, h(u.ledgers.bytes),
+                u.exports.count, h(u.exports.bytes), u.runtime_images.count, h(u.runtime_images.bytes)
+            );
+            println!(
+                "info  reclaimable: {} item(s), {} (see `deskvm reclaim`, remove with --apply)",
+                r.candidates.len(),
+                h(r.candidate_bytes)
+            );
+            if let Some(j) = &r.last_janitor {
+                println!(
+                    "info  last janitor run: {} removed {} item(s), {} failed",
+                    j["at"].as_str().unwrap_or("?"),
+                    j["removed"].as_array().map_or(0, Vec::len),
+                    j["failed"].as_array().map_or(0, Vec::len)
+                );
+            }
+        }
+        Err(e) => println!("info  disk: could not scan ({e})"),
     }
     println!("info  cache dir: {}", layout.cache.display());
     println!(

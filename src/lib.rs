@@ -17,4 +17,5 @@ pub mod app;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod reclaim;
 pub mod review;

@@ -55,6 +55,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ReviewCmd,
     },
+    /// What deskvm holds on disk and in Docker that nothing needs: a report, or with --apply
+    /// its removal, item by item. Works with or without servers running; never touches a live
+    /// instance's sessions.
+    Reclaim {
+        /// Remove the candidates (default: only report them).
+        #[arg(long)]
+        apply: bool,
+        /// Only these kinds: orphan_session, build_work, guest_image, ready_state,
+        /// runtime_image, ledger, export (repeatable).
+        #[arg(long = "kind")]
+        kinds: Vec<deskvm::storage::reclaim::Kind>,
+        /// An exported review bundle to remove, by name (exports are never removed otherwise).
+        #[arg(long = "include")]
+        include: Vec<String>,
+        /// Ledgers of stopped sessions last written longer ago than this (e.g. 7d, 12h; default:
+        /// the retention, DESKVM_REVIEW_RETENTION_DAYS).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -71,6 +93,9 @@ enum Cmd {
         /// Actions in the scripted session that measures the review ledger (0 skips it).
         #[arg(long, default_value_t = 100)]
         ledger_actions: usize,
+        /// Timed `reclaim` reports, on this cache and on a made-up one with 8 images (0 skips).
+        #[arg(long, default_value_t = 20)]
+        reclaim_runs: usize,
     },
 }
 
@@ -160,6 +185,13 @@ async fn main() -> Result<()> {
         Cmd::Review {
             cmd: ReviewCmd::Export { session_id, name },
         } => deskvm::review::export(&session_id, name.as_deref())?,
+        Cmd::Reclaim {
+            apply,
+            kinds,
+            include,
+            older_than,
+            json,
+        } => deskvm::reclaim::cli(apply, kinds, include, older_than, json).await?,
         Cmd::Doctor => {
             if !app::doctor(cli.accel).await {
                 std::process::exit(1);
@@ -172,6 +204,7 @@ async fn main() -> Result<()> {
             chars,
             cold,
             ledger_actions,
+            reclaim_runs,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
                 starts,
@@ -180,6 +213,7 @@ async fn main() -> Result<()> {
                 chars,
                 cold,
                 ledger_actions,
+                reclaim_runs,
                 server_args,
             })
             .await?;

@@ -21,19 +21,21 @@ pub fn list() -> Result<()> {
             continue;
         };
         let events = read_timeline(&dir, None).map(|v| v.len()).unwrap_or(0);
-        let bytes = dir_bytes(&dir);
+        let bytes = crate::storage::usage::disk_bytes(&dir);
         let age_days = std::fs::metadata(dir.join(crate::ledger::TIMELINE))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64() / 86_400.0);
         // A "running" ledger whose server is gone was never stopped: the server died.
-        let state =
-            if meta.state == "running" && !crate::storage::deskvm_process_alive(meta.server_pid) {
-                "ended (server gone)".to_string()
-            } else {
-                meta.state.clone()
-            };
+        let state = if meta.state == "running"
+            && crate::storage::Owner::read(&dir)
+                .is_some_and(|o| o.liveness() != crate::storage::Liveness::Alive)
+        {
+            "ended (server gone)".to_string()
+        } else {
+            meta.state.clone()
+        };
         let past = meta.state != "running" && age_days > meta.retention_days as f64;
         rows.push((
             meta.started_at.clone(),
@@ -64,19 +66,6 @@ pub fn list() -> Result<()> {
         layout.exports().display()
     );
     Ok(())
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 pub fn export(session_id: &str, name: Option<&str>) -> Result<()> {

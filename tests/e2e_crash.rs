@@ -26,10 +26,7 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
         .await?;
     let answered = 6; // session_started + 5 calls
 
-    let marker = std::fs::read_to_string(s.runtime.join("s").join(&sid).join(".deskvm-owned"))?;
-    let pid: i32 = marker.trim().strip_prefix("pid ").unwrap().parse()?;
-    // SAFETY: kill has no memory-safety preconditions; the pid is the server this test spawned.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    kill_9(owner_pid(&s.runtime, &sid)?);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .args(["review", "export", &sid, "--name", "after-crash"])

@@ -4,14 +4,13 @@
 //! the host (qcow2 backing-file paths and QMP socket paths stay valid on both sides); the
 //! sockets never leave that 0700 directory and no port is ever published.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -19,13 +18,12 @@ use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::{Backend, BackendError, Instance};
+use crate::storage::Owner;
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
 
-pub const LABEL_SESSION: &str = "deskvm.session";
-pub const LABEL_INSTANCE: &str = "deskvm.instance";
+/// The deskvm version that made a container or runtime image; the owner's labels (instance,
+/// pid and its start time, boot, session) come from [`Owner::labels`].
 pub const LABEL_VERSION: &str = "deskvm.version";
-/// The server process that owns the container: a container whose owner is gone is reclaimable.
-pub const LABEL_PID: &str = "deskvm.pid";
 /// Set on the runtime image at import: the QEMU build inside, so no container has to run to ask.
 pub const LABEL_QEMU: &str = "deskvm.qemu-version";
 pub const IMAGE_REPO: &str = "deskvm-runtime";
@@ -73,6 +71,7 @@ pub async fn image_qemu_version(docker: &Docker, tag: &str) -> Option<String> {
 /// Builds the runtime image without any registry: debootstrap a rootfs with QEMU, import it.
 pub async fn build_runtime_image(
     docker: &Docker,
+    work_root: &Path,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String, BackendError> {
     let tag = runtime_image_tag();
@@ -88,8 +87,9 @@ pub async fn build_runtime_image(
     progress(&format!(
         "building runtime image {tag} (Debian bookworm + QEMU from bookworm-backports)"
     ));
-    let work = std::env::temp_dir().join(format!("deskvm-runtime-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    // In the cache, marked as this build's: a crash leaves it for reclaim, never for a guess.
+    let work = work_root.join(format!("runtime-{}", std::process::id()));
+    crate::storage::owned_dir(&work, &Owner::me("runtime_build", None))?;
     let script = work.join("build-rootfs.sh");
     std::fs::write(&script, RUNTIME_RECIPE)?;
     let tar = work.join("rootfs.tar");
@@ -152,15 +152,10 @@ pub struct DockerBackend {
     version: String,
     accel: Accel,
     cache_dir: PathBuf,
-    instance: String,
 }
 
 impl DockerBackend {
-    pub async fn new(
-        cache_dir: &Path,
-        accel: Accel,
-        instance: String,
-    ) -> Result<Self, BackendError> {
+    pub async fn new(cache_dir: &Path, accel: Accel) -> Result<Self, BackendError> {
         let docker = connect().await?;
         let image = runtime_image_tag();
         let version = image_qemu_version(&docker, &image).await.ok_or_else(|| {
@@ -172,7 +167,6 @@ impl DockerBackend {
             version,
             accel,
             cache_dir: cache_dir.to_path_buf(),
-            instance,
         })
     }
 
@@ -190,15 +184,11 @@ impl DockerBackend {
             format!("deskvm-{session_id}"),
         ];
         cmd.extend(spec.argv(files));
-        let labels = HashMap::from([
-            (LABEL_SESSION.to_string(), session_id.to_string()),
-            (LABEL_INSTANCE.to_string(), self.instance.clone()),
-            (
-                LABEL_VERSION.to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-            (LABEL_PID.to_string(), std::process::id().to_string()),
-        ]);
+        let mut labels = Owner::me("session", Some(session_id)).labels();
+        labels.insert(
+            LABEL_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         let devices = (self.accel == Accel::Kvm).then(|| {
             vec![DeviceMapping {
                 path_on_host: Some("/dev/kvm".into()),
@@ -311,35 +301,4 @@ impl Backend for DockerBackend {
         }
         .boxed()
     }
-}
-
-/// Removes session containers whose deskvm server is gone (killed without cleaning up). Only
-/// containers carrying deskvm's labels are considered, and never one whose server still runs:
-/// other deskvm instances on the same engine keep their sessions.
-pub async fn reap_orphans(docker: &Docker) -> Vec<String> {
-    let filters = HashMap::from([("label", vec![LABEL_PID.to_string()])]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let mut reaped = Vec::new();
-    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
-        let pid = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_PID))
-            .and_then(|p| p.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        if crate::storage::deskvm_process_alive(pid) {
-            continue;
-        }
-        if let Some(name) = c
-            .names
-            .and_then(|n| n.first().map(|s| s.trim_start_matches('/').to_string()))
-        {
-            DockerBackend::remove(docker, &name).await;
-            reaped.push(name);
-        }
-    }
-    reaped
 }

@@ -8,6 +8,7 @@ use futures::FutureExt;
 use tokio::process::Command;
 
 use super::{Backend, BackendError, Instance};
+use crate::storage::owner::{ProcessRef, PROCESS_FILE};
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -82,6 +83,14 @@ impl Backend for LocalBackend {
             let mut child = cmd
                 .spawn()
                 .map_err(|source| BackendError::Spawn { program: self.qemu.display().to_string(), source })?;
+            // So that cleanup after a crash of this server can find QEMU and know it is the same
+            // process (PR_SET_PDEATHSIG usually takes it down first).
+            if let Some(p) = child.id().and_then(ProcessRef::of) {
+                let _ = std::fs::write(
+                    files.dir.join(PROCESS_FILE),
+                    serde_json::to_vec(&p).unwrap_or_default(),
+                );
+            }
             let (instance, supervisor) = super::supervised();
             let log_path = files.qemu_log();
             tokio::spawn(async move {

@@ -137,6 +137,11 @@ impl GuestImage {
         }
         storage::private_dir(&layout.images())?;
         write_recipe(&recipe_dir)?;
+        // The builder's marker: a reclaim leaves both alone while this process runs.
+        std::fs::create_dir_all(&work)?;
+        let builder = storage::Owner::me("image_build", None);
+        builder.write(&work)?;
+        builder.write(&recipe_dir)?;
         progress(&format!(
             "building guest image {name} (recipe {}) in {}",
             recipe_hash(),
@@ -180,6 +185,7 @@ impl GuestImage {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::rename(&work, &dir)?;
+        storage::Owner::me("guest_image", None).write(&dir)?;
         Ok(GuestImage {
             name: name.into(),
             dir,

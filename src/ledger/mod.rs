@@ -119,7 +119,8 @@ pub struct Ledger {
 impl Ledger {
     /// Creates (or continues) the ledger in `dir`, a deskvm-owned private directory.
     pub fn create(dir: &Path, meta: ReviewMeta) -> io::Result<Self> {
-        storage::owned_dir(dir)?;
+        let owner = storage::Owner::me("ledger", Some(&meta.session_id));
+        storage::owned_dir(dir, &owner)?;
         let path = dir.join(TIMELINE);
         let seq = match File::open(&path) {
             Ok(f) => io::BufReader::new(f).lines().count() as u64,

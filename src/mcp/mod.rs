@@ -3,6 +3,7 @@
 //! passes, and exported reviews as resources.
 
 mod params;
+mod reclaim;
 mod resources;
 mod tools;
 

@@ -138,3 +138,28 @@ pub struct UseDesktopArgs {
     /// What you want done on the desktop.
     pub task: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReclaimMode {
+    /// List what can be removed; remove nothing.
+    #[default]
+    Report,
+    /// Remove it, and say per item what was removed, the bytes freed, and each failure.
+    Apply,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct ReclaimArgs {
+    /// "report" (default) or "apply".
+    #[serde(default)]
+    pub mode: ReclaimMode,
+    /// Only these kinds (default: all of them; exports only when named in `include`).
+    pub kinds: Option<Vec<crate::storage::reclaim::Kind>>,
+    /// Exported review bundles to remove, by name. Exports are never removed otherwise.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Ledgers of stopped sessions last written longer ago than this, e.g. "12h" or "7d"
+    /// (default: each ledger's retention, 14 days unless configured).
+    pub older_than: Option<String>,
+}

@@ -29,13 +29,13 @@ use crate::vm::Button;
 
 #[derive(Clone)]
 pub struct DeskvmServer {
-    manager: Arc<SessionManager>,
+    pub(super) manager: Arc<SessionManager>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
 
 /// A tool error: the whole cause chain as text, and `{error, message, field?, value?, valid?}`.
-fn tool_error(e: SessionError) -> CallToolResult {
+pub(super) fn tool_error(e: SessionError) -> CallToolResult {
     let structured = e.to_json();
     let message = structured["message"]
         .as_str()
@@ -58,7 +58,7 @@ impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
         DeskvmServer {
             manager,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::reclaim_router(),
             prompt_router: Self::prompt_router(),
         }
     }

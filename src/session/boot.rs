@@ -220,6 +220,8 @@ pub async fn make_ready_state(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
+    // Its builder's marker: a reclaim leaves the state alone while this process saves it.
+    crate::storage::Owner::me("ready_state", None).write(&tmp)?;
     let partial = ReadyState { dir: tmp.clone() };
     vm.qmp()
         .save_state(&partial.state(), Duration::from_secs(120))
@@ -248,34 +250,7 @@ pub async fn make_ready_state(
     }
     std::fs::rename(&tmp, &target.dir)?;
     progress(&format!("ready state saved: {}", target.dir.display()));
-    remove_superseded(image, &target, backend.qemu_version());
     Ok(target)
-}
-
-/// Removes ready states of this image saved by the same QEMU build under another machine
-/// configuration or format: nothing can resume them any more, and each is hundreds of MB.
-fn remove_superseded(image: &GuestImage, keep: &ReadyState, qemu_version: &str) {
-    let Ok(entries) = std::fs::read_dir(&image.dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let is_ready = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("ready-"));
-        if !is_ready || dir == keep.dir {
-            continue;
-        }
-        let same_qemu = std::fs::read(dir.join("meta.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|m| m["qemu_version"] == qemu_version);
-        if same_qemu {
-            tracing::info!(dir = %dir.display(), "removing a superseded ready state");
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
 }
 
 /// Sets the guest screen size with xrandr through the guest agent (adding a GTF mode when the

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod error;
 mod lane;
 mod ledgers;
+mod reclaim;
 mod record;
 
 use std::collections::HashMap;
@@ -67,6 +68,9 @@ pub struct SessionInfo {
     pub startup: Startup,
     pub startup_ms: u64,
     pub state: String,
+    /// Bytes on disk (session_list): the runtime dir, mostly the disk overlay, and the ledger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<storage::usage::SessionDisk>,
 }
 
 pub struct Session {
@@ -108,6 +112,21 @@ struct Reservation<'a>(&'a AtomicUsize);
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The machine a session of `image` runs: ready states are keyed by it.
+pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: bool) -> VmSpec {
+    VmSpec {
+        kernel: image.kernel(),
+        initrd: image.initrd(),
+        memory_mb,
+        cpus: 2,
+        width: MACHINE_WIDTH,
+        height: MACHINE_HEIGHT,
+        accel,
+        network,
+        incoming: None,
     }
 }
 
@@ -159,17 +178,7 @@ impl SessionManager {
     }
 
     pub fn machine_spec(&self, image: &GuestImage, memory_mb: u32, network: bool) -> VmSpec {
-        VmSpec {
-            kernel: image.kernel(),
-            initrd: image.initrd(),
-            memory_mb,
-            cpus: 2,
-            width: MACHINE_WIDTH,
-            height: MACHINE_HEIGHT,
-            accel: self.cfg.accel,
-            network,
-            incoming: None,
-        }
+        machine_spec(image, self.cfg.accel, memory_mb, network)
     }
 
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
@@ -213,6 +222,12 @@ impl SessionManager {
         let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
         let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
         let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
+        // Held until this session's marker says which image and ready state it runs from:
+        // a reclaim (which takes the lock exclusively) then sees them in use.
+        let layout = self.cfg.layout.clone();
+        let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
+            .await
+            .map_err(std::io::Error::other)??;
         let image = GuestImage::locate(
             &self.cfg.layout,
             req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
@@ -234,7 +249,10 @@ impl SessionManager {
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),
         };
-        storage::owned_dir(&files.dir)?;
+        let uses = std::iter::once(image.dir.clone()).chain(ready.as_ref().map(|r| r.dir.clone()));
+        let owner = storage::Owner::me("session", Some(&id)).uses(uses);
+        storage::owned_dir(&files.dir, &owner)?;
+        drop(cache_lock);
         let booted = boot::start_vm(
             self.cfg.backend.as_ref(),
             &id,
@@ -283,6 +301,7 @@ impl SessionManager {
             startup: booted.startup,
             startup_ms: started.elapsed().as_millis() as u64,
             state: "running".into(),
+            disk: None,
         };
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
@@ -366,6 +385,10 @@ impl SessionManager {
                 if s.exited.borrow().is_some() {
                     info.state = "failed".into();
                 }
+                info.disk = Some(storage::usage::SessionDisk {
+                    runtime_bytes: storage::usage::disk_bytes(&s.files.dir),
+                    ledger_bytes: storage::usage::disk_bytes(&s.ledger.dir),
+                });
                 info
             })
             .collect();

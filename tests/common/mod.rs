@@ -20,7 +20,7 @@ pub struct Server {
 }
 
 /// Removes the server's directories when the test is done with them, however it ends.
-struct TempDirs(Vec<PathBuf>);
+pub struct TempDirs(Vec<PathBuf>);
 
 impl Drop for TempDirs {
     fn drop(&mut self) {
@@ -46,6 +46,13 @@ fn temp_dir(kind: &str) -> Result<PathBuf> {
 
 pub async fn server_with(args: &[&str]) -> Result<Server> {
     let (runtime, data) = (temp_dir("t")?, temp_dir("d")?);
+    let mut s = server_in(args, &runtime, &data).await?;
+    s._dirs = TempDirs(vec![runtime, data]);
+    Ok(s)
+}
+
+/// A server on directories the caller owns (shared with another server, or kept after it).
+pub async fn server_in(args: &[&str], runtime: &Path, data: &Path) -> Result<Server> {
     let (rt, dt) = (runtime.to_string_lossy(), data.to_string_lossy());
     let client = Client::spawn(
         Path::new(env!("CARGO_BIN_EXE_deskvm")),
@@ -55,10 +62,53 @@ pub async fn server_with(args: &[&str]) -> Result<Server> {
     .await?;
     Ok(Server {
         client,
-        _dirs: TempDirs(vec![runtime.clone(), data.clone()]),
-        runtime,
-        data,
+        _dirs: TempDirs(Vec::new()),
+        runtime: runtime.to_path_buf(),
+        data: data.to_path_buf(),
     })
+}
+
+/// Directories removed when the returned guard drops.
+pub fn temp_dirs(kinds: &[&str]) -> Result<(Vec<PathBuf>, TempDirs)> {
+    let dirs: Vec<PathBuf> = kinds.iter().map(|k| temp_dir(k)).collect::<Result<_>>()?;
+    Ok((dirs.clone(), TempDirs(dirs)))
+}
+
+/// The pid of the server that owns a session, from the owner marker of its runtime dir.
+pub fn owner_pid(runtime: &Path, sid: &str) -> Result<i32> {
+    let marker = std::fs::read_to_string(runtime.join("s").join(sid).join(".deskvm-owned"))?;
+    let v: Value = serde_json::from_str(&marker)?;
+    Ok(v["pid"].as_i64().context("the marker names its pid")? as i32)
+}
+
+/// `kill -9` of a server, as a crash would do it; its sessions' VMs are left behind.
+pub fn kill_9(pid: i32) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is a server this test spawned.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
+}
+
+/// Runs `deskvm <args>` with the given directories, returns its exit code and parsed stdout
+/// (JSON when `--json` is among the args).
+pub fn cli(args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, Value, String)> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = if args.contains(&"--json") {
+        serde_json::from_str(&stdout)
+            .with_context(|| format!("deskvm {args:?} printed no JSON: {stdout}\n{stderr}"))?
+    } else {
+        Value::Null
+    };
+    Ok((out.status.code().unwrap_or(-1), v, stderr))
 }
 
 pub fn sid(info: &Value) -> String {

@@ -1,6 +1,8 @@
 //! `deskvm bench`: the numbers in BENCHMARKS.md, measured through a real MCP client against the
 //! real server and guest, so they include everything an agent would wait for.
 
+mod disk;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +20,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-fn summary(name: &str, mut ms: Vec<f64>) {
+pub(crate) fn summary(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "{name:<38} n={:<3} p50={:>8.1} ms  p95={:>8.1} ms  min={:>8.1} ms  max={:>8.1} ms",
@@ -30,7 +32,7 @@ fn summary(name: &str, mut ms: Vec<f64>) {
     );
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -42,6 +44,8 @@ pub struct Options {
     pub cold: bool,
     /// Length of the scripted session that measures the review ledger (0: skip).
     pub ledger_actions: usize,
+    /// Timed `reclaim` reports (0: skip).
+    pub reclaim_runs: usize,
     /// Passed on to `deskvm serve`.
     pub server_args: Vec<String>,
 }
@@ -49,21 +53,28 @@ pub struct Options {
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
     let args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
-    // The bench's reviews go to a directory of its own, removed at the end.
+    // The bench's reviews and sessions go to directories of its own, removed at the end, so
+    // its disk figures count only its own sessions.
     let data = std::env::temp_dir().join(format!("deskvm-bench-{}", std::process::id()));
-    let data_env = data.to_string_lossy().into_owned();
+    let runtime = std::env::temp_dir().join(format!("deskvm-bench-rt-{}", std::process::id()));
+    let (data_env, rt_env) = (data.to_string_lossy(), runtime.to_string_lossy());
     let client = Client::spawn(
         &exe,
         &args,
         &[
             ("RUST_LOG", "warn,qapi=error"),
             ("DESKVM_DATA_DIR", &data_env),
+            ("DESKVM_RUNTIME_DIR", &rt_env),
         ],
     )
     .await?;
-    let result = run_with(&client, &o).await;
+    let mut result = run_with(&client, &o).await;
+    if result.is_ok() && o.reclaim_runs > 0 {
+        result = disk::reclaim_report_time(&client, o.reclaim_runs).await;
+    }
     client.close().await?;
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&runtime);
     result
 }
 
@@ -340,9 +351,11 @@ async fn ledger_cost(client: &Client, n: usize, pause: Duration) -> Result<()> {
             json!({ "session_id": sid, "name": format!("bench-{n}") }),
         )
         .await?;
+    let before = disk::before_stop(client, &sid).await?;
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
+
     let review: serde_json::Value = serde_json::from_slice(&std::fs::read(
         std::path::Path::new(x["dir"].as_str().context("no export dir")?).join("review.json"),
     )?)?;
@@ -371,5 +384,5 @@ async fn ledger_cost(client: &Client, n: usize, pause: Duration) -> Result<()> {
         bytes["timeline"].as_f64().unwrap_or(0.0) / 1024.0,
         per(&bytes["without_dedupe"]),
     );
-    Ok(())
+    disk::after_stop(client, n, before).await
 }

@@ -7,8 +7,12 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Marker written into every directory deskvm creates, so cleanup only ever touches its own.
-pub const OWNER_MARKER: &str = ".deskvm-owned";
+pub mod janitor;
+pub mod owner;
+pub mod reclaim;
+pub mod usage;
+
+pub use owner::{Liveness, Owner};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -65,6 +69,16 @@ impl Layout {
     pub fn sessions(&self) -> PathBuf {
         self.runtime.join("s")
     }
+
+    /// Build work dirs (runtime image root filesystems) while a build runs.
+    pub fn work(&self) -> PathBuf {
+        self.cache.join("work")
+    }
+
+    /// What the latest startup janitor removed (JSON), for `reclaim` to tell.
+    pub fn janitor_record(&self) -> PathBuf {
+        self.runtime.join("janitor-last.json")
+    }
 }
 
 /// Whether this process runs as root (installing packages and building images need it).
@@ -83,49 +97,52 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
-/// A private directory owned by deskvm: mode 0700 and carrying the owner marker.
-pub fn owned_dir(path: &Path) -> io::Result<()> {
+/// A private directory owned by deskvm: mode 0700 and carrying `owner`'s marker.
+pub fn owned_dir(path: &Path, owner: &Owner) -> io::Result<()> {
     private_dir(path)?;
-    fs::write(
-        path.join(OWNER_MARKER),
-        format!("pid {}\n", std::process::id()),
-    )
-}
-
-/// Whether `pid` is a running deskvm process (not merely a reused pid).
-pub fn deskvm_process_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("deskvm"))
-        .unwrap_or(false)
-}
-
-/// Removes session directories under `sessions` whose owning server is gone. Returns them.
-pub fn reap_orphan_dirs(sessions: &Path) -> Vec<PathBuf> {
-    let mut reaped = Vec::new();
-    for entry in fs::read_dir(sessions).into_iter().flatten().flatten() {
-        let dir = entry.path();
-        let owner = fs::read_to_string(dir.join(OWNER_MARKER))
-            .ok()
-            .and_then(|m| {
-                m.trim()
-                    .strip_prefix("pid ")
-                    .and_then(|p| p.parse::<u32>().ok())
-            });
-        if let Some(pid) = owner {
-            if !deskvm_process_alive(pid) && fs::remove_dir_all(&dir).is_ok() {
-                reaped.push(dir);
-            }
-        }
-    }
-    reaped
+    owner.write(path)
 }
 
 /// Removes a directory only if deskvm created it.
 pub fn remove_owned_dir(path: &Path) -> io::Result<()> {
-    if path.join(OWNER_MARKER).exists() {
+    if path.join(owner::MARKER).exists() {
         fs::remove_dir_all(path)
     } else {
         Ok(())
+    }
+}
+
+/// An advisory lock on the cache (flock on `cache/.lock`): session starts hold it shared while
+/// they pick the image and ready state and record that they use them; reclaim holds it
+/// exclusively while it decides what is superseded and deletes it. Released on drop (and by
+/// the kernel when the process dies).
+pub struct CacheLock {
+    _file: fs::File,
+}
+
+impl CacheLock {
+    pub fn shared(layout: &Layout) -> io::Result<Self> {
+        Self::take(layout, libc::LOCK_SH)
+    }
+
+    pub fn exclusive(layout: &Layout) -> io::Result<Self> {
+        Self::take(layout, libc::LOCK_EX)
+    }
+
+    fn take(layout: &Layout, how: libc::c_int) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        private_dir(&layout.cache)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(layout.cache.join(".lock"))?;
+        // SAFETY: flock on a descriptor this function owns; it blocks at most while another
+        // holder deletes or records, and returns an error code rather than touching memory.
+        if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(CacheLock { _file: file })
     }
 }
 
@@ -138,7 +155,7 @@ mod tests {
         let base = std::env::temp_dir().join(format!("deskvm-storage-test-{}", std::process::id()));
         let owned = base.join("owned");
         let foreign = base.join("foreign");
-        owned_dir(&owned).unwrap();
+        owned_dir(&owned, &Owner::me("test", None)).unwrap();
         fs::create_dir_all(&foreign).unwrap();
         let mode = fs::metadata(&owned).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
