@@ -215,10 +215,17 @@ pub async fn manager(
     let local = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &local, accel).await;
     let (backend, why) = select_backend(&layout, backend, probe.accel, local).await?;
+    let mut me = storage::Owner::me("server", None);
+    me.images.extend(backend.runtime_image());
     if let Ok(image) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
         let spec = crate::session::machine_spec(&image, probe.accel, DEFAULT_MEMORY_MB, false);
         let ready = ReadyState::find(&image, backend.qemu_version(), &spec);
         crate::reclaim::adopt(&image, ready.as_ref());
+        me.uses.push(image.dir.clone());
+        me.uses.extend(ready.map(|r| r.dir));
+    }
+    if let Err(e) = storage::register_instance(&layout, &me) {
+        tracing::warn!(error = %e, "could not record this server in the cache (a reclaim elsewhere cannot see what it uses)");
     }
     tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, backend = backend.name(), why = %why, qemu = backend.qemu_version(), "serving");
     Ok(Arc::new(SessionManager::new(ManagerConfig {
@@ -264,7 +271,8 @@ async fn ensure_ready_state(
     let work = layout
         .sessions()
         .join(format!("ready-{}", std::process::id()));
-    storage::owned_dir(&work, &storage::Owner::me("ready_build", None))?;
+    let builder = storage::Owner::me("ready_build", None).uses([image.dir.clone()]);
+    storage::owned_dir(&work, &builder)?;
     let result = boot::make_ready_state(mgr.backend(), image, spec, &work, &say).await;
     let _ = storage::remove_owned_dir(&work);
     result?;
@@ -449,6 +457,7 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 u.sessions.count, h(u.sessions.bytes), u.ledgers.count, h(u.ledgers.bytes),
                 u.exports.count, h(u.exports.bytes), u.runtime_images.count, h(u.runtime_images.bytes)
             );
+            session_disk(&layout);
             println!(
                 "info  reclaimable: {} item(s), {} (see `deskvm reclaim`, remove with --apply)",
                 r.candidates.len(),
@@ -472,6 +481,36 @@ pub async fn doctor(choice: AccelChoice) -> bool {
     );
     println!("info  runtime dir: {}", layout.runtime.display());
     ok
+}
+
+/// One line per session in the runtime dir: whose it is, and its runtime dir and ledger bytes.
+fn session_disk(layout: &Layout) {
+    use crate::storage::usage::{disk_bytes, human};
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(layout.sessions())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let Some(owner) = storage::Owner::read(&dir).filter(|o| o.kind == "session") else {
+            continue;
+        };
+        let id = owner.session.clone().unwrap_or_default();
+        let state = match owner.liveness() {
+            storage::Liveness::Alive => {
+                format!("running (instance {}, pid {})", owner.instance, owner.pid)
+            }
+            storage::Liveness::Dead(why) => format!("orphaned: {why}"),
+            storage::Liveness::Unknown(why) => why,
+        };
+        println!(
+            "info  session {id}: runtime dir {}, ledger {}; {state}",
+            human(disk_bytes(&dir)),
+            human(disk_bytes(&layout.reviews().join(&id)))
+        );
+    }
 }
 
 pub fn default_demo_dir() -> PathBuf {

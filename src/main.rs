@@ -163,6 +163,7 @@ async fn main() -> Result<()> {
                 _ = shutdown_signal() => {}
             }
             manager.shutdown().await;
+            deskvm::storage::unregister_instance(manager.layout());
         }
         Cmd::Setup => app::setup(cli.accel).await?,
         Cmd::Image {

@@ -210,8 +210,36 @@ async fn servers_sharing_dirs_leave_each_other_alone() -> Result<()> {
     );
     a.client.screenshot(&sa, json!({})).await?;
     b.client.screenshot(&sb, json!({})).await?;
+    // What sessions start from is still there: new sessions start from the ready state on both.
+    for x in r["removed"].as_array().into_iter().flatten() {
+        let kind = x["kind"].as_str().unwrap_or_default();
+        assert!(
+            !matches!(kind, "guest_image" | "ready_state" | "runtime_image"),
+            "removed what a live server runs from: {x}"
+        );
+    }
+    for c in [&a.client, &b.client] {
+        let sid = start(c).await?;
+        c.call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
+    }
 
-    // Disk per session, and bad requests refused with their reason.
+    // Disk per session (doctor: both servers' sessions, each with its owner), and bad requests
+    // refused with their reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
+        .arg("doctor")
+        .env("DESKVM_RUNTIME_DIR", runtime)
+        .env("DESKVM_DATA_DIR", data)
+        .output()?;
+    let doctor = String::from_utf8_lossy(&out.stdout);
+    for sid in [&sa, &sb] {
+        assert!(
+            doctor.lines().any(
+                |l| l.contains(&format!("session {sid}: runtime dir")) && l.contains("running")
+            ),
+            "{doctor}"
+        );
+    }
     let list = a.client.call_ok("session_list", json!({})).await?;
     let disk = &list["sessions"][0]["disk"];
     assert!(disk["runtime_bytes"].as_u64().unwrap() > 0, "{list}");

@@ -105,6 +105,19 @@ async fn superseded_images_and_ready_states_go_and_current_ones_stay() -> Result
         .write(&live)?;
     let foreign = images.join(format!("{DEFAULT_IMAGE}-ffffffffffff"));
     image(&foreign, false)?;
+    // One a live server of another deskvm (another runtime dir) runs from: only its record in
+    // the cache says so. And one newer than this deskvm's image (a newer deskvm made it).
+    let other_server = images.join(format!("{DEFAULT_IMAGE}-0000000000ee"));
+    image(&other_server, true)?;
+    std::fs::create_dir_all(d[2].join("instances"))?;
+    let mut server = Owner::me("server", None).uses([other_server.clone()]);
+    server.instance = "otherver".into();
+    server.save(&d[2].join("instances").join("otherver.json"))?;
+    let newer = images.join(format!("{DEFAULT_IMAGE}-0000000000ff"));
+    image(&newer, false)?;
+    let mut made_later = Owner::me("guest_image", None);
+    made_later.created_at += 3600;
+    made_later.write(&newer)?;
 
     let (code, r, err) = cli(&["reclaim", "--json"], &env(&d))?;
     assert_eq!(code, 0, "{err}");
@@ -141,6 +154,7 @@ async fn superseded_images_and_ready_states_go_and_current_ones_stay() -> Result
         .filter_map(|n| n["what"].as_str())
         .collect();
     assert!(untouched.contains(&s(&foreign).as_str()), "{r:#}");
+    assert!(untouched.contains(&s(&newer).as_str()), "{r:#}");
 
     let args = [
         "reclaim",
@@ -157,7 +171,14 @@ async fn superseded_images_and_ready_states_go_and_current_ones_stay() -> Result
     for gone in [&old, &other_build, &other_config] {
         assert!(!gone.exists(), "{} should be gone", gone.display());
     }
-    for kept in [&current, &current_ready, &in_use, &foreign] {
+    for kept in [
+        &current,
+        &current_ready,
+        &in_use,
+        &foreign,
+        &other_server,
+        &newer,
+    ] {
         assert!(kept.exists(), "{} must stay", kept.display());
     }
     let freed = r["bytes_freed"].as_u64().unwrap();
@@ -333,6 +354,58 @@ async fn builds_in_progress_stay_and_dead_builds_go() -> Result<()> {
     assert!(
         kept.iter().any(|n| n["what"] == s(&running) && n["why"].as_str().unwrap().contains("in progress")),
         "{r:#}"
+    );
+    Ok(())
+}
+
+/// Ledgers: a stopped session's goes when older than asked; a live server's failed (but still
+/// listed) session and a running one stay; so does one younger than the limit.
+#[tokio::test]
+async fn ledgers_of_stopped_sessions_go_and_live_ones_stay() -> Result<()> {
+    let (d, _guard) = temp_dirs(&["rt", "rd", "rc"])?;
+    let ledger = |id: &str, state: &str, dead: bool| -> Result<PathBuf> {
+        let dir = d[1].join("reviews").join(id);
+        write(&dir.join("timeline.jsonl"), 4 << 10)?;
+        let meta = serde_json::json!({ "session_id": id, "state": state, "retention_days": 14 });
+        std::fs::write(dir.join("session.json"), meta.to_string())?;
+        let mut owner = Owner::me("ledger", Some(id));
+        if dead {
+            owner.pid_start += 1;
+        }
+        owner.write(&dir)?;
+        Ok(dir)
+    };
+    let stopped = ledger("00000000000000a1", "stopped", false)?;
+    let crashed = ledger("00000000000000a2", "running", true)?;
+    let failed_live = ledger("00000000000000a3", "failed", false)?;
+    let running = ledger("00000000000000a4", "running", false)?;
+
+    // Within retention: nothing.
+    let (_, r, err) = cli(&["reclaim", "--json", "--kind", "ledger"], &env(&d))?;
+    assert_eq!(
+        paths(&r["candidates"], "ledger"),
+        Vec::<String>::new(),
+        "{err}\n{r:#}"
+    );
+
+    let args = [
+        "reclaim",
+        "--apply",
+        "--json",
+        "--kind",
+        "ledger",
+        "--older-than",
+        "0s",
+    ];
+    let (code, r, err) = cli(&args, &env(&d))?;
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    let mut gone = vec![s(&stopped), s(&crashed)];
+    gone.sort();
+    assert_eq!(paths(&r["removed"], "ledger"), gone, "{r:#}");
+    assert!(!stopped.exists() && !crashed.exists());
+    assert!(
+        failed_live.exists() && running.exists(),
+        "a live server's sessions keep their ledgers"
     );
     Ok(())
 }

@@ -89,16 +89,22 @@ pub async fn build_runtime_image(
     ));
     // In the cache, marked as this build's: a crash leaves it for reclaim, never for a guess.
     let work = work_root.join(format!("runtime-{}", std::process::id()));
-    crate::storage::owned_dir(&work, &Owner::me("runtime_build", None))?;
+    crate::storage::private_dir(&work)?;
     let script = work.join("build-rootfs.sh");
     std::fs::write(&script, RUNTIME_RECIPE)?;
     let tar = work.join("rootfs.tar");
-    let out = tokio::process::Command::new("bash")
+    let child = tokio::process::Command::new("bash")
         .arg(&script)
         .arg(&tar)
         .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // The recipe goes on if this process dies: while it runs, the work dir is alive.
+    let mut builder = Owner::me("runtime_build", None);
+    builder.helper = child.id().and_then(crate::storage::owner::ProcessRef::of);
+    builder.write(&work)?;
+    let out = child.wait_with_output().await?;
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())
@@ -250,6 +256,10 @@ impl Backend for DockerBackend {
 
     fn qemu_version(&self) -> &str {
         &self.version
+    }
+
+    fn runtime_image(&self) -> Option<String> {
+        Some(self.image.clone())
     }
 
     fn launch<'a>(

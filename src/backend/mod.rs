@@ -29,6 +29,10 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// The QEMU build this backend runs; ready states are keyed by it.
     fn qemu_version(&self) -> &str;
+    /// The Docker image sessions run from, if any: reclaim keeps it while they do.
+    fn runtime_image(&self) -> Option<String> {
+        None
+    }
     fn launch<'a>(
         &'a self,
         session_id: &'a str,

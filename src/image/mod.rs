@@ -154,6 +154,12 @@ impl GuestImage {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        // The recipe (and debootstrap under it) goes on if this process dies: while it runs,
+        // its work dirs are alive for reclaim.
+        let mut builder = builder;
+        builder.helper = child.id().and_then(storage::owner::ProcessRef::of);
+        builder.write(&work)?;
+        builder.write(&recipe_dir)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
             let mut lines = Vec::new();

@@ -250,7 +250,8 @@ impl SessionManager {
             dir: self.cfg.layout.sessions().join(&id),
         };
         let uses = std::iter::once(image.dir.clone()).chain(ready.as_ref().map(|r| r.dir.clone()));
-        let owner = storage::Owner::me("session", Some(&id)).uses(uses);
+        let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
+        owner.images.extend(self.cfg.backend.runtime_image());
         storage::owned_dir(&files.dir, &owner)?;
         drop(cache_lock);
         let booted = boot::start_vm(

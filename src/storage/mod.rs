@@ -75,6 +75,12 @@ impl Layout {
         self.cache.join("work")
     }
 
+    /// One file per running server: the images and ready states it runs from, so that a
+    /// reclaim elsewhere (another version, another runtime dir) keeps them.
+    pub fn instances(&self) -> PathBuf {
+        self.cache.join("instances")
+    }
+
     /// What the latest startup janitor removed (JSON), for `reclaim` to tell.
     pub fn janitor_record(&self) -> PathBuf {
         self.runtime.join("janitor-last.json")
@@ -101,6 +107,20 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 pub fn owned_dir(path: &Path, owner: &Owner) -> io::Result<()> {
     private_dir(path)?;
     owner.write(path)
+}
+
+/// Records this server (`owner`: what it runs from) in the cache until [`unregister_instance`].
+pub fn register_instance(layout: &Layout, owner: &Owner) -> io::Result<()> {
+    private_dir(&layout.instances())?;
+    owner.save(&layout.instances().join(format!("{}.json", owner.instance)))
+}
+
+pub fn unregister_instance(layout: &Layout) {
+    let _ = fs::remove_file(
+        layout
+            .instances()
+            .join(format!("{}.json", owner::instance_id())),
+    );
 }
 
 /// Removes a directory only if deskvm created it.

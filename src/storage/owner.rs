@@ -24,6 +24,7 @@ pub const LABEL_MACHINE: &str = "deskvm.machine";
 pub const LABEL_SESSION: &str = "deskvm.session";
 pub const LABEL_KIND: &str = "deskvm.kind";
 pub const LABEL_CREATED: &str = "deskvm.created";
+pub const LABEL_PID_NS: &str = "deskvm.pid-ns";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Owner {
@@ -44,6 +45,16 @@ pub struct Owner {
     /// Cache directories (guest image, ready state) a session runs from: reclaim keeps them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<PathBuf>,
+    /// Docker images (tags) it runs from: reclaim keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// A process working for the owner that may outlive it (a build's recipe script): while
+    /// it runs, the owner's work is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper: Option<ProcessRef>,
+    /// The pid namespace the pid belongs to (inode of /proc/self/ns/pid; 0: not recorded).
+    #[serde(default)]
+    pub pid_ns: u64,
 }
 
 /// Whether an owner still runs.
@@ -71,6 +82,20 @@ fn read_trimmed(path: &str) -> String {
 fn boot_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| read_trimmed("/proc/sys/kernel/random/boot_id"))
+}
+
+/// This process's pid namespace: a pid means nothing in another one.
+fn pid_ns() -> u64 {
+    static NS: OnceLock<u64> = OnceLock::new();
+    *NS.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .unwrap_or(0)
+    })
 }
 
 fn machine_id() -> &'static str {
@@ -119,6 +144,9 @@ impl Owner {
             session: session.map(str::to_string),
             created_at: unix_now(),
             uses: Vec::new(),
+            images: Vec::new(),
+            helper: None,
+            pid_ns: pid_ns(),
         }
     }
 
@@ -128,6 +156,15 @@ impl Owner {
     }
 
     pub fn liveness(&self) -> Liveness {
+        match self.own_liveness() {
+            Liveness::Dead(_) if self.helper.as_ref().is_some_and(ProcessRef::alive) => {
+                Liveness::Alive
+            }
+            l => l,
+        }
+    }
+
+    fn own_liveness(&self) -> Liveness {
         if !self.machine_id.is_empty() && self.machine_id != machine_id() {
             return Liveness::Unknown(format!(
                 "made on another machine ({})",
@@ -136,6 +173,9 @@ impl Owner {
         }
         if !self.boot_id.is_empty() && self.boot_id != boot_id() {
             return Liveness::Dead("made before this machine last booted".into());
+        }
+        if self.pid_ns != 0 && pid_ns() != 0 && self.pid_ns != pid_ns() {
+            return Liveness::Unknown(format!("made by pid {} in another pid namespace", self.pid));
         }
         match process_start(self.pid) {
             None => Liveness::Dead(format!(
@@ -158,8 +198,19 @@ impl Owner {
     }
 
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        self.save(&dir.join(MARKER))
+    }
+
+    /// Writes the owner to `path` (a temp file renamed over it: readers never see half).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(dir.join(MARKER), json)
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn load(path: &Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 
     /// The marker in `dir`, or None when it has none (then it is not deskvm's to touch).
@@ -180,6 +231,9 @@ impl Owner {
             session: None,
             created_at: 0,
             uses: Vec::new(),
+            images: Vec::new(),
+            helper: None,
+            pid_ns: 0,
         })
     }
 
@@ -192,6 +246,7 @@ impl Owner {
             (LABEL_MACHINE.to_string(), self.machine_id.clone()),
             (LABEL_KIND.to_string(), self.kind.clone()),
             (LABEL_CREATED.to_string(), self.created_at.to_string()),
+            (LABEL_PID_NS.to_string(), self.pid_ns.to_string()),
         ]);
         if let Some(s) = &self.session {
             l.insert(LABEL_SESSION.to_string(), s.clone());
@@ -218,6 +273,9 @@ impl Owner {
             session: l.get(LABEL_SESSION).cloned(),
             created_at: get(LABEL_CREATED).parse().unwrap_or(0),
             uses: Vec::new(),
+            images: Vec::new(),
+            helper: None,
+            pid_ns: get(LABEL_PID_NS).parse().unwrap_or(0),
         })
     }
 }
@@ -267,6 +325,15 @@ mod tests {
         let mut elsewhere = me.clone();
         elsewhere.machine_id = "another-machine".into();
         assert!(matches!(elsewhere.liveness(), Liveness::Unknown(_)));
+    }
+
+    #[test]
+    fn a_running_helper_keeps_a_dead_owner_s_work_alive() {
+        let mut owner = Owner::me("image_build", None);
+        owner.pid_start += 1;
+        assert!(matches!(owner.liveness(), Liveness::Dead(_)));
+        owner.helper = ProcessRef::of(std::process::id());
+        assert_eq!(owner.liveness(), Liveness::Alive);
     }
 
     #[test]

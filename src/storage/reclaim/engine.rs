@@ -75,7 +75,8 @@ async fn containers(docker: &Docker, scan: &mut Scan) {
 }
 
 async fn runtime_images(docker: &Docker, current: &Current, req: &Request, scan: &mut Scan) {
-    let filters = HashMap::from([("reference", vec![IMAGE_REPO.to_string()])]);
+    // By deskvm's label, so untagged leftovers of a rebuild are found too.
+    let filters = HashMap::from([("label", vec![LABEL_VERSION.to_string()])]);
     let opts = ListImagesOptionsBuilder::new().filters(&filters).build();
     let images = match docker.list_images(Some(opts)).await {
         Ok(l) => l,
@@ -88,11 +89,20 @@ async fn runtime_images(docker: &Docker, current: &Current, req: &Request, scan:
         let bytes = img.size.max(0) as u64;
         scan.usage.runtime_images.add(bytes);
         let what = format!("image {} ({})", short_id(&img.id), img.repo_tags.join(", "));
-        if !img.labels.contains_key(LABEL_VERSION) {
-            scan.skip(what, "no deskvm label");
+        let runtime = img.repo_tags.is_empty()
+            || img
+                .repo_tags
+                .iter()
+                .any(|t| t.starts_with(&format!("{IMAGE_REPO}:")));
+        if !img.labels.contains_key(LABEL_VERSION) || !runtime {
+            scan.skip(what, "not a deskvm runtime image");
             continue;
         }
         if img.repo_tags.contains(&current.runtime_tag) || !req.wants(Kind::RuntimeImage) {
+            continue;
+        }
+        if img.repo_tags.iter().any(|t| scan.images_in_use.contains(t)) {
+            scan.skip(what, "a live deskvm server or session runs from it");
             continue;
         }
         let filters = HashMap::from([("ancestor", vec![img.id.clone()])]);

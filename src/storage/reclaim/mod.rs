@@ -216,8 +216,12 @@ struct Scan {
     candidates: Vec<Candidate>,
     not_touched: Vec<NotTouched>,
     usage: Usage,
-    /// Cache dirs live sessions run from.
+    /// Cache dirs live sessions, servers and builds run from.
     in_use: HashSet<PathBuf>,
+    /// Docker image tags live sessions and servers run from.
+    images_in_use: HashSet<String>,
+    /// Records of servers that are gone (removed by an apply; bookkeeping, not reported).
+    stale_instances: Vec<PathBuf>,
 }
 
 impl Scan {
@@ -238,9 +242,11 @@ pub async fn run(
     req: &Request,
 ) -> std::io::Result<Report> {
     let started = Instant::now();
-    // Apply decides and deletes under the exclusive cache lock, so no session can start from
-    // an image between "nothing uses it" and its removal. A report needs no lock.
-    let _lock = if req.apply {
+    // An apply that may remove images decides and deletes under the exclusive cache lock, so
+    // no session can start from an image between "nothing uses it" and its removal. Reports,
+    // and the janitor's orphans, need no lock.
+    let images = [Kind::GuestImage, Kind::ReadyState, Kind::RuntimeImage];
+    let _lock = if req.apply && images.iter().any(|k| req.wants(*k)) {
         let layout = layout.clone();
         Some(
             tokio::task::spawn_blocking(move || CacheLock::exclusive(&layout))
@@ -259,12 +265,13 @@ pub async fn run(
     if let Some(docker) = docker {
         engine::scan(docker, current, req, &mut scan).await;
     }
-    // Images and ready states a live session runs from are not superseded for anyone.
+    // (The scan already skips them; this guards the invariant where it matters most.)
     scan.candidates.retain(|c| {
         !matches!(c.kind, Kind::GuestImage | Kind::ReadyState)
             || c.path.as_ref().is_none_or(|p| !scan.in_use.contains(p))
     });
     let candidate_bytes = scan.candidates.iter().map(|c| c.bytes).sum();
+    let stale_instances = std::mem::take(&mut scan.stale_instances);
     let mut report = Report {
         mode: if req.apply { "apply" } else { "report" },
         candidates: scan.candidates,
@@ -279,6 +286,9 @@ pub async fn run(
         took_ms: 0,
     };
     if req.apply {
+        for stale in &stale_instances {
+            let _ = std::fs::remove_file(stale);
+        }
         let (removed, failed) = remove::all(docker, &report.candidates).await;
         report.bytes_freed = Some(
             removed.iter().map(|r| r.bytes_freed).sum::<u64>()

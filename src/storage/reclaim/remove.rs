@@ -144,23 +144,32 @@ async fn kill(p: &ProcessRef) -> Result<(), String> {
 }
 
 /// Removes a tree, going on past failures, and names the first thing it could not remove.
+/// It never crosses into another filesystem (a build's leftover `proc` mount, a bind mount).
 pub fn remove_tree(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let mut first = None;
-    rm(path, &mut first);
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        rm(path, m.dev(), &mut first);
+    }
     first.map_or(Ok(()), Err)
 }
 
-fn rm(path: &Path, first: &mut Option<String>) {
+fn rm(path: &Path, dev: u64, first: &mut Option<String>) {
+    use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => return note(first, path, e),
     };
+    if meta.dev() != dev {
+        let e = std::io::Error::other("another filesystem is mounted there; unmount it first");
+        return note(first, path, e);
+    }
     if meta.is_dir() {
         match std::fs::read_dir(path) {
             Ok(entries) => {
                 for entry in entries.flatten() {
-                    rm(&entry.path(), first);
+                    rm(&entry.path(), dev, first);
                 }
             }
             Err(e) => return note(first, path, e),

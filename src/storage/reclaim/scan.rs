@@ -11,6 +11,7 @@ use crate::storage::Layout;
 
 pub(super) fn filesystem(layout: &Layout, current: &Current, req: &Request) -> Scan {
     let mut scan = Scan::default();
+    instances(layout, &mut scan);
     sessions(layout, req, &mut scan);
     for dir in entries(&layout.work()) {
         build_work(&dir, req, &mut scan);
@@ -66,7 +67,32 @@ fn dead_owner(dir: &Path, scan: &mut Scan) -> Option<(Owner, String)> {
         }
         Liveness::Alive => {
             scan.in_use.extend(owner.uses.iter().cloned());
+            scan.images_in_use.extend(owner.images.iter().cloned());
             None
+        }
+    }
+}
+
+/// Running servers (of any version, with any runtime dir) and what they run from. A record
+/// that cannot be judged from here keeps what it names too.
+fn instances(layout: &Layout, scan: &mut Scan) {
+    for e in std::fs::read_dir(layout.instances())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Some(owner) = Owner::load(&path) else {
+            continue;
+        };
+        if matches!(owner.liveness(), Liveness::Dead(_)) {
+            scan.stale_instances.push(path);
+        } else {
+            scan.in_use.extend(owner.uses);
+            scan.images_in_use.extend(owner.images);
         }
     }
 }
@@ -74,7 +100,11 @@ fn dead_owner(dir: &Path, scan: &mut Scan) -> Option<(Owner, String)> {
 fn sessions(layout: &Layout, req: &Request, scan: &mut Scan) {
     for dir in entries(&layout.sessions()) {
         let bytes = disk_bytes(&dir);
-        scan.usage.sessions.add(bytes);
+        if name(&dir).starts_with("ready-") {
+            scan.usage.build_work.add(bytes);
+        } else {
+            scan.usage.sessions.add(bytes);
+        }
         let Some((owner, why)) = dead_owner(&dir, scan) else {
             continue;
         };
@@ -120,6 +150,8 @@ fn build_work(dir: &Path, req: &Request, scan: &mut Scan) {
     }
 }
 
+const IN_USE: &str = "a live deskvm server or session runs from it";
+
 fn is_work(p: &Path) -> bool {
     let n = name(p);
     n.ends_with(".partial") || n.ends_with(".recipe")
@@ -152,8 +184,13 @@ fn images(layout: &Layout, current: &Current, req: &Request, scan: &mut Scan) {
         scan.usage.guest_images.add(rest);
         let owner = Owner::read(&dir);
         if !current.image_dirs.contains(&dir) {
+            let newer = newer_current(current, &dir);
             if owner.is_none() {
                 scan.skip(dir.display().to_string(), "no deskvm owner marker");
+            } else if let Err(why) = newer {
+                scan.skip(dir.display().to_string(), why);
+            } else if scan.in_use.contains(&dir) {
+                scan.skip(dir.display().to_string(), IN_USE);
             } else if building {
                 scan.skip(
                     dir.display().to_string(),
@@ -178,6 +215,10 @@ fn images(layout: &Layout, current: &Current, req: &Request, scan: &mut Scan) {
         }
         for (ready, bytes) in readies {
             if current.ready_dirs.contains(&ready) || !req.wants(Kind::ReadyState) {
+                continue;
+            }
+            if scan.in_use.contains(&ready) {
+                scan.skip(ready.display().to_string(), IN_USE);
                 continue;
             }
             let Some(owner) = Owner::read(&ready) else {
@@ -210,6 +251,37 @@ fn images(layout: &Layout, current: &Current, req: &Request, scan: &mut Scan) {
     }
 }
 
+/// When a cache dir was made: its marker's time, else its mtime (unix seconds).
+fn created(dir: &Path) -> u64 {
+    Owner::read(dir)
+        .map(|o| o.created_at)
+        .filter(|c| *c > 0)
+        .or_else(|| {
+            let t = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+            Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+        })
+        .unwrap_or(0)
+}
+
+/// An image is superseded only by a built image of the same name from this deskvm's recipe
+/// that is at least as new (an older deskvm never removes a newer one's image).
+fn newer_current(current: &Current, dir: &Path) -> Result<(), String> {
+    let n = name(dir);
+    let base = n.rsplit_once('-').map_or(n, |(b, _)| b);
+    let cur = current
+        .image_dirs
+        .iter()
+        .find(|d| name(d).rsplit_once('-').is_some_and(|(b, _)| b == base));
+    match cur {
+        Some(c) if c.join("base.qcow2").exists() && created(c) >= created(dir) => Ok(()),
+        Some(c) if c.join("base.qcow2").exists() => Err(format!(
+            "newer than this deskvm's image {} (made by a newer deskvm?)",
+            name(c)
+        )),
+        _ => Err("this deskvm's own image of that name is not built; kept".into()),
+    }
+}
+
 fn age(dir: &Path) -> Duration {
     let file = dir.join("timeline.jsonl");
     std::fs::metadata(&file)
@@ -237,8 +309,9 @@ fn ledgers(layout: &Layout, req: &Request, scan: &mut Scan) {
             .unwrap_or_default();
         let state = meta["state"].as_str().unwrap_or("unknown").to_string();
         let why_ended = match owner.liveness() {
-            // A running session's ledger, or the ledger of a server still serving.
-            Liveness::Alive if state == "running" => continue,
+            // A live server's ledgers go only once their session stopped (a failed session
+            // is still listed by its server; the server's own ledger runs with it).
+            Liveness::Alive if state != "stopped" => continue,
             Liveness::Unknown(why) => {
                 scan.skip(dir.display().to_string(), why);
                 continue;
@@ -292,7 +365,7 @@ fn exports(layout: &Layout, req: &Request, scan: &mut Scan) {
     for dir in entries(&layout.exports()) {
         let bytes = disk_bytes(&dir);
         scan.usage.exports.add(bytes);
-        if !req.exports.iter().any(|n| n == name(&dir)) {
+        if !req.wants(Kind::Export) || !req.exports.iter().any(|n| n == name(&dir)) {
             continue;
         }
         if is_bundle(&dir) {
