@@ -216,6 +216,7 @@ pub async fn manager(
     let probe = resolve_accel(&layout, &local, accel).await;
     let (backend, why) = select_backend(&layout, backend, probe.accel, local).await?;
     let mut me = storage::Owner::me("server", None);
+    me.serving = Some("stdio".into());
     me.images.extend(backend.runtime_image());
     if let Ok(image) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
         let spec = crate::session::machine_spec(&image, probe.accel, DEFAULT_MEMORY_MB, false);

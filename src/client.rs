@@ -1,5 +1,6 @@
-//! A small MCP client over stdio (rmcp) that spawns `deskvm serve`: used by `deskvm demo`,
-//! `deskvm bench` and the integration tests, so all of them drive the real server.
+//! A small MCP client (rmcp) over stdio, spawning `deskvm serve`, or over streamable HTTP to a
+//! `deskvm serve --http`: used by `deskvm demo`, `deskvm bench` and the integration tests, so
+//! all of them drive the real server.
 
 use std::path::Path;
 
@@ -28,6 +29,19 @@ impl Client {
         });
         let transport = TokioChildProcess::new(cmd).context("spawning deskvm serve")?;
         let svc = ().serve(transport).await.context("MCP handshake with deskvm serve")?;
+        Ok(Client { svc })
+    }
+
+    /// Connects over streamable HTTP to `url` (`http://host:port/mcp`), with a bearer token.
+    pub async fn connect_http(url: &str, token: Option<&str>) -> Result<Self> {
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        use rmcp::transport::StreamableHttpClientTransport;
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_string());
+        if let Some(t) = token {
+            config = config.auth_header(t.to_string());
+        }
+        let transport = StreamableHttpClientTransport::from_config(config);
+        let svc = ().serve(transport).await.with_context(|| format!("MCP handshake with {url}"))?;
         Ok(Client { svc })
     }
 
@@ -125,4 +139,50 @@ pub fn text_of(r: &CallToolResult) -> String {
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A `deskvm serve --http 127.0.0.1:0 …` child process and the base URL it listens on (from
+/// the first line it prints). Killed when dropped.
+pub struct HttpServer {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl HttpServer {
+    pub async fn spawn(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["serve", "--http", "127.0.0.1:0"])
+            .args(extra_args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawning deskvm serve --http")?;
+        let out = child.stdout.take().context("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .context("deskvm serve --http said nothing within 60 s")??
+            .context("deskvm serve --http exited before listening")?;
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .and_then(|u| u.strip_suffix("/mcp"))
+            .with_context(|| format!("unexpected first line {first:?}"))?
+            .to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(HttpServer { child, base })
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }

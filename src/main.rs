@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use deskvm::app::{self, AccelChoice, BackendChoice};
-use deskvm::mcp::DeskvmServer;
-use rmcp::ServiceExt;
+use deskvm::mcp::http::auth::Tokens;
+use deskvm::mcp::http::HttpOptions;
+use deskvm::mcp::Transport;
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +27,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve MCP over stdio.
+    /// Serve MCP over stdio (default) or HTTP (--http: streamable HTTP at /mcp, legacy SSE at
+    /// /sse, reviews at /reviews/).
     Serve {
+        /// Serve HTTP on this address instead of stdio, e.g. 127.0.0.1:8765 (port 0 picks one;
+        /// the first stdout line says which). Non-loopback addresses need a token.
+        #[arg(long, env = "DESKVM_HTTP")]
+        http: Option<std::net::SocketAddr>,
+        /// Bearer tokens, one per line: `name:secret` (a session belongs to the token that
+        /// started it) or just `secret`.
+        #[arg(long, env = "DESKVM_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Origins allowed besides loopback ones, e.g. https://app.example or http://host:*.
+        #[arg(long = "allow-origin")]
+        allow_origins: Vec<String>,
+        /// Host names clients may use besides loopback and the bound address.
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+        /// Largest request body (bytes); bigger ones get 413.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_body_bytes: usize,
+        /// Most concurrent HTTP requests and open streams; more get 503.
+        #[arg(long, default_value_t = 64)]
+        max_streams: usize,
         /// Most sessions at once.
         #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
         max_sessions: usize,
@@ -151,19 +173,35 @@ async fn main() -> Result<()> {
         Cmd::Serve {
             max_sessions,
             idle_timeout_s,
+            http,
+            token_file,
+            allow_origins,
+            allow_hosts,
+            max_body_bytes,
+            max_streams,
         } => {
+            let transport = match http {
+                None => Transport::Stdio,
+                Some(addr) => {
+                    // DESKVM_TOKEN is read here and nowhere else; it is never logged.
+                    let env_token = std::env::var("DESKVM_TOKEN").ok();
+                    let o = HttpOptions {
+                        addr,
+                        tokens: Tokens::load(token_file.as_deref(), env_token.as_deref())?,
+                        allow_origins,
+                        allow_hosts,
+                        max_body_bytes,
+                        max_streams,
+                    };
+                    // Refused before anything starts (no VM, no janitor run).
+                    o.check()?;
+                    Transport::Http(o)
+                }
+            };
             let idle = (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s));
             let manager = app::manager(cli.accel, cli.backend, max_sessions, idle).await?;
             manager.spawn_idle_janitor();
-            let service = DeskvmServer::new(manager.clone())
-                .serve(rmcp::transport::stdio())
-                .await?;
-            tokio::select! {
-                r = service.waiting() => { r?; }
-                _ = shutdown_signal() => {}
-            }
-            manager.shutdown().await;
-            deskvm::storage::unregister_instance(manager.layout());
+            deskvm::mcp::serve(manager, transport).await?;
         }
         Cmd::Setup => app::setup(cli.accel).await?,
         Cmd::Image {
@@ -221,13 +259,4 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -2,9 +2,13 @@
 //! session [`Action`](crate::session::Action), one hand-written `call_tool` that every call
 //! passes, and exported reviews as resources.
 
+mod calls;
+pub mod http;
 mod params;
 mod reclaim;
 mod resources;
+pub mod serve;
 mod tools;
 
+pub use serve::{serve, Transport};
 pub use tools::DeskvmServer;

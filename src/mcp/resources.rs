@@ -13,7 +13,7 @@ pub fn uri(name: &str, file: &str) -> String {
     format!("{SCHEME}{name}/{file}")
 }
 
-fn mime(file: &str) -> &'static str {
+pub(super) fn mime(file: &str) -> &'static str {
     match file.rsplit('.').next() {
         Some("html") => "text/html",
         Some("json") => "application/json",
@@ -79,7 +79,7 @@ pub fn bundle_entries(exports: &Path, name: &str) -> Vec<Resource> {
 }
 
 /// The file a `deskvm://exports/...` URI names, refusing anything outside the exports dir.
-fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
+pub(super) fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
     let bad = || {
         McpError::invalid_params(
             format!("unknown resource {uri:?}: expected {SCHEME}<export name>/<file>, e.g. {SCHEME}<name>/index.html"),

@@ -30,6 +30,8 @@ use crate::vm::Button;
 #[derive(Clone)]
 pub struct DeskvmServer {
     pub(super) manager: Arc<SessionManager>,
+    /// `http://host:port/reviews` when serving HTTP: export_review then returns a URL.
+    review_base: Option<Arc<str>>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -58,9 +60,19 @@ impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
         DeskvmServer {
             manager,
+            review_base: None,
             tool_router: Self::tool_router() + Self::reclaim_router(),
             prompt_router: Self::prompt_router(),
         }
+    }
+
+    pub fn with_review_base(mut self, base: String) -> Self {
+        self.review_base = Some(base.into());
+        self
+    }
+
+    pub fn exports_dir(&self) -> std::path::PathBuf {
+        self.manager.layout().exports()
     }
 
     async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
@@ -348,6 +360,9 @@ impl DeskvmServer {
                 let mut r = CallToolResult::success(content);
                 let mut v = x.to_json();
                 v["resource"] = resources::uri(&x.name, "index.html").into();
+                if let Some(base) = &self.review_base {
+                    v["url"] = format!("{base}/{}/index.html", x.name).into();
+                }
                 r.structured_content = Some(v);
                 r
             }
@@ -395,8 +410,11 @@ impl ServerHandler for DeskvmServer {
             .map(Value::Object)
             .unwrap_or_else(|| json!({}));
         let started = std::time::Instant::now();
+        let caller = super::calls::caller(&context);
+        let progress = super::calls::progress(&tool, &context);
         let tcc = ToolCallContext::new(self, request, context);
-        let mut result = self.tool_router.call(tcc).await;
+        let mut result = caller.scope(self.tool_router.call(tcc)).await;
+        drop(progress);
         // Arguments that do not parse come back from the router as a bare tool error (no
         // handler ran); an unknown tool as a protocol error. Both are recorded here, and the
         // former gets the structured shape every other tool error has.

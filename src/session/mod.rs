@@ -5,6 +5,7 @@
 
 pub mod action;
 pub mod boot;
+pub mod caller;
 pub mod error;
 mod lane;
 mod ledgers;
@@ -27,6 +28,7 @@ use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
 pub use action::{Action, Outcome, Plan, Point};
 pub use boot::Startup;
+pub use caller::Caller;
 pub use error::{chain, check_range, SessionError};
 use lane::Lane;
 use record::AfterFrame;
@@ -68,6 +70,11 @@ pub struct SessionInfo {
     pub startup: Startup,
     pub startup_ms: u64,
     pub state: String,
+    /// The connection that started the session ("stdio", "http:<id>", "sse:<id>").
+    pub connection: String,
+    /// The name of the token that started it (HTTP with tokens): only that token's calls see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Bytes on disk (session_list): the runtime dir, mostly the disk overlay, and the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<storage::usage::SessionDisk>,
@@ -218,6 +225,7 @@ impl SessionManager {
         req: StartRequest,
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
+        let caller = Caller::current();
         let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
         let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
         let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
@@ -302,6 +310,8 @@ impl SessionManager {
             startup: booted.startup,
             startup_ms: started.elapsed().as_millis() as u64,
             state: "running".into(),
+            connection: caller.connection.clone(),
+            token: caller.principal.clone(),
             disk: None,
         };
         if booted.startup == Startup::ReadyState {
@@ -338,8 +348,10 @@ impl SessionManager {
     }
 
     async fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {
+        let caller = Caller::current();
         let sessions = self.sessions.read().await;
-        sessions.get(id).cloned().ok_or_else(|| {
+        let found = sessions.get(id).filter(|s| caller.sees(&s.info.token));
+        found.cloned().ok_or_else(|| {
             let idle = self
                 .stopped_idle
                 .lock()
@@ -353,7 +365,12 @@ impl SessionManager {
                     timeout_s: self.cfg.idle_timeout.unwrap_or_default().as_secs(),
                 };
             }
-            let mut known: Vec<String> = sessions.keys().cloned().collect();
+            // Only this caller's sessions: ids are the key to a desktop.
+            let mut known: Vec<String> = sessions
+                .values()
+                .filter(|s| caller.sees(&s.info.token))
+                .map(|s| s.info.session_id.clone())
+                .collect();
             known.sort();
             SessionError::UnknownSession {
                 id: id.to_string(),
@@ -378,9 +395,11 @@ impl SessionManager {
 
     pub async fn list(&self) -> Vec<SessionInfo> {
         let started = Instant::now();
+        let caller = Caller::current();
         let sessions = self.sessions.read().await;
         let mut list: Vec<SessionInfo> = sessions
             .values()
+            .filter(|s| caller.sees(&s.info.token))
             .map(|s| {
                 let mut info = s.info.clone();
                 if s.exited.borrow().is_some() {
@@ -488,7 +507,7 @@ impl SessionManager {
     pub async fn shutdown(&self) {
         let ids: Vec<String> = self.sessions.read().await.keys().cloned().collect();
         for id in ids {
-            let _ = self.stop(&id).await;
+            let _ = Caller::system().scope(self.stop(&id)).await;
         }
     }
 

@@ -115,6 +115,17 @@ pub fn register_instance(layout: &Layout, owner: &Owner) -> io::Result<()> {
     owner.save(&layout.instances().join(format!("{}.json", owner.instance)))
 }
 
+/// Notes what this server exposes in its record (`doctor` lists it).
+pub fn describe_instance(layout: &Layout, serving: &str) {
+    let path = layout
+        .instances()
+        .join(format!("{}.json", owner::instance_id()));
+    if let Some(mut me) = Owner::load(&path) {
+        me.serving = Some(serving.to_string());
+        let _ = me.save(&path);
+    }
+}
+
 pub fn unregister_instance(layout: &Layout) {
     let _ = fs::remove_file(
         layout

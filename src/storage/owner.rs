@@ -55,6 +55,9 @@ pub struct Owner {
     /// The pid namespace the pid belongs to (inode of /proc/self/ns/pid; 0: not recorded).
     #[serde(default)]
     pub pid_ns: u64,
+    /// For a server: what it exposes ("stdio", or its HTTP address and auth), for `doctor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
 }
 
 /// Whether an owner still runs.
@@ -147,6 +150,7 @@ impl Owner {
             images: Vec::new(),
             helper: None,
             pid_ns: pid_ns(),
+            serving: None,
         }
     }
 
@@ -234,6 +238,7 @@ impl Owner {
             images: Vec::new(),
             helper: None,
             pid_ns: 0,
+            serving: None,
         })
     }
 
@@ -276,6 +281,7 @@ impl Owner {
             images: Vec::new(),
             helper: None,
             pid_ns: get(LABEL_PID_NS).parse().unwrap_or(0),
+            serving: None,
         })
     }
 }

@@ -14,7 +14,7 @@ fn chromium() -> Result<PathBuf> {
     bail!("Chromium is missing: `deskvm setup` installs it (apt-get install chromium); the viewer tests need a real browser")
 }
 
-fn run(page: &Path, extra: &[String]) -> Result<std::process::Output> {
+fn run(url: &str, extra: &[String]) -> Result<std::process::Output> {
     let profile = std::env::temp_dir().join(format!("dvchrome-{}", rand::random::<u64>()));
     let out = Command::new(chromium()?)
         .args([
@@ -29,7 +29,7 @@ fn run(page: &Path, extra: &[String]) -> Result<std::process::Output> {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
-        .arg(format!("file://{}", page.display()))
+        .arg(url)
         .output()
         .context("running chromium")?;
     let _ = std::fs::remove_dir_all(profile);
@@ -45,13 +45,18 @@ fn run(page: &Path, extra: &[String]) -> Result<std::process::Output> {
 
 /// The page's DOM after its scripts ran.
 pub fn dom(page: &Path) -> Result<String> {
-    Ok(String::from_utf8_lossy(&run(page, &["--dump-dom".into()])?.stdout).into_owned())
+    dom_url(&format!("file://{}", page.display()))
+}
+
+/// The DOM of a page served over HTTP, after its scripts ran.
+pub fn dom_url(url: &str) -> Result<String> {
+    Ok(String::from_utf8_lossy(&run(url, &["--dump-dom".into()])?.stdout).into_owned())
 }
 
 /// A 1280x900 screenshot of the page, written to `out`.
 pub fn screenshot(page: &Path, out: &Path) -> Result<()> {
     run(
-        page,
+        &format!("file://{}", page.display()),
         &[
             "--window-size=1280,900".into(),
             format!("--screenshot={}", out.display()),

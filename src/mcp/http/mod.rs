@@ -1,0 +1,150 @@
+//! MCP over HTTP: the current streamable HTTP transport at `/mcp` (rmcp's service), the legacy
+//! HTTP+SSE transport at `/sse` + `/messages`, and exported reviews at `/reviews/`, all over one
+//! `DeskvmServer`, behind one guard (Origin allow-list, bearer tokens, a stream cap).
+
+pub mod auth;
+mod reviews;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::routing::{get, post};
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::DeskvmServer;
+use auth::{Guard, Tokens};
+
+/// Which connection a call came over, for calls that do not carry an `Mcp-Session-Id`.
+#[derive(Debug, Clone)]
+pub struct Connection(pub String);
+
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub addr: SocketAddr,
+    pub tokens: Tokens,
+    /// Origins allowed besides the loopback ones (`scheme://host[:port]`, `:*` for any port).
+    pub allow_origins: Vec<String>,
+    /// Host names clients may use besides the loopback ones and the bound address.
+    pub allow_hosts: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_streams: usize,
+}
+
+const LOOPBACK_ORIGINS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+impl HttpOptions {
+    /// Refuses what would expose desktops: a non-loopback address without a token.
+    pub fn check(&self) -> Result<()> {
+        if !self.addr.ip().is_loopback() && self.tokens.is_empty() {
+            bail!(
+                "refusing to serve on {} without a token: anyone who reaches that address would get a desktop. \
+                 Give tokens with --token-file FILE (lines of name:secret) or DESKVM_TOKEN=<secret>, \
+                 or bind a loopback address (the default, 127.0.0.1:8765)",
+                self.addr
+            );
+        }
+        Ok(())
+    }
+
+    pub fn origins(&self) -> Vec<String> {
+        let mut v: Vec<String> = LOOPBACK_ORIGINS.iter().map(|s| s.to_string()).collect();
+        v.extend(self.allow_origins.iter().cloned());
+        v
+    }
+
+    /// Host names rmcp accepts (DNS rebinding guard). Bound to every interface, any host name
+    /// may be right, and the token (required there) is the guard.
+    fn hosts(&self) -> Option<Vec<String>> {
+        if self.addr.ip().is_unspecified() {
+            return None;
+        }
+        let mut v: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        v.push(self.addr.ip().to_string());
+        v.extend(self.allow_hosts.iter().cloned());
+        Some(v)
+    }
+
+    /// What this server exposes, for logs, `doctor` and the instance record (no secrets).
+    pub fn describe(&self, bound: SocketAddr) -> String {
+        format!(
+            "http://{bound}/mcp (+ legacy /sse, /reviews/); {}; origins: loopback{}",
+            if self.tokens.is_empty() {
+                "no token (loopback only)".to_string()
+            } else {
+                format!("{} bearer token(s)", self.tokens.len())
+            },
+            if self.allow_origins.is_empty() {
+                String::new()
+            } else {
+                format!(" + {}", self.allow_origins.join(", "))
+            }
+        )
+    }
+}
+
+/// Serves until `ct` is cancelled. `bound` is told the address (port 0 picks one).
+pub async fn serve(
+    server: DeskvmServer,
+    o: HttpOptions,
+    ct: CancellationToken,
+    bound: impl FnOnce(SocketAddr, String),
+) -> Result<()> {
+    o.check()?;
+    let listener = tokio::net::TcpListener::bind(o.addr)
+        .await
+        .with_context(|| format!("binding {}", o.addr))?;
+    let addr = listener.local_addr()?;
+    let server = server.with_review_base(format!("http://{addr}/reviews"));
+    let mut config = StreamableHttpServerConfig::default()
+        .with_allowed_origins(o.origins())
+        .with_max_request_body_bytes(o.max_body_bytes)
+        .with_cancellation_token(ct.child_token());
+    config = match o.hosts() {
+        Some(h) => config.with_allowed_hosts(h),
+        None => config.disable_allowed_hosts(),
+    };
+    let mut sessions = LocalSessionManager::default();
+    // A tool call may run silently for minutes (exec up to 300 s): keep the session longer.
+    sessions.session_config.keep_alive = Some(Duration::from_secs(3600));
+    let mcp_server = server.clone();
+    let mcp =
+        StreamableHttpService::new(move || Ok(mcp_server.clone()), Arc::new(sessions), config);
+    let guard = Guard {
+        tokens: Arc::new(o.tokens.clone()),
+        origins: Arc::new(o.origins()),
+        max_streams: o.max_streams,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    let legacy = sse::Legacy::new(server.clone(), o.max_body_bytes);
+    let reviews = reviews::Reviews {
+        exports: server.exports_dir(),
+    };
+    let app = Router::new()
+        .route_service("/mcp", mcp)
+        .route("/sse", get(sse::stream).with_state(legacy.clone()))
+        .route("/messages", post(sse::message).with_state(legacy))
+        .route("/reviews/{*path}", get(reviews::file).with_state(reviews))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            auth::middleware,
+        ));
+    bound(addr, o.describe(addr));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { ct.cancelled_owned().await })
+        .await
+        .context("serving HTTP")
+}

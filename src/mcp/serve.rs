@@ -1,0 +1,59 @@
+//! One `serve` over the one handler: stdio (the default) or HTTP (streamable + legacy SSE).
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+use super::http::{self, HttpOptions};
+use super::DeskvmServer;
+use crate::session::SessionManager;
+
+pub enum Transport {
+    Stdio,
+    Http(HttpOptions),
+}
+
+/// Serves `manager` until the client goes (stdio), or until SIGINT/SIGTERM; then stops every
+/// session.
+pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result<()> {
+    let server = DeskvmServer::new(manager.clone());
+    let result = match transport {
+        Transport::Stdio => {
+            let service = server.serve(rmcp::transport::stdio()).await?;
+            tokio::select! {
+                r = service.waiting() => r.map(|_| ()).map_err(anyhow::Error::from),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+        Transport::Http(o) => {
+            let ct = CancellationToken::new();
+            let stop = ct.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+            let layout = manager.layout().clone();
+            http::serve(server, o, ct, |addr, exposed| {
+                // stdout is free when serving HTTP: the first line says where (port 0 picks one).
+                println!("deskvm: serving MCP at http://{addr}/mcp");
+                tracing::info!(%exposed, "serving HTTP");
+                crate::storage::describe_instance(&layout, &exposed);
+            })
+            .await
+        }
+    };
+    manager.shutdown().await;
+    crate::storage::unregister_instance(manager.layout());
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

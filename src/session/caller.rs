@@ -1,0 +1,54 @@
+//! Who makes a call: the token it came with (its principal) and the connection. The transport
+//! sets it around each tool call (a task-local, so no handler signature has to carry it); the
+//! manager shows a principal only its own sessions.
+
+use std::future::Future;
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The name of the token the call came with; `None` over stdio or an HTTP server without
+    /// tokens.
+    pub principal: Option<String>,
+    /// Which connection: "stdio", "http:<Mcp-Session-Id>", "sse:<session>".
+    pub connection: String,
+    /// The server itself (shutdown, idle stops): sees every session.
+    pub system: bool,
+}
+
+impl Caller {
+    pub fn new(principal: Option<String>, connection: impl Into<String>) -> Self {
+        Caller {
+            principal,
+            connection: connection.into(),
+            system: false,
+        }
+    }
+
+    pub fn system() -> Self {
+        Caller {
+            principal: None,
+            connection: "server".into(),
+            system: true,
+        }
+    }
+
+    /// The caller of the tool call being handled (stdio when no transport set one).
+    pub fn current() -> Self {
+        CALLER
+            .try_with(Caller::clone)
+            .unwrap_or_else(|_| Caller::new(None, "stdio"))
+    }
+
+    pub async fn scope<F: Future>(self, f: F) -> F::Output {
+        CALLER.scope(self, f).await
+    }
+
+    /// Whether this caller may see a session started with `principal`.
+    pub fn sees(&self, principal: &Option<String>) -> bool {
+        self.system || &self.principal == principal
+    }
+}

@@ -1,0 +1,287 @@
+//! deskvm over HTTP, driven by real clients: rmcp's streamable HTTP client and, at the same
+//! time, the official MCP Python SDK over the legacy HTTP+SSE transport, on one desktop; the
+//! guard (tokens, Origin, body size); sessions that outlive their client; reviews over HTTP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use common::*;
+use deskvm::client::{Client, HttpServer};
+use serde_json::{json, Value};
+
+const ALICE: &str = "alice-0123456789abcdef";
+const BOB: &str = "bob-0123456789abcdef00";
+
+async fn http_server(dirs: &[PathBuf], extra: &[&str]) -> Result<HttpServer> {
+    let (rt, data) = (dirs[0].to_string_lossy(), dirs[1].to_string_lossy());
+    let mut args = vec!["--backend", "local"];
+    args.extend_from_slice(extra);
+    HttpServer::spawn(
+        Path::new(env!("CARGO_BIN_EXE_deskvm")),
+        &args,
+        &[("DESKVM_RUNTIME_DIR", &rt), ("DESKVM_DATA_DIR", &data)],
+    )
+    .await
+}
+
+fn token_file(dir: &Path) -> Result<PathBuf> {
+    let f = dir.join("tokens");
+    std::fs::write(&f, format!("alice:{ALICE}\nbob:{BOB}\n"))?;
+    Ok(f)
+}
+
+/// rmcp over streamable HTTP and the Python SDK over legacy SSE share one desktop, at once.
+#[tokio::test]
+async fn streamable_http_and_legacy_sse_clients_share_a_desktop() -> Result<()> {
+    let py = common::python::python()?;
+    let (d, _guard) = temp_dirs(&["ht", "hd"])?;
+    let server = http_server(&d, &[]).await?;
+    let rust = Client::connect_http(&server.mcp_url(), None).await?;
+    let tools = rust.tool_names().await?;
+    assert!(tools.contains(&"screenshot".to_string()) && tools.contains(&"reclaim".to_string()));
+    let sid = start(&rust).await?;
+
+    let rounds = 4;
+    let python = tokio::process::Command::new(&py)
+        .arg(common::python::script("sse_client.py"))
+        .args([server.base.as_str(), sid.as_str(), &rounds.to_string()])
+        .output();
+    let ours = async {
+        for i in 0..rounds {
+            rust.screenshot(&sid, json!({})).await?;
+            rust.call_ok(
+                "click",
+                json!({ "session_id": sid, "x": 300 + i * 5, "y": 250 }),
+            )
+            .await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (py_out, ours) = tokio::join!(python, ours);
+    ours?;
+    let py_out = py_out?;
+    assert!(
+        py_out.status.success(),
+        "python SSE client failed: {}\n{}",
+        String::from_utf8_lossy(&py_out.stderr),
+        String::from_utf8_lossy(&py_out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&py_out.stdout).context("python output")?;
+    assert_eq!(report["screenshots"], rounds, "{report}");
+    assert_eq!(report["clicks"], rounds, "{report}");
+    assert!(report["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "session_start"));
+
+    // Every call of both clients is in the session's ledger, numbered without gaps, in the
+    // order the server answered them.
+    let ev = events(&d[1].join("reviews").join(&sid))?;
+    seqs_are_gapless(&ev);
+    let calls: Vec<&Value> = ev.iter().filter(|e| e["kind"] != "frame").collect();
+    let count = |tool: &str| calls.iter().filter(|e| e["tool"] == tool).count();
+    assert_eq!(count("screenshot"), 2 * rounds, "{calls:?}");
+    assert_eq!(count("click"), 2 * rounds, "{calls:?}");
+    let at: Vec<&str> = calls.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps in order: {at:?}"
+    );
+    // Which connection started it.
+    let list = rust.call_ok("session_list", json!({})).await?;
+    assert!(
+        list["sessions"][0]["connection"]
+            .as_str()
+            .unwrap()
+            .starts_with("http:"),
+        "{list}"
+    );
+    Ok(())
+}
+
+/// A client that goes away leaves its desktop running; another client carries on with it.
+#[tokio::test]
+async fn a_session_outlives_the_client_that_started_it() -> Result<()> {
+    let (d, _guard) = temp_dirs(&["ht", "hd"])?;
+    let server = http_server(&d, &[]).await?;
+    let first = Client::connect_http(&server.mcp_url(), None).await?;
+    let sid = start(&first).await?;
+    first
+        .call_ok(
+            "exec",
+            json!({ "session_id": sid, "command": "echo kept > /tmp/kept" }),
+        )
+        .await?;
+    first.close().await?;
+
+    let second = Client::connect_http(&server.mcp_url(), None).await?;
+    second.screenshot(&sid, json!({})).await?;
+    assert_eq!(guest(&second, &sid, "cat /tmp/kept").await?, "kept\n");
+    Ok(())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn initialize(
+    base: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Result<reqwest::Response> {
+    let body = body.unwrap_or_else(|| {
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}).to_string()
+    });
+    let mut req = http()
+        .post(format!("{base}/mcp"))
+        .header("Accept", "application/json, text/event-stream")
+        .header("Content-Type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Ok(req.send().await?)
+}
+
+/// Tokens, Origin and body size are checked before anything is served; sessions belong to the
+/// token that started them; reviews are served behind the same token.
+#[tokio::test]
+async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
+    // A non-loopback address without a token is refused, saying how to give one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
+        .args(["serve", "--http", "0.0.0.0:0"])
+        .env_remove("DESKVM_TOKEN")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--token-file") && err.contains("DESKVM_TOKEN"),
+        "{err}"
+    );
+
+    let (d, _guard) = temp_dirs(&["ht", "hd"])?;
+    let tokens = token_file(&d[1])?;
+    let server = http_server(&d, &["--token-file", tokens.to_str().unwrap()]).await?;
+    let base = server.base.clone();
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let r = initialize(&base, &[], None).await?;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()?
+        .starts_with("Bearer"));
+    let r = initialize(
+        &base,
+        &[("Authorization", &bearer("not-a-valid-token-at-all"))],
+        None,
+    )
+    .await?;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()?
+        .contains("invalid_token"));
+    let r = initialize(
+        &base,
+        &[
+            ("Authorization", &bearer(ALICE)),
+            ("Origin", "http://evil.example"),
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(r.status(), 403);
+    let r = initialize(
+        &base,
+        &[
+            ("Authorization", &bearer(ALICE)),
+            ("Origin", "http://localhost:5173"),
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(r.status(), 200, "a loopback origin is fine");
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(5 << 20));
+    let r = initialize(
+        &base,
+        &[("Authorization", &bearer(ALICE))],
+        Some(huge.clone()),
+    )
+    .await?;
+    assert_eq!(r.status(), 413);
+    let r = http().get(format!("{base}/sse")).send().await?;
+    assert_eq!(r.status(), 401, "the legacy transport is guarded too");
+
+    // Sessions belong to the token that started them.
+    let alice = Client::connect_http(&server.mcp_url(), Some(ALICE)).await?;
+    let bob = Client::connect_http(&server.mcp_url(), Some(BOB)).await?;
+    let sid = start(&alice).await?;
+    let (kind, msg) = tool_error(&bob, "screenshot", json!({ "session_id": sid })).await?;
+    assert_eq!(kind, "unknown_session", "{msg}");
+    assert!(
+        !msg.contains(&sid[..]) || msg.contains("unknown session"),
+        "{msg}"
+    );
+    let bobs = bob.call_ok("session_list", json!({})).await?;
+    assert_eq!(bobs["sessions"], json!([]), "{bobs}");
+    let alices = alice.call_ok("session_list", json!({})).await?;
+    assert_eq!(alices["sessions"][0]["token"], "alice", "{alices}");
+
+    // The review, over HTTP, behind the token.
+    alice.screenshot(&sid, json!({})).await?;
+    let x = alice
+        .call_ok(
+            "export_review",
+            json!({ "session_id": sid, "name": "over-http" }),
+        )
+        .await?;
+    let url = x["url"]
+        .as_str()
+        .context("export_review returns a URL over HTTP")?;
+    assert_eq!(url, format!("{base}/reviews/over-http/index.html"));
+    assert_eq!(http().get(url).send().await?.status(), 401);
+    let page = http()
+        .get(url)
+        .header("Authorization", bearer(BOB))
+        .send()
+        .await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("deskvm review"));
+    let review: Value =
+        serde_json::from_slice(&std::fs::read(d[1].join("exports/over-http/review.json"))?)?;
+    let shot = std::fs::read_dir(d[1].join("exports/over-http/shots"))?
+        .flatten()
+        .next()
+        .context("the bundle has pictures")?
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let png_url = format!("{base}/reviews/over-http/shots/{shot}");
+    assert_eq!(http().get(&png_url).send().await?.status(), 401);
+    let png = http()
+        .get(&png_url)
+        .header("Authorization", bearer(ALICE))
+        .send()
+        .await?;
+    assert_eq!(png.status(), 200);
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert!(png.bytes().await?.starts_with(b"\x89PNG"));
+    let sneaky = http()
+        .get(format!(
+            "{base}/reviews/over-http/../../reviews/{sid}/timeline.jsonl"
+        ))
+        .header("Authorization", bearer(ALICE))
+        .send()
+        .await?;
+    assert_ne!(sneaky.status(), 200, "nothing outside the exports dir");
+    // A person's browser: the token once in the URL, then the page's pictures load by cookie.
+    let dom = common::browser::dom_url(&format!("{url}?token={ALICE}"))?;
+    assert!(
+        dom.contains("data-loaded=\"1280x800\""),
+        "pictures load in a browser over HTTP: {}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(review["counts"]["shots"].as_u64().unwrap() > 0);
+    Ok(())
+}
