@@ -285,3 +285,108 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     assert!(review["counts"]["shots"].as_u64().unwrap() > 0);
     Ok(())
 }
+
+/// Counts the progress notifications a client receives.
+#[derive(Clone, Default)]
+struct Watch(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rmcp::ClientHandler for Watch {
+    fn on_progress(
+        &self,
+        _params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(())
+    }
+}
+
+fn tool_request(tool: &str, args: Value) -> rmcp::model::ClientRequest {
+    let params = rmcp::model::CallToolRequestParams::new(tool.to_string())
+        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params))
+}
+
+/// Long calls send progress while they run; a cancelled wait or exec stops, frees the session
+/// for the next call at once, and is recorded as cancelled.
+#[tokio::test]
+async fn long_calls_report_progress_and_can_be_cancelled() -> Result<()> {
+    use rmcp::service::PeerRequestOptions;
+    use rmcp::ServiceExt;
+    let (d, _guard) = temp_dirs(&["ht", "hd"])?;
+    let server = http_server(&d, &[]).await?;
+    let watch = Watch::default();
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.mcp_url());
+    let client = watch.clone().serve(transport).await?;
+    let started = client
+        .send_cancellable_request(
+            tool_request("session_start", json!({})),
+            PeerRequestOptions::no_options(),
+        )
+        .await?
+        .await_response()
+        .await?;
+    let rmcp::model::ServerResult::CallToolResult(started) = started else {
+        anyhow::bail!("session_start answered {started:?}");
+    };
+    let sid = sid(started
+        .structured_content
+        .as_ref()
+        .context("session info")?);
+
+    let before = watch.0.load(std::sync::atomic::Ordering::SeqCst);
+    let waited = client
+        .send_cancellable_request(
+            tool_request("wait", json!({ "session_id": sid, "ms": 3500 })),
+            PeerRequestOptions::no_options(),
+        )
+        .await?
+        .await_response()
+        .await?;
+    assert!(
+        matches!(waited, rmcp::model::ServerResult::CallToolResult(_)),
+        "{waited:?}"
+    );
+    let progress = watch.0.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(
+        progress >= 2,
+        "a 3.5 s wait sends progress every second: got {progress}"
+    );
+
+    for (tool, args) in [
+        ("wait", json!({ "session_id": sid, "ms": 60000 })),
+        (
+            "exec",
+            json!({ "session_id": sid, "command": "sleep 60", "timeout_ms": 120000 }),
+        ),
+    ] {
+        let handle = client
+            .send_cancellable_request(tool_request(tool, args), PeerRequestOptions::no_options())
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        handle.cancel(Some("test".into())).await?;
+        // The lane is free again: the next call answers long before the cancelled one would.
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            client.call_tool(
+                rmcp::model::CallToolRequestParams::new("screenshot")
+                    .with_arguments(json!({ "session_id": sid }).as_object().cloned().unwrap()),
+            ),
+        )
+        .await
+        .with_context(|| format!("the session stayed busy after cancelling {tool}"))??;
+        assert_ne!(next.is_error, Some(true));
+    }
+    let ev = events(&d[1].join("reviews").join(&sid))?;
+    let cancelled: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["error"]["error"] == "cancelled")
+        .filter_map(|e| e["tool"].as_str())
+        .collect();
+    assert_eq!(
+        cancelled,
+        vec!["wait", "exec"],
+        "both cancels are in the ledger"
+    );
+    Ok(())
+}

@@ -15,7 +15,7 @@ use crate::session::Caller;
 /// come over HTTP).
 pub fn caller(context: &RequestContext<RoleServer>) -> Caller {
     let Some(parts) = context.extensions.get::<http::request::Parts>() else {
-        return Caller::new(None, "stdio");
+        return Caller::new(None, "stdio").with_cancel(context.ct.clone());
     };
     let principal = parts.extensions.get::<Principal>().map(|p| p.0.clone());
     let connection = match parts.extensions.get::<Connection>() {
@@ -29,7 +29,7 @@ pub fn caller(context: &RequestContext<RoleServer>) -> Caller {
             None => "http".into(),
         },
     };
-    Caller::new(principal, connection)
+    Caller::new(principal, connection).with_cancel(context.ct.clone())
 }
 
 /// While alive, sends a progress notification every second (elapsed seconds, with the tool's

@@ -17,6 +17,8 @@ pub struct Caller {
     pub connection: String,
     /// The server itself (shutdown, idle stops): sees every session.
     pub system: bool,
+    /// Fires when the client cancels the call (or its connection ends): long waits stop.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Caller {
@@ -25,7 +27,13 @@ impl Caller {
             principal,
             connection: connection.into(),
             system: false,
+            cancel: None,
         }
+    }
+
+    pub fn with_cancel(mut self, ct: tokio_util::sync::CancellationToken) -> Self {
+        self.cancel = Some(ct);
+        self
     }
 
     pub fn system() -> Self {
@@ -33,6 +41,7 @@ impl Caller {
             principal: None,
             connection: "server".into(),
             system: true,
+            cancel: None,
         }
     }
 

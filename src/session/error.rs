@@ -53,6 +53,8 @@ pub enum SessionError {
     Backend(#[from] BackendError),
     #[error("VM error")]
     Vm(#[from] VmError),
+    #[error("the client cancelled the call after {after_ms} ms{note}")]
+    Cancelled { after_ms: u64, note: &'static str },
     #[error("session setup failed: {0}")]
     Setup(String),
     #[error("too many sessions: {max} are running; stop one first")]
@@ -88,6 +90,7 @@ impl SessionError {
             SessionError::Backend(_) => "backend",
             SessionError::Vm(_) => "vm",
             SessionError::Setup(_) => "setup",
+            SessionError::Cancelled { .. } => "cancelled",
             SessionError::TooMany { .. } => "too_many_sessions",
             SessionError::Ledger(_) => "ledger",
             SessionError::Io(_) => "io",

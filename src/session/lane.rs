@@ -9,6 +9,7 @@ use super::error::SessionError;
 use crate::backend::Instance;
 use crate::ledger::shots::frame_hash;
 use crate::vm::display::{scaled_size, Frame};
+use crate::vm::qga::QgaError;
 use crate::vm::{Vm, VmError};
 
 /// A frame the lane has seen, and when.
@@ -305,7 +306,22 @@ impl Lane {
                 stable_timeout_ms,
             } => {
                 let started = Instant::now();
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let cancel = super::Caller::current().cancel;
+                let cancelled = async {
+                    match &cancel {
+                        Some(c) => c.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = cancelled => {
+                        return Err(SessionError::Cancelled {
+                            after_ms: started.elapsed().as_millis() as u64,
+                            note: "",
+                        });
+                    }
+                }
                 let stable = match stable_timeout_ms {
                     Some(t) => Some(
                         self.settle(Duration::from_millis(t), Duration::from_millis(150), 3)
@@ -321,11 +337,22 @@ impl Lane {
             Plan::Exec {
                 command,
                 timeout_ms,
-            } => Outcome::Exec(
-                self.vm
-                    .exec(&command, Duration::from_millis(timeout_ms))
-                    .await?,
-            ),
+            } => {
+                let cancel = super::Caller::current().cancel;
+                let run = self
+                    .vm
+                    .exec_cancellable(&command, Duration::from_millis(timeout_ms), cancel.as_ref())
+                    .await;
+                match run {
+                    Err(VmError::Qga(QgaError::Cancelled { ms })) => {
+                        return Err(SessionError::Cancelled {
+                            after_ms: ms,
+                            note: " (the command may still run in the guest)",
+                        })
+                    }
+                    other => Outcome::Exec(other?),
+                }
+            }
         };
         Ok((outcome, shown))
     }

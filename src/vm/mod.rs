@@ -169,10 +169,19 @@ impl Vm {
     }
 
     pub async fn exec(&self, script: &str, timeout: Duration) -> Result<ExecOutput, VmError> {
+        self.exec_cancellable(script, timeout, None).await
+    }
+
+    pub async fn exec_cancellable(
+        &self,
+        script: &str,
+        timeout: Duration,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<ExecOutput, VmError> {
         Ok(self
             .agent(Duration::from_secs(30))
             .await?
-            .sh(script, timeout)
+            .sh(script, timeout, cancel)
             .await?)
     }
 

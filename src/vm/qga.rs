@@ -31,6 +31,8 @@ pub enum QgaError {
     },
     #[error("guest command did not exit within {ms} ms")]
     ExecTimeout { ms: u64 },
+    #[error("stopped waiting for the guest command after {ms} ms: the client cancelled the call (the command may still run in the guest)")]
+    Cancelled { ms: u64 },
 }
 
 pub struct Qga {
@@ -100,7 +102,15 @@ impl Qga {
     }
 
     /// Runs `sh -c script` in the guest as root with DISPLAY=:0 and waits for it.
-    pub async fn sh(&self, script: &str, timeout: Duration) -> Result<ExecOutput, QgaError> {
+    /// Runs `script` with `sh -c`; stops waiting (between status polls, never mid-request) when
+    /// `cancel` fires.
+    pub async fn sh(
+        &self,
+        script: &str,
+        timeout: Duration,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+    ) -> Result<ExecOutput, QgaError> {
+        let started = Instant::now();
         let pid = self
             .execute(qga::guest_exec {
                 path: "/bin/sh".into(),
@@ -131,6 +141,11 @@ impl Qga {
             if Instant::now() > deadline {
                 return Err(QgaError::ExecTimeout {
                     ms: timeout.as_millis() as u64,
+                });
+            }
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(QgaError::Cancelled {
+                    ms: started.elapsed().as_millis() as u64,
                 });
             }
             tokio::time::sleep(poll).await;
