@@ -458,6 +458,7 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 u.sessions.count, h(u.sessions.bytes), u.ledgers.count, h(u.ledgers.bytes),
                 u.exports.count, h(u.exports.bytes), u.runtime_images.count, h(u.runtime_images.bytes)
             );
+            servers(&layout);
             session_disk(&layout);
             println!(
                 "info  reclaimable: {} item(s), {} (see `deskvm reclaim`, remove with --apply)",
@@ -482,6 +483,32 @@ pub async fn doctor(choice: AccelChoice) -> bool {
     );
     println!("info  runtime dir: {}", layout.runtime.display());
     ok
+}
+
+/// The deskvm servers running now (from their records in the cache) and what each exposes.
+fn servers(layout: &Layout) {
+    let mut found = 0;
+    for e in std::fs::read_dir(layout.instances())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(o) = storage::Owner::load(&e.path()) else {
+            continue;
+        };
+        if o.liveness() == storage::Liveness::Alive {
+            found += 1;
+            println!(
+                "info  server {} (pid {}): {}",
+                o.instance,
+                o.pid,
+                o.serving.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if found == 0 {
+        println!("info  servers: none running");
+    }
 }
 
 /// One line per session in the runtime dir: whose it is, and its runtime dir and ledger bytes.

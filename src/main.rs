@@ -118,6 +118,12 @@ enum Cmd {
         /// Timed `reclaim` reports, on this cache and on a made-up one with 8 images (0 skips).
         #[arg(long, default_value_t = 20)]
         reclaim_runs: usize,
+        /// `http` adds screenshots over streamable HTTP beside stdio, and --http-clients
+        /// clients at once.
+        #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
+        transport: String,
+        #[arg(long, default_value_t = 4)]
+        http_clients: usize,
     },
 }
 
@@ -244,6 +250,8 @@ async fn main() -> Result<()> {
             cold,
             ledger_actions,
             reclaim_runs,
+            transport,
+            http_clients,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
                 starts,
@@ -253,6 +261,7 @@ async fn main() -> Result<()> {
                 cold,
                 ledger_actions,
                 reclaim_runs,
+                http_clients: (transport == "http").then_some(http_clients),
                 server_args,
             })
             .await?;

@@ -212,6 +212,18 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     assert_eq!(r.status(), 413);
     let r = http().get(format!("{base}/sse")).send().await?;
     assert_eq!(r.status(), 401, "the legacy transport is guarded too");
+    // doctor says what this server exposes (and never a secret).
+    let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
+        .arg("doctor")
+        .output()?;
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor
+            .lines()
+            .any(|l| l.contains(&format!("{base}/mcp")) && l.contains("2 bearer token(s)")),
+        "{doctor}"
+    );
+    assert!(!doctor.contains(ALICE) && !doctor.contains(BOB));
 
     // Sessions belong to the token that started them.
     let alice = Client::connect_http(&server.mcp_url(), Some(ALICE)).await?;

@@ -2,6 +2,7 @@
 //! real server and guest, so they include everything an agent would wait for.
 
 mod disk;
+mod transport;
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::session::boot::TERMINAL_POINT;
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -46,6 +47,8 @@ pub struct Options {
     pub ledger_actions: usize,
     /// Timed `reclaim` reports (0: skip).
     pub reclaim_runs: usize,
+    /// Also compare stdio with streamable HTTP, and run this many HTTP clients at once.
+    pub http_clients: Option<usize>,
     /// Passed on to `deskvm serve`.
     pub server_args: Vec<String>,
 }
@@ -71,6 +74,14 @@ pub async fn run(o: Options) -> Result<()> {
     let mut result = run_with(&client, &o).await;
     if result.is_ok() && o.reclaim_runs > 0 {
         result = disk::reclaim_report_time(&client, o.reclaim_runs).await;
+    }
+    if let (Ok(()), Some(clients)) = (&result, o.http_clients) {
+        let env = [
+            ("RUST_LOG", "warn,qapi=error"),
+            ("DESKVM_DATA_DIR", &*data_env),
+            ("DESKVM_RUNTIME_DIR", &*rt_env),
+        ];
+        result = transport::compare(&client, &args, &env, o.shots.max(10), clients).await;
     }
     client.close().await?;
     let _ = std::fs::remove_dir_all(&data);
