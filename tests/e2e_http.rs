@@ -212,6 +212,63 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     assert_eq!(r.status(), 413);
     let r = http().get(format!("{base}/sse")).send().await?;
     assert_eq!(r.status(), 401, "the legacy transport is guarded too");
+    // The legacy message endpoint limits bodies too.
+    let mut sse = http()
+        .get(format!("{base}/sse"))
+        .header("Authorization", bearer(ALICE))
+        .send()
+        .await?;
+    assert_eq!(sse.status(), 200);
+    let first =
+        String::from_utf8_lossy(&sse.chunk().await?.context("an endpoint event")?).into_owned();
+    let endpoint = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .with_context(|| format!("no endpoint in {first:?}"))?
+        .to_string();
+    let r = http()
+        .post(format!("{base}{endpoint}"))
+        .header("Authorization", bearer(ALICE))
+        .header("Content-Type", "application/json")
+        .body(huge.clone())
+        .send()
+        .await?;
+    assert_eq!(r.status(), 413);
+    let r = http()
+        .post(format!("{base}{endpoint}"))
+        .header("Authorization", bearer(BOB))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(
+        r.status(),
+        404,
+        "another token cannot post into alice's stream"
+    );
+    drop(sse);
+    // Both protocol revisions rmcp speaks: the 2025-11-25 handshake, and 2026-07-28's
+    // per-request version with no handshake.
+    let r = initialize(&base, &[("Authorization", &bearer(ALICE))], None).await?;
+    assert!(r
+        .text()
+        .await?
+        .contains("\"protocolVersion\":\"2025-11-25\""));
+    let stateless = json!({"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{}}}});
+    let r = initialize(
+        &base,
+        &[
+            ("Authorization", &bearer(ALICE)),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/list"),
+        ],
+        Some(stateless.to_string()),
+    )
+    .await?;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await?.contains("\"name\":\"screenshot\""));
     // doctor says what this server exposes (and never a secret).
     let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .arg("doctor")
