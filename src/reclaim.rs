@@ -12,7 +12,7 @@ use crate::backend::local::{qemu_version, QEMU};
 use crate::image::ready::ReadyState;
 use crate::image::{GuestImage, IMAGES};
 use crate::session::{check_name, machine_spec, SessionError, DEFAULT_MEMORY_MB};
-use crate::storage::reclaim::{self, is_bundle, Current, Kind, Report, Request};
+use crate::storage::reclaim::{self, Current, Kind, Report, Request};
 use crate::storage::usage::human;
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
@@ -75,7 +75,8 @@ pub fn parse_older_than(v: &str) -> Result<Duration, SessionError> {
 pub fn check_exports(layout: &Layout, names: &[String]) -> Result<(), SessionError> {
     for n in names {
         check_name("include", n)?;
-        if !is_bundle(&layout.exports().join(n)) {
+        let caller = crate::session::Caller::current();
+        if !crate::mcp::resources::visible(&layout.exports(), n, &caller) {
             let mut known: Vec<String> = std::fs::read_dir(layout.exports())
                 .into_iter()
                 .flatten()
@@ -123,7 +124,10 @@ pub async fn cli(
         exports,
         older_than: older_than.as_deref().map(parse_older_than).transpose()?,
     };
-    let report = run(&layout, &req).await?;
+    // The CLI is the machine's owner: it sees every token's exports.
+    let report = crate::session::Caller::system()
+        .scope(run(&layout, &req))
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -192,6 +192,22 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     )
     .await?;
     assert_eq!(r.status(), 403);
+    // Every route, not only rmcp's: a foreign or null Origin, a foreign Host.
+    for path in ["/sse", "/reviews/x/index.html"] {
+        for (k, v) in [
+            ("Origin", "http://evil.example"),
+            ("Origin", "null"),
+            ("Host", "evil.example"),
+        ] {
+            let r = http()
+                .get(format!("{base}{path}"))
+                .header("Authorization", bearer(ALICE))
+                .header(k, v)
+                .send()
+                .await?;
+            assert_eq!(r.status(), 403, "{path} with {k}: {v}");
+        }
+    }
     let r = initialize(
         &base,
         &[
@@ -286,12 +302,10 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     let alice = Client::connect_http(&server.mcp_url(), Some(ALICE)).await?;
     let bob = Client::connect_http(&server.mcp_url(), Some(BOB)).await?;
     let sid = start(&alice).await?;
-    let (kind, msg) = tool_error(&bob, "screenshot", json!({ "session_id": sid })).await?;
-    assert_eq!(kind, "unknown_session", "{msg}");
-    assert!(
-        !msg.contains(&sid[..]) || msg.contains("unknown session"),
-        "{msg}"
-    );
+    let r = bob.call("screenshot", json!({ "session_id": sid })).await?;
+    let err = r.structured_content.context("structured error")?;
+    assert_eq!(err["error"], "unknown_session", "{err}");
+    assert_eq!(err["known"], json!([]), "bob is told of no session: {err}");
     let bobs = bob.call_ok("session_list", json!({})).await?;
     assert_eq!(bobs["sessions"], json!([]), "{bobs}");
     let alices = alice.call_ok("session_list", json!({})).await?;
@@ -313,6 +327,24 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     let page = http()
         .get(url)
         .header("Authorization", bearer(BOB))
+        .send()
+        .await?;
+    assert_eq!(page.status(), 404, "bob cannot open alice's review");
+    let (kind, _) = tool_error(
+        &bob,
+        "export_review",
+        json!({ "session_id": sid, "name": "stolen" }),
+    )
+    .await?;
+    assert_eq!(kind, "unknown_session", "bob cannot export alice's session");
+    assert!(
+        bob.resource_uris().await?.is_empty(),
+        "bob lists none of alice's bundles"
+    );
+    assert!(!alice.resource_uris().await?.is_empty());
+    let page = http()
+        .get(url)
+        .header("Authorization", bearer(ALICE))
         .send()
         .await?;
     assert_eq!(page.status(), 200);
@@ -338,7 +370,7 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     assert!(png.bytes().await?.starts_with(b"\x89PNG"));
     let sneaky = http()
         .get(format!(
-            "{base}/reviews/over-http/../../reviews/{sid}/timeline.jsonl"
+            "{base}/reviews/over-http/%2e%2e/%2e%2e/reviews/{sid}/timeline.jsonl"
         ))
         .header("Authorization", bearer(ALICE))
         .send()
@@ -352,6 +384,24 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
         &dom[..dom.len().min(2000)]
     );
     assert!(review["counts"]["shots"].as_u64().unwrap() > 0);
+    // SIGTERM with a legacy SSE stream still open: the server stops its sessions and exits.
+    let mut open = http()
+        .get(format!("{base}/sse"))
+        .header("Authorization", bearer(ALICE))
+        .send()
+        .await?;
+    open.chunk().await?;
+    let mut server = server;
+    let pid = server.pid().context("server pid")? as i32;
+    // SAFETY: kill has no memory-safety preconditions; the pid is the server this test spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), server.child.wait())
+        .await
+        .context("the server did not exit within 30 s of SIGTERM with a stream open")??;
+    assert!(status.success(), "{status}");
+    let left: Vec<_> = std::fs::read_dir(d[0].join("s"))?.flatten().collect();
+    assert!(left.is_empty(), "sessions stopped at shutdown: {left:?}");
+    drop(open);
     Ok(())
 }
 
@@ -457,5 +507,93 @@ async fn long_calls_report_progress_and_can_be_cancelled() -> Result<()> {
         vec!["wait", "exec"],
         "both cancels are in the ledger"
     );
+    Ok(())
+}
+
+/// A client that speaks the tasks extension gets a long exec as a task it polls; cancelling the
+/// task stops the wait, frees the session, and the ledger says so.
+#[tokio::test]
+async fn long_execs_run_as_tasks_for_clients_that_speak_them() -> Result<()> {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, CancelTaskParams, ClientCapabilities,
+        ClientConfig, GetTaskParams, Implementation, TaskPayload, TaskStatus,
+    };
+    use rmcp::ServiceExt;
+    let (d, _guard) = temp_dirs(&["ht", "hd"])?;
+    let server = http_server(&d, &[]).await?;
+    let config = ClientConfig::new(
+        ClientCapabilities::builder().enable_tasks().build(),
+        Implementation::new("tasks-test", "1"),
+    );
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.mcp_url());
+    let client = config.serve(transport).await?;
+    let started = client
+        .call_tool(CallToolRequestParams::new("session_start"))
+        .await?;
+    let sid = sid(started
+        .structured_content
+        .as_ref()
+        .context("session info")?);
+    let exec = |cmd: &str| {
+        let args = json!({ "session_id": sid, "command": cmd, "timeout_ms": 60000 });
+        CallToolRequestParams::new("exec").with_arguments(args.as_object().cloned().unwrap())
+    };
+    let poll = |id: String| {
+        let client = &client;
+        async move {
+            for _ in 0..80 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let t = client
+                    .peer()
+                    .get_task(GetTaskParams::new(id.clone()))
+                    .await?;
+                if t.task.status().is_terminal() {
+                    return Ok::<_, anyhow::Error>(t.task);
+                }
+            }
+            anyhow::bail!("task {id} did not end within 20 s")
+        }
+    };
+
+    let r = client
+        .call_tool_once(exec("sleep 2; echo from-a-task"))
+        .await?;
+    let CallToolResponse::Task(created) = r else {
+        anyhow::bail!("a 60 s exec should run as a task: {r:?}");
+    };
+    let done = poll(created.task.task_id.clone()).await?;
+    let TaskPayload::Completed { result } = done.payload else {
+        anyhow::bail!("the task should complete: {:?}", done.payload);
+    };
+    assert_eq!(
+        result["structuredContent"]["stdout"], "from-a-task\n",
+        "{result:?}"
+    );
+
+    let r = client.call_tool_once(exec("sleep 60")).await?;
+    let CallToolResponse::Task(created) = r else {
+        anyhow::bail!("expected a task: {r:?}");
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    client
+        .peer()
+        .cancel_task(CancelTaskParams::new(created.task.task_id.clone()))
+        .await?;
+    let done = poll(created.task.task_id.clone()).await?;
+    assert_eq!(done.status(), TaskStatus::Cancelled);
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.call_tool(
+            CallToolRequestParams::new("screenshot")
+                .with_arguments(json!({ "session_id": sid }).as_object().cloned().unwrap()),
+        ),
+    )
+    .await
+    .context("the session stayed busy after the task was cancelled")??;
+    assert_ne!(next.is_error, Some(true));
+    let ev = events(&d[1].join("reviews").join(&sid))?;
+    let execs: Vec<&Value> = ev.iter().filter(|e| e["tool"] == "exec").collect();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert_eq!(execs[1]["error"]["error"], "cancelled", "{:?}", execs[1]);
     Ok(())
 }

@@ -254,6 +254,17 @@ fn write_bundle(
     })
 }
 
+/// Who may see an exported bundle: `Some(token name)` (None: no token started it), or `None`
+/// when `dir` is not a bundle.
+pub fn bundle_owner(dir: &Path) -> Option<Option<String>> {
+    let review: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("review.json")).ok()?).ok()?;
+    review["format"]
+        .as_str()?
+        .starts_with("deskvm-review/")
+        .then(|| review["token"].as_str().map(str::to_string))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

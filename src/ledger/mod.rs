@@ -66,6 +66,10 @@ pub struct ReviewMeta {
     pub server_pid: u32,
     #[serde(default)]
     pub reply_overhead_us: Option<Value>,
+    /// The name of the token that started the session (HTTP with tokens): only that token
+    /// exports it, lists its bundles and opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl ReviewMeta {
@@ -85,6 +89,7 @@ impl ReviewMeta {
             retention_days: retention_days(),
             server_pid: std::process::id(),
             reply_overhead_us: None,
+            token: None,
         }
     }
 

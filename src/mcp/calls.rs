@@ -3,13 +3,21 @@
 
 use std::time::{Duration, Instant};
 
-use rmcp::model::ProgressNotificationParam;
+use base64::Engine;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    ProgressNotificationParam,
+};
 use rmcp::service::RequestContext;
-use rmcp::RoleServer;
+use rmcp::{ErrorData as McpError, RoleServer};
+use serde_json::{json, Value};
 
 use super::http::auth::Principal;
 use super::http::Connection;
-use crate::session::Caller;
+use super::tools::{structured, tool_error};
+use super::DeskvmServer;
+use crate::session::{chain, Action, Caller, Outcome};
 
 /// The caller of a tool call: its token's name and its connection (stdio when the call did not
 /// come over HTTP).
@@ -63,4 +71,99 @@ pub fn progress(tool: &str, context: &RequestContext<RoleServer>) -> Progress {
             }
         }
     })))
+}
+
+impl DeskvmServer {
+    /// Runs a tool through the router. Handlers record their own calls through the session
+    /// manager; a call the router refuses before any handler runs (arguments that do not
+    /// parse, an unknown tool) is recorded here, so no call escapes the ledger.
+    pub(super) async fn run_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let tool = request.name.to_string();
+        let args = request
+            .arguments
+            .clone()
+            .map(Value::Object)
+            .unwrap_or_else(|| json!({}));
+        let started = std::time::Instant::now();
+        let tcc = ToolCallContext::new(self, request, context);
+        let mut result = self.tool_router.call(tcc).await;
+        // Arguments that do not parse come back from the router as a bare tool error (no
+        // handler ran); an unknown tool as a protocol error. Both are recorded here, and the
+        // former gets the structured shape every other tool error has.
+        let refused = match &mut result {
+            Err(e) => Some(e.message.to_string()),
+            Ok(CallToolResponse::Complete(r))
+                if r.is_error == Some(true) && r.structured_content.is_none() =>
+            {
+                let message = crate::client::text_of(r);
+                r.structured_content =
+                    Some(json!({ "error": "invalid_params", "message": message }));
+                Some(message)
+            }
+            Ok(_) => None,
+        };
+        if let Some(message) = refused {
+            self.manager
+                .record_refused_call(&tool, &args, &message)
+                .await;
+        }
+        tracing::debug!(
+            tool,
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "tool call"
+        );
+        result
+    }
+
+    pub(super) async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
+        let name = action.name();
+        // An error about a secret may quote it: the log gets its kind only.
+        let secret = action.is_secret();
+        let started = std::time::Instant::now();
+        let result = self.manager.act(session_id, action).await;
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(outcome) => {
+                tracing::debug!(session = session_id, action = name, ms, "ok");
+                render(outcome, ms)
+            }
+            Err(e) => {
+                let error = if secret {
+                    e.kind().to_string()
+                } else {
+                    chain(&e)
+                };
+                tracing::info!(session = session_id, action = name, ms, %error, "action failed");
+                tool_error(e)
+            }
+        }
+    }
+}
+
+fn render(outcome: Outcome, ms: u64) -> CallToolResult {
+    let mut meta = outcome.to_json();
+    if let (Outcome::Screenshot { .. } | Outcome::Done { .. }, Value::Object(m)) =
+        (&outcome, &mut meta)
+    {
+        m.insert("ms".into(), ms.into());
+    }
+    match outcome {
+        Outcome::Screenshot { png, .. } => {
+            let mut r = CallToolResult::success(vec![
+                ContentBlock::image(
+                    base64::engine::general_purpose::STANDARD.encode(&png),
+                    "image/png",
+                ),
+                ContentBlock::text(meta.to_string()),
+            ]);
+            r.structured_content = Some(meta);
+            r
+        }
+        _ => structured(meta),
+    }
 }

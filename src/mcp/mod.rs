@@ -6,8 +6,9 @@ mod calls;
 pub mod http;
 mod params;
 mod reclaim;
-mod resources;
+pub mod resources;
 pub mod serve;
+mod tasks;
 mod tools;
 
 pub use serve::{serve, Transport};

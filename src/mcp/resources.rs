@@ -7,6 +7,8 @@ use base64::Engine;
 use rmcp::model::{Resource, ResourceContents};
 use rmcp::ErrorData as McpError;
 
+use crate::session::Caller;
+
 pub const SCHEME: &str = "deskvm://exports/";
 
 pub fn uri(name: &str, file: &str) -> String {
@@ -37,13 +39,20 @@ pub fn entry(exports: &Path, name: &str, file: &str, description: &str) -> Resou
     r
 }
 
-/// The main files of every bundle in `exports` (frames are reachable by URI too).
-pub fn list(exports: &Path) -> Vec<Resource> {
+/// Whether `caller` may read the bundle `name` (a bundle of a session another token started
+/// is not there for it).
+pub fn visible(exports: &Path, name: &str, caller: &Caller) -> bool {
+    crate::ledger::export::bundle_owner(&exports.join(name)).is_some_and(|o| caller.sees(&o))
+}
+
+/// The main files of every bundle in `exports` this caller may see (frames are reachable by
+/// URI too).
+pub fn list(exports: &Path, caller: &Caller) -> Vec<Resource> {
     let mut names: Vec<String> = std::fs::read_dir(exports)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("review.json").is_file())
+        .filter(|e| visible(exports, &e.file_name().to_string_lossy(), caller))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();
@@ -98,8 +107,15 @@ pub(super) fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
         .fold(exports.to_path_buf(), |p, part| p.join(part)))
 }
 
-pub fn read(exports: &Path, uri: &str) -> Result<ResourceContents, McpError> {
+pub fn read(exports: &Path, uri: &str, caller: &Caller) -> Result<ResourceContents, McpError> {
     let path = resolve(exports, uri)?;
+    let name = uri[SCHEME.len()..].split('/').next().unwrap_or_default();
+    if !visible(exports, name, caller) {
+        return Err(McpError::resource_not_found(
+            format!("no such review: {uri}"),
+            None,
+        ));
+    }
     let bytes = std::fs::read(&path)
         .map_err(|e| McpError::resource_not_found(format!("cannot read {uri}: {e}"), None))?;
     let file = path

@@ -1,9 +1,8 @@
 use std::sync::Arc;
 
-use base64::Engine;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::ToolCallContext;
+
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptResult,
@@ -16,7 +15,7 @@ use rmcp::{
     prompt, prompt_handler, prompt_router, tool, tool_handler, tool_router, ErrorData as McpError,
     RoleServer, ServerHandler,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::params::{
     ClickArgs, DragArgs, ExecArgs, ExportArgs, KeyArgs, MoveArgs, ScreenshotArgs, ScrollArgs,
@@ -24,7 +23,7 @@ use super::params::{
 };
 use super::resources;
 
-use crate::session::{chain, Action, Outcome, Point, SessionError, SessionManager, StartRequest};
+use crate::session::{Action, Point, SessionError, SessionManager, StartRequest};
 use crate::vm::Button;
 
 #[derive(Clone)]
@@ -32,7 +31,9 @@ pub struct DeskvmServer {
     pub(super) manager: Arc<SessionManager>,
     /// `http://host:port/reviews` when serving HTTP: export_review then returns a URL.
     review_base: Option<Arc<str>>,
-    tool_router: ToolRouter<Self>,
+    /// Long calls of clients that speak the tasks extension (`tasks.rs`).
+    pub(super) tasks: rmcp::task_manager::TaskManager,
+    pub(super) tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
 
@@ -48,7 +49,7 @@ pub(super) fn tool_error(e: SessionError) -> CallToolResult {
     r
 }
 
-fn structured(value: serde_json::Value) -> CallToolResult {
+pub(super) fn structured(value: serde_json::Value) -> CallToolResult {
     CallToolResult::structured(value)
 }
 
@@ -61,6 +62,7 @@ impl DeskvmServer {
         DeskvmServer {
             manager,
             review_base: None,
+            tasks: rmcp::task_manager::TaskManager::new(),
             tool_router: Self::tool_router() + Self::reclaim_router(),
             prompt_router: Self::prompt_router(),
         }
@@ -73,53 +75,6 @@ impl DeskvmServer {
 
     pub fn exports_dir(&self) -> std::path::PathBuf {
         self.manager.layout().exports()
-    }
-
-    async fn act(&self, session_id: &str, action: Action) -> CallToolResult {
-        let name = action.name();
-        // An error about a secret may quote it: the log gets its kind only.
-        let secret = action.is_secret();
-        let started = std::time::Instant::now();
-        let result = self.manager.act(session_id, action).await;
-        let ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(outcome) => {
-                tracing::debug!(session = session_id, action = name, ms, "ok");
-                render(outcome, ms)
-            }
-            Err(e) => {
-                let error = if secret {
-                    e.kind().to_string()
-                } else {
-                    chain(&e)
-                };
-                tracing::info!(session = session_id, action = name, ms, %error, "action failed");
-                tool_error(e)
-            }
-        }
-    }
-}
-
-fn render(outcome: Outcome, ms: u64) -> CallToolResult {
-    let mut meta = outcome.to_json();
-    if let (Outcome::Screenshot { .. } | Outcome::Done { .. }, Value::Object(m)) =
-        (&outcome, &mut meta)
-    {
-        m.insert("ms".into(), ms.into());
-    }
-    match outcome {
-        Outcome::Screenshot { png, .. } => {
-            let mut r = CallToolResult::success(vec![
-                ContentBlock::image(
-                    base64::engine::general_purpose::STANDARD.encode(&png),
-                    "image/png",
-                ),
-                ContentBlock::text(meta.to_string()),
-            ]);
-            r.structured_content = Some(meta);
-            r
-        }
-        _ => structured(meta),
     }
 }
 
@@ -395,72 +350,71 @@ impl DeskvmServer {
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for DeskvmServer {
-    /// The one place every tool call passes. Handlers record their own calls through the
-    /// session manager; a call the router refuses before any handler runs (arguments that do
-    /// not parse, an unknown tool) is recorded here, so no call escapes the ledger.
+    /// The one place every tool call passes: who calls (set for the handler as a task-local),
+    /// progress while it runs, and for a client that speaks the tasks extension, long calls as
+    /// tasks (`tasks.rs`).
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let tool = request.name.to_string();
-        let args = request
-            .arguments
-            .clone()
-            .map(Value::Object)
-            .unwrap_or_else(|| json!({}));
-        let started = std::time::Instant::now();
         let caller = super::calls::caller(&context);
-        let progress = super::calls::progress(&tool, &context);
-        let tcc = ToolCallContext::new(self, request, context);
-        let mut result = caller.scope(self.tool_router.call(tcc)).await;
-        drop(progress);
-        // Arguments that do not parse come back from the router as a bare tool error (no
-        // handler ran); an unknown tool as a protocol error. Both are recorded here, and the
-        // former gets the structured shape every other tool error has.
-        let refused = match &mut result {
-            Err(e) => Some(e.message.to_string()),
-            Ok(CallToolResponse::Complete(r))
-                if r.is_error == Some(true) && r.structured_content.is_none() =>
-            {
-                let message = crate::client::text_of(r);
-                r.structured_content =
-                    Some(json!({ "error": "invalid_params", "message": message }));
-                Some(message)
-            }
-            Ok(_) => None,
-        };
-        if let Some(message) = refused {
-            self.manager
-                .record_refused_call(&tool, &args, &message)
-                .await;
+        if super::tasks::runs_as_task(self, &request, &context) {
+            return Ok(super::tasks::spawn(self.clone(), request, context, caller));
         }
-        tracing::debug!(
-            tool,
-            ms = started.elapsed().as_millis() as u64,
-            ok = result.is_ok(),
-            "tool call"
-        );
+        let progress = super::calls::progress(&request.name, &context);
+        let result = caller.scope(self.run_tool(request, context)).await;
+        drop(progress);
         result
     }
 
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
+        let caller = super::calls::caller(&context);
         Ok(ListResourcesResult::with_all_items(resources::list(
             &self.manager.layout().exports(),
+            &caller,
         )))
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let contents = resources::read(&self.manager.layout().exports(), &request.uri)?;
+        let caller = super::calls::caller(&context);
+        let contents = resources::read(&self.manager.layout().exports(), &request.uri, &caller)?;
         Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, McpError> {
+        Ok(rmcp::model::GetTaskResult::new(
+            self.tasks.get_task(&request.task_id)?,
+        ))
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     fn get_info(&self) -> ServerConfig {
@@ -469,6 +423,7 @@ impl ServerHandler for DeskvmServer {
                 .enable_tools()
                 .enable_prompts()
                 .enable_resources()
+                .enable_tasks()
                 .build(),
         )
             .with_server_info(Implementation::new("deskvm", env!("CARGO_PKG_VERSION")))

@@ -67,14 +67,28 @@ impl SessionManager {
                 let _ = s.ledger.save_meta();
                 Some(upto)
             }
-            Err(_) if dir.join(crate::ledger::TIMELINE).is_file() => None,
-            Err(SessionError::UnknownSession { id, known }) => {
-                return Err(SessionError::UnknownSession {
-                    id: id.clone(),
-                    known: known.clone(),
-                })
+            // Not running here: its ledger on disk, if this caller may see it (a session
+            // another token started is as unknown as one that never was).
+            Err(e) => {
+                let visible =
+                    ReviewMeta::read(dir).is_ok_and(|m| super::Caller::current().sees(&m.token));
+                if visible && dir.join(crate::ledger::TIMELINE).is_file() {
+                    None
+                } else {
+                    return Err(match e {
+                        SessionError::UnknownSession { id, known } => {
+                            SessionError::UnknownSession {
+                                id: id.clone(),
+                                known: known.clone(),
+                            }
+                        }
+                        _ => SessionError::UnknownSession {
+                            id: id.to_string(),
+                            known: Vec::new(),
+                        },
+                    });
+                }
             }
-            Err(_) => unreachable!("get() fails only with UnknownSession"),
         };
         let (dir, exports, name_owned) = (
             dir.to_path_buf(),

@@ -7,6 +7,7 @@ pub mod action;
 pub mod boot;
 pub mod caller;
 pub mod error;
+mod idle;
 mod lane;
 mod ledgers;
 mod reclaim;
@@ -110,7 +111,7 @@ pub struct SessionManager {
     /// of stopped sessions); made on first use (`None` if it could not be).
     server_ledger: std::sync::OnceLock<Option<Arc<Ledger>>>,
     /// Sessions the idle timeout stopped, and after how long: their next call says so.
-    stopped_idle: std::sync::Mutex<HashMap<String, u64>>,
+    stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
 }
 
 /// Releases a start's place in [`SessionManager::starting`] however the start ends.
@@ -186,6 +187,20 @@ impl SessionManager {
 
     pub fn machine_spec(&self, image: &GuestImage, memory_mb: u32, network: bool) -> VmSpec {
         machine_spec(image, self.cfg.accel, memory_mb, network)
+    }
+
+    /// Whether a start with these arguments would cold-boot (no ready state for its machine).
+    pub fn would_cold_boot(
+        &self,
+        image: Option<&str>,
+        memory_mb: Option<u32>,
+        network: bool,
+    ) -> bool {
+        let Ok(image) = GuestImage::locate(&self.cfg.layout, image.unwrap_or(DEFAULT_IMAGE)) else {
+            return false;
+        };
+        let spec = self.machine_spec(&image, memory_mb.unwrap_or(DEFAULT_MEMORY_MB), network);
+        ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec).is_none()
     }
 
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
@@ -287,6 +302,7 @@ impl SessionManager {
             meta.backend = Some(self.cfg.backend.name().to_string());
             meta.accelerator = Some(self.cfg.accel.as_str().to_string());
             (meta.width, meta.height) = (Some(width), Some(height));
+            meta.token = caller.principal.clone();
             Ledger::create(&self.cfg.layout.reviews().join(&id), meta).map_err(SessionError::Ledger)
         }
         .await;
@@ -357,7 +373,8 @@ impl SessionManager {
                 .lock()
                 .expect("idle list poisoned")
                 .get(id)
-                .copied();
+                .filter(|(_, token)| caller.sees(token))
+                .map(|(s, _)| *s);
             if let Some(idle_s) = idle {
                 return SessionError::StoppedIdle {
                     id: id.to_string(),
@@ -449,66 +466,6 @@ impl SessionManager {
         session.close_ledger().await;
         tracing::info!(session = %id, "session stopped");
         removed.map_err(SessionError::Io)
-    }
-
-    /// Stops sessions that had no tool call for the idle timeout, now and then, for as long as
-    /// the manager lives. A call in flight (however long) keeps its session.
-    pub fn spawn_idle_janitor(self: &Arc<Self>) {
-        let Some(timeout) = self.cfg.idle_timeout else {
-            return;
-        };
-        let manager = Arc::downgrade(self);
-        let tick = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(tick).await;
-                let Some(m) = manager.upgrade() else { break };
-                let idle: Vec<(String, Duration)> = m
-                    .sessions
-                    .read()
-                    .await
-                    .iter()
-                    .filter_map(|(id, s)| {
-                        let since = s.last_call.lock().expect("clock poisoned").elapsed();
-                        let busy = s.lane.try_lock().is_err();
-                        (since >= timeout && !busy).then(|| (id.clone(), since))
-                    })
-                    .collect();
-                for (id, since) in idle {
-                    m.stop_idle(&id, since).await;
-                }
-            }
-        });
-    }
-
-    async fn stop_idle(&self, id: &str, since: Duration) {
-        let Some(session) = self.sessions.write().await.remove(id) else {
-            return;
-        };
-        let idle_s = since.as_secs();
-        self.stopped_idle
-            .lock()
-            .expect("idle list poisoned")
-            .insert(id.to_string(), idle_s);
-        let removed = session.end().await;
-        let fields = json!({
-            "reason": "idle",
-            "idle_s": idle_s,
-            "timeout_s": self.cfg.idle_timeout.unwrap_or_default().as_secs(),
-            "error": removed.as_ref().err().map(|e| json!({ "error": "io", "message": e.to_string() })),
-        });
-        if let Err(e) = session.ledger.append("session_stopped", fields) {
-            tracing::error!(error = %e, session = %id, "could not record an idle stop");
-        }
-        session.close_ledger().await;
-        tracing::info!(session = %id, idle_s, "session stopped: idle");
-    }
-
-    pub async fn shutdown(&self) {
-        let ids: Vec<String> = self.sessions.read().await.keys().cloned().collect();
-        for id in ids {
-            let _ = Caller::system().scope(self.stop(&id)).await;
-        }
     }
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Outcome, SessionError> {

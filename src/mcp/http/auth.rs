@@ -1,9 +1,11 @@
 //! Who may talk to the HTTP server: bearer tokens (named, compared in constant time), the
 //! `Origin` allow-list that stops DNS rebinding, and a cap on concurrent requests and streams.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axum::extract::{Request, State};
@@ -16,6 +18,19 @@ use sha2::{Digest, Sha256};
 /// The name of the token a request came with: sessions belong to it.
 #[derive(Debug, Clone)]
 pub struct Principal(pub String);
+
+/// Set when the request's credential was a `?token=` query (a browser opening a review page).
+#[derive(Debug, Clone)]
+pub struct QueryToken(pub String);
+
+/// Which token opened each streamable-HTTP session (`Mcp-Session-Id`): another token's requests
+/// on it are refused as if it did not exist.
+#[derive(Default)]
+pub struct McpSessions(Mutex<HashMap<String, (Option<String>, Instant)>>);
+
+/// Sessions rmcp has forgotten (expired after an hour without traffic) are dropped from the
+/// table once they are this old.
+const MCP_SESSION_RECORD: Duration = Duration::from_secs(2 * 3600);
 
 /// Configured tokens: names and the SHA-256 of each secret (the secrets are not kept).
 #[derive(Debug, Clone, Default)]
@@ -88,8 +103,23 @@ pub struct Guard {
     pub tokens: Arc<Tokens>,
     /// Exact origins (`scheme://host[:port]`) or a host with any port (`scheme://host:*`).
     pub origins: Arc<Vec<String>>,
+    /// Host names requests may name (DNS rebinding guard on every route); None: any.
+    pub hosts: Option<Arc<Vec<String>>>,
     pub max_streams: usize,
     pub in_flight: Arc<AtomicUsize>,
+    pub mcp_sessions: Arc<McpSessions>,
+}
+
+/// Whether a `Host` header names an allowed host (any port; IPv6 in brackets).
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
@@ -107,14 +137,17 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     })
 }
 
-/// The secret a request presents: `Authorization: Bearer`, or for review pages (which a
-/// browser opens) the `deskvm_token` cookie or a `token` query parameter.
-fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+/// The secret a request presents, and whether it came as a `?token=` query: an
+/// `Authorization: Bearer` header, or for review pages (which a browser opens) the
+/// `deskvm_token` cookie or a `token` query parameter.
+fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<(String, bool)> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        return v.strip_prefix("Bearer ").map(|s| s.trim().to_string());
+        return v
+            .strip_prefix("Bearer ")
+            .map(|s| (s.trim().to_string(), false));
     }
     if !uri.path().starts_with("/reviews/") {
         return None;
@@ -125,7 +158,10 @@ fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix("deskvm_token=").map(str::to_string));
-    cookie.or_else(|| query_token(uri))
+    match cookie {
+        Some(c) => Some((c, false)),
+        None => query_token(uri).map(|q| (q, true)),
+    }
 }
 
 pub fn query_token(uri: &axum::http::Uri) -> Option<String> {
@@ -148,6 +184,20 @@ fn refuse(status: StatusCode, why: &str, www: Option<&str>) -> Response {
 /// Origin, then the stream cap, then the token; the principal goes into the request's
 /// extensions, where rmcp hands it to the tool handler with the rest of the request.
 pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    if let Some(hosts) = &g.hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(|h| host_allowed(hosts, h)) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "Host not allowed (see --allow-host)",
+                None,
+            );
+        }
+    }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let ok = origin.to_str().is_ok_and(|o| origin_allowed(&g.origins, o));
         if !ok {
@@ -167,9 +217,12 @@ pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) ->
                     Some("Bearer realm=\"deskvm\""),
                 )
             }
-            Some(secret) => match g.tokens.check(&secret) {
+            Some((secret, from_query)) => match g.tokens.check(&secret) {
                 Some(name) => {
                     req.extensions_mut().insert(Principal(name));
+                    if from_query {
+                        req.extensions_mut().insert(QueryToken(secret));
+                    }
                 }
                 None => {
                     return refuse(
@@ -191,7 +244,35 @@ pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) ->
             None,
         );
     }
+    let principal = req.extensions().get::<Principal>().map(|p| p.0.clone());
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session {
+        let table = g.mcp_sessions.0.lock().expect("session table poisoned");
+        if table.get(id).is_some_and(|(owner, _)| owner != &principal) {
+            return refuse(StatusCode::NOT_FOUND, "unknown session", None);
+        }
+    }
+    let delete = req.method() == axum::http::Method::DELETE;
     let response = next.run(req).await;
+    {
+        let mut table = g.mcp_sessions.0.lock().expect("session table poisoned");
+        match (&session, response.headers().get("mcp-session-id")) {
+            (Some(id), _) if delete && response.status().is_success() => {
+                table.remove(id);
+            }
+            (None, Some(new)) => {
+                if let Ok(new) = new.to_str() {
+                    table.retain(|_, (_, at)| at.elapsed() < MCP_SESSION_RECORD);
+                    table.insert(new.to_string(), (principal, Instant::now()));
+                }
+            }
+            _ => {}
+        }
+    }
     let (parts, body) = response.into_parts();
     let body = body.map_frame(move |f| {
         let _held = &slot;

@@ -126,10 +126,12 @@ pub async fn serve(
     let guard = Guard {
         tokens: Arc::new(o.tokens.clone()),
         origins: Arc::new(o.origins()),
+        hosts: o.hosts().map(Arc::new),
         max_streams: o.max_streams,
         in_flight: Arc::new(AtomicUsize::new(0)),
+        mcp_sessions: Arc::default(),
     };
-    let legacy = sse::Legacy::new(server.clone(), o.max_body_bytes);
+    let legacy = sse::Legacy::new(server.clone(), o.max_body_bytes, ct.clone());
     let reviews = reviews::Reviews {
         exports: server.exports_dir(),
     };
@@ -143,8 +145,12 @@ pub async fn serve(
             auth::middleware,
         ));
     bound(addr, o.describe(addr));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { ct.cancelled_owned().await })
-        .await
-        .context("serving HTTP")
+    let stopping = ct.clone();
+    let served = axum::serve(listener, app).with_graceful_shutdown(ct.cancelled_owned());
+    // Streams end on cancellation; a client that holds a request open gets 5 s, then the
+    // server stops anyway (its sessions must be stopped either way).
+    tokio::select! {
+        r = served => r.context("serving HTTP"),
+        _ = async { stopping.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
+    }
 }

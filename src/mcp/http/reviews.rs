@@ -8,8 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::query_token;
+use super::auth::{Principal, QueryToken};
 use crate::mcp::resources;
+use crate::session::Caller;
 
 #[derive(Clone)]
 pub struct Reviews {
@@ -27,6 +28,31 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
     let Ok(path) = resources::resolve(&r.exports, &uri) else {
         return (StatusCode::NOT_FOUND, "no such review file\n").into_response();
     };
+    // A review of a session another token started is not there for this one.
+    let principal = req.extensions().get::<Principal>().map(|p| p.0.clone());
+    let name = rel.split('/').next().unwrap_or_default();
+    if !resources::visible(&r.exports, name, &Caller::new(principal, "http")) {
+        return (StatusCode::NOT_FOUND, "no such review file\n").into_response();
+    }
+    // The token came in the URL: keep it in a cookie, and send the browser to the same page
+    // without it, so the secret does not stay in the address bar or history.
+    if let Some(QueryToken(t)) = req.extensions().get::<QueryToken>() {
+        let cookie = format!("deskvm_token={t}; HttpOnly; SameSite=Strict; Path=/reviews");
+        let mut resp = StatusCode::SEE_OTHER.into_response();
+        let h = resp.headers_mut();
+        if let (Ok(c), Ok(l)) = (
+            HeaderValue::from_str(&cookie),
+            HeaderValue::from_str(req.uri().path()),
+        ) {
+            h.insert(header::SET_COOKIE, c);
+            h.insert(header::LOCATION, l);
+        }
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        return resp;
+    }
     let exports = r.exports.clone();
     let read = tokio::task::spawn_blocking(move || {
         // Never follow a link out of the exports dir.
@@ -54,15 +80,9 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
-    // The middleware already accepted this token; keep it for the page's pictures.
-    if let Some(t) =
-        query_token(req.uri()).filter(|t| t.bytes().all(|b| b.is_ascii_graphic() && b != b';'))
-    {
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "deskvm_token={t}; HttpOnly; SameSite=Strict; Path=/reviews"
-        )) {
-            h.insert(header::SET_COOKIE, v);
-        }
-    }
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
 }

@@ -15,6 +15,7 @@ use futures::channel::mpsc;
 use futures::{SinkExt, Stream, StreamExt};
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Principal;
 use super::Connection;
@@ -30,6 +31,9 @@ pub struct Legacy {
     server: DeskvmServer,
     open: Arc<Mutex<HashMap<String, Open>>>,
     max_body: usize,
+    /// Server shutdown: ends every stream (and its rmcp service) so a graceful shutdown does
+    /// not wait for clients to hang up.
+    ct: CancellationToken,
 }
 
 /// Removes a stream's session when the client goes away: its channel closes, rmcp's serve loop
@@ -50,11 +54,12 @@ impl Drop for Closer {
 }
 
 impl Legacy {
-    pub fn new(server: DeskvmServer, max_body: usize) -> Self {
+    pub fn new(server: DeskvmServer, max_body: usize, ct: CancellationToken) -> Self {
         Legacy {
             server,
             open: Arc::new(Mutex::new(HashMap::new())),
             max_body,
+            ct,
         }
     }
 }
@@ -76,8 +81,9 @@ pub async fn stream(
     );
     let server = l.server.clone();
     let sid = id.clone();
+    let ct = l.ct.child_token();
     tokio::spawn(async move {
-        match server.serve((s2c_tx, c2s_rx)).await {
+        match server.serve_with_ct((s2c_tx, c2s_rx), ct).await {
             Ok(running) => {
                 let _ = running.waiting().await;
             }
@@ -98,8 +104,10 @@ pub async fn stream(
         let data = serde_json::to_string(&m).unwrap_or_default();
         Ok(Event::default().event("message").data(data))
     });
-    Sse::new(futures::stream::once(async { Ok(endpoint) }).chain(messages))
-        .keep_alive(KeepAlive::default())
+    let stream = futures::stream::once(async { Ok(endpoint) })
+        .chain(messages)
+        .take_until(l.ct.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[derive(serde::Deserialize)]
