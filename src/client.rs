@@ -45,6 +45,18 @@ impl Client {
         Ok(Client { svc })
     }
 
+    /// A tool's input schema, as the server lists it.
+    pub async fn tool_schema(&self, name: &str) -> Result<Value> {
+        let tool = self
+            .svc
+            .list_all_tools()
+            .await?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| anyhow!("no tool {name}"))?;
+        Ok(Value::Object((*tool.input_schema).clone()))
+    }
+
     pub async fn tool_names(&self) -> Result<Vec<String>> {
         Ok(self
             .svc

@@ -41,6 +41,10 @@ async fn streamable_http_and_legacy_sse_clients_share_a_desktop() -> Result<()> 
     let rust = Client::connect_http(&server.mcp_url(), None).await?;
     let tools = rust.tool_names().await?;
     assert!(tools.contains(&"screenshot".to_string()) && tools.contains(&"reclaim".to_string()));
+    // Limits are in the schemas the client sees.
+    let click = rust.tool_schema("click").await?;
+    assert_eq!(click["properties"]["count"]["minimum"], 1, "{click}");
+    assert_eq!(click["properties"]["count"]["maximum"], 3, "{click}");
     let sid = start(&rust).await?;
 
     let rounds = 4;

@@ -8,12 +8,15 @@ use crate::vm::Button;
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct SessionStartArgs {
     /// Screen width in pixels (640..=1920, default 1280).
+    #[schemars(range(min = 640, max = 1920))]
     pub width: Option<u32>,
     /// Screen height in pixels (480..=1200, default 800).
+    #[schemars(range(min = 480, max = 1200))]
     pub height: Option<u32>,
     /// Guest image name (default "debian-desktop").
     pub image: Option<String>,
     /// Guest memory in MiB (512..=8192, default 1024). Non-default sizes cold-boot (slow).
+    #[schemars(range(min = 512, max = 8192))]
     pub memory_mb: Option<u32>,
     /// Give the guest a NAT network (default: no network at all).
     #[serde(default)]
@@ -30,8 +33,10 @@ pub struct SessionArgs {
 pub struct ScreenshotArgs {
     pub session_id: String,
     /// Downscale factor in (0, 1]. Later coordinates are in this screenshot's pixel space.
+    #[schemars(range(min = 0.01, max = 1.0))]
     pub scale: Option<f64>,
     /// Downscale so the image is at most this wide (64 or more).
+    #[schemars(range(min = 64, max = 7680))]
     pub max_width: Option<u32>,
 }
 
@@ -39,12 +44,15 @@ pub struct ScreenshotArgs {
 pub struct ClickArgs {
     pub session_id: String,
     /// X in pixels of the latest screenshot.
+    #[schemars(range(min = 0.0))]
     pub x: f64,
     /// Y in pixels of the latest screenshot.
+    #[schemars(range(min = 0.0))]
     pub y: f64,
     /// left (default), right or middle.
     pub button: Option<Button>,
     /// 1 (default), 2 for a double click, 3 for a triple click.
+    #[schemars(range(min = 1, max = 3))]
     pub count: Option<u32>,
     /// Keys held during the click, e.g. ["ctrl"], ["shift"].
     #[serde(default)]
@@ -80,9 +88,11 @@ pub struct ScrollArgs {
     pub y: f64,
     /// Horizontal wheel clicks, negative = left (-50..=50).
     #[serde(default)]
+    #[schemars(range(min = -50, max = 50))]
     pub dx: i32,
     /// Vertical wheel clicks, negative = up, positive = down (-50..=50).
     #[serde(default)]
+    #[schemars(range(min = -50, max = 50))]
     pub dy: i32,
 }
 
@@ -90,6 +100,7 @@ pub struct ScrollArgs {
 pub struct TypeArgs {
     pub session_id: String,
     /// Text to type exactly: printable ASCII, newline and tab; at most 4096 characters.
+    #[schemars(length(max = 4096))]
     pub text: String,
     /// A password or other secret: the review ledger keeps only its length.
     #[serde(default)]
@@ -101,6 +112,10 @@ pub struct ExportArgs {
     /// Session id (running, stopped or failed).
     pub session_id: String,
     /// Bundle name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<UTC time>.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+    )]
     pub name: Option<String>,
 }
 
@@ -116,11 +131,13 @@ pub struct KeyArgs {
 pub struct WaitArgs {
     pub session_id: String,
     /// Fixed wait in ms first (0..=60000; default 1000, or 0 with until_stable).
+    #[schemars(range(max = 60000))]
     pub ms: Option<u64>,
     /// Then wait until the screen stops changing.
     #[serde(default)]
     pub until_stable: bool,
     /// Give up waiting for a stable screen after this long (default 10000, at most 60000).
+    #[schemars(range(max = 60000))]
     pub timeout_ms: Option<u64>,
 }
 
@@ -128,8 +145,10 @@ pub struct WaitArgs {
 pub struct ExecArgs {
     pub session_id: String,
     /// Shell command, run as `sh -c` by root in the guest with DISPLAY=:0.
+    #[schemars(length(min = 1, max = 65536))]
     pub command: String,
     /// Timeout in ms (1..=300000, default 30000).
+    #[schemars(range(min = 1, max = 300000))]
     pub timeout_ms: Option<u64>,
 }
 
@@ -162,4 +181,25 @@ pub struct ReclaimArgs {
     /// Ledgers of stopped sessions last written longer ago than this, e.g. "12h" or "7d"
     /// (default: each ledger's retention, 14 days unless configured).
     pub older_than: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients and models see the limits in the schema before they call.
+    #[test]
+    fn schemas_state_ranges() {
+        let click = serde_json::to_value(schemars::schema_for!(ClickArgs)).unwrap();
+        let count = &click["properties"]["count"];
+        assert_eq!(
+            (count["minimum"].as_u64(), count["maximum"].as_u64()),
+            (Some(1), Some(3)),
+            "{count}"
+        );
+        let exec = serde_json::to_value(schemars::schema_for!(ExecArgs)).unwrap();
+        assert_eq!(exec["properties"]["timeout_ms"]["maximum"], 300000);
+        let start = serde_json::to_value(schemars::schema_for!(SessionStartArgs)).unwrap();
+        assert_eq!(start["properties"]["width"]["minimum"], 640);
+    }
 }
