@@ -88,10 +88,14 @@ async fn bad_input_gets_clear_errors_and_the_session_survives() -> Result<()> {
     assert_eq!(kind, "text_too_long");
     assert!(msg.contains("4096"), "{msg}");
 
-    let (kind, msg) =
-        tool_error(c, "type", json!({ "session_id": sid, "text": "naïve ☃" })).await?;
+    let (kind, msg) = tool_error(
+        c,
+        "type",
+        json!({ "session_id": sid, "text": "bell \u{7} esc \u{1b}" }),
+    )
+    .await?;
     assert_eq!(kind, "invalid_input");
-    assert!(msg.contains("U+00EF") && msg.contains("U+2603"), "{msg}");
+    assert!(msg.contains("U+0007") && msg.contains("U+001B"), "{msg}");
 
     let (kind, _) = tool_error(
         c,

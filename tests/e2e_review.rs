@@ -92,11 +92,11 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
     let (kind, msg) = tool_error(
         c,
         "type",
-        json!({ "session_id": sid, "text": format!("{SECRET}\u{e4}"), "secret": true }),
+        json!({ "session_id": sid, "text": format!("{SECRET}\u{7}"), "secret": true }),
     )
     .await?;
     assert_eq!(kind, "invalid_input");
-    assert!(msg.contains("U+00E4"), "{msg}");
+    assert!(msg.contains("U+0007"), "{msg}");
 
     // Eight calls at once on one session.
     let calls = (0..8).map(|i| {
@@ -226,7 +226,7 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         .find(|e| e["kind"] == "action_failed" && e["args"]["secret"] == true)
         .expect("the refused secret is recorded");
     let m = refused_secret["error"]["message"].as_str().unwrap();
-    assert!(m.contains("withheld") && !m.contains("U+00E4"), "{m}");
+    assert!(m.contains("withheld") && !m.contains("U+0007"), "{m}");
     assert!(
         steps
             .iter()

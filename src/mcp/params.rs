@@ -99,7 +99,8 @@ pub struct ScrollArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct TypeArgs {
     pub session_id: String,
-    /// Text to type exactly: printable ASCII, newline and tab; at most 4096 characters.
+    /// Text to type exactly, any Unicode (accents, Greek, CJK, emoji, combining marks), newline
+    /// and tab; at most 4096 characters. Control characters are refused.
     #[schemars(length(max = 4096))]
     pub text: String,
     /// A password or other secret: the review ledger keeps only its length.

@@ -217,7 +217,7 @@ impl DeskvmServer {
 
     #[tool(
         name = "type",
-        description = "Type text exactly into the focused window (printable ASCII, newline, tab; up to 4096 characters). Click the target window first. Set secret=true for passwords: the review keeps only the length.",
+        description = "Type text exactly into the focused window: any Unicode (accents, Greek, CJK, emoji, combining marks), newline and tab; up to 4096 characters. Click the target window first. Set secret=true for passwords: the review keeps only the length.",
         annotations(title = "Type text", destructive_hint = false)
     )]
     async fn type_text(

@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 
 use super::error::{check_range, SessionError};
 use crate::ledger::redact;
-use crate::vm::input::{self, InputError, QCode, Stroke};
+use crate::vm::input::{self, InputError, QCode};
 use crate::vm::qga::ExecOutput;
+use crate::vm::unicode::Piece;
 use crate::vm::Button;
 
 pub const MAX_WAIT_MS: u64 = 60_000;
@@ -100,7 +101,7 @@ pub enum Plan {
         dy: i32,
     },
     Type {
-        strokes: Vec<Stroke>,
+        pieces: Vec<Piece>,
     },
     Key {
         combos: Vec<Vec<QCode>>,
@@ -273,7 +274,7 @@ impl Action {
                 }
             }
             Action::Type { text, .. } => Plan::Type {
-                strokes: input::strokes_for_text(text)?,
+                pieces: crate::vm::unicode::pieces_for_text(text)?,
             },
             Action::Key { keys } => {
                 let parts: Vec<&str> = keys.split_whitespace().collect();

@@ -287,10 +287,10 @@ impl Lane {
                     message: format!("scrolled dx={dx} dy={dy} at ({}, {})", p.x, p.y),
                 }
             }
-            Plan::Type { strokes } => {
-                self.vm.type_strokes(&strokes).await?;
+            Plan::Type { pieces } => {
+                self.vm.type_pieces(&pieces).await?;
                 Outcome::Done {
-                    message: format!("typed {} characters", strokes.len()),
+                    message: format!("typed {} characters", pieces.len()),
                 }
             }
             Plan::Key { combos } => {

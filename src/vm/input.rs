@@ -16,7 +16,7 @@ pub enum InputError {
     },
     #[error("empty key combination {0:?}: use names joined by '+', e.g. \"ctrl+s\", \"Return\", \"alt+Tab\"")]
     EmptyCombo(String),
-    #[error("text has characters the guest keyboard (US layout) cannot type: {}; only printable ASCII, newline and tab are typed", .0.join(", "))]
+    #[error("text has characters that cannot be typed: {}; control characters other than newline and tab cannot be typed", .0.join(", "))]
     Untypable(Vec<String>),
     #[error("text is {len} characters long; at most {max} per call")]
     TextTooLong { len: usize, max: usize },
@@ -241,10 +241,11 @@ fn lookup_name(name: &str) -> Option<Vec<QCode>> {
         return Some(vec![q]);
     }
     if let Some(n) = lower.strip_prefix('f').and_then(|d| d.parse::<u8>().ok()) {
-        const F: [QCode; 12] = [
-            "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12",
+        const F: [QCode; 24] = [
+            "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "f11", "f12", "f13",
+            "f14", "f15", "f16", "f17", "f18", "f19", "f20", "f21", "f22", "f23", "f24",
         ];
-        if (1..=12).contains(&n) {
+        if (1..=24).contains(&n) {
             return Some(vec![F[n as usize - 1]]);
         }
     }
@@ -438,7 +439,7 @@ mod tests {
             InputError::EmptyCombo(_)
         ));
         assert!(matches!(
-            parse_combo("F13").unwrap_err(),
+            parse_combo("F25").unwrap_err(),
             InputError::UnknownKey { .. }
         ));
     }

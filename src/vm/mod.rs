@@ -6,6 +6,7 @@ pub mod input;
 pub mod qga;
 pub mod qmp;
 pub mod spec;
+pub mod unicode;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub enum VmError {
     Display(#[from] DisplayError),
     #[error("could not read the screendump")]
     ScreenFile(#[source] std::io::Error),
+    #[error("could not map characters onto spare keys in the guest keymap: {0}")]
+    Keymap(String),
 }
 
 /// Input pacing. QEMU's emulated keyboard and tablet queues are short and drop what does not

@@ -1,0 +1,247 @@
+//! Typing any Unicode text. ASCII goes as today: US-layout key strokes through QMP. Any other
+//! character is typed the way xdotool does it: a spare keycode is mapped to the character's
+//! keysym (`U<hex>`) in the guest's X keymap through the guest agent (`xmodmap`), then that key
+//! is pressed through QMP; the guest's own mapping is put back after every call.
+//!
+//! The spare keys are keys a desktop without Japanese input or media keys does not use, among
+//! those that really reach the guest: of QEMU's F13..F24 only F13..F15 arrive through its PS/2
+//! keyboard (measured with the guest's evdev device), and neither do lang1/lang2 or the
+//! Sun-style keys (again, props, undo, copy, paste...). So 16 distinct characters per mapping.
+//! Measured in the default guest (xterm in C.UTF-8): "ü東😀" mapped onto spare keys arrived as
+//! the exact UTF-8 bytes `c3 bc e6 9d b1 f0 9f 98 80`.
+
+use std::time::Duration;
+
+use super::input::{stroke_for, InputError, QCode, Stroke, MAX_TEXT_LEN};
+use super::{Vm, VmError};
+
+/// Spare keys: QEMU qcode and the X keycode it arrives as (the guest's Linux keycode + 8,
+/// as measured).
+pub const SPARE_KEYS: [(QCode, u32); 16] = [
+    ("f13", 191),
+    ("f14", 192),
+    ("f15", 193),
+    ("henkan", 100),
+    ("muhenkan", 102),
+    ("katakanahiragana", 101),
+    ("hiragana", 99),
+    ("ro", 97),
+    ("yen", 132),
+    ("kp_comma", 129),
+    ("kp_equals", 125),
+    ("stop", 136),
+    ("calculator", 148),
+    ("mail", 163),
+    ("computer", 165),
+    ("ac_bookmarks", 164),
+];
+
+/// Where the guest's own mapping of the spare keys is kept while they are borrowed.
+const SAVED: &str = "/tmp/.deskvm-keymap";
+
+/// One piece of text: a key of the US layout, or a character typed through a spare key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    Key(Stroke),
+    Char(char),
+}
+
+/// Text to pieces; fails naming every character that cannot be typed (control characters
+/// other than newline and tab).
+pub fn pieces_for_text(text: &str) -> Result<Vec<Piece>, InputError> {
+    let len = text.chars().count();
+    if len > MAX_TEXT_LEN {
+        return Err(InputError::TextTooLong {
+            len,
+            max: MAX_TEXT_LEN,
+        });
+    }
+    let text = text.replace("\r\n", "\n");
+    let mut bad: Vec<String> = Vec::new();
+    let mut pieces = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match stroke_for(c) {
+            Some(s) => pieces.push(Piece::Key(s)),
+            None if !c.is_control() => pieces.push(Piece::Char(c)),
+            None => {
+                let name = format!("{c:?} (U+{:04X})", c as u32);
+                if !bad.contains(&name) {
+                    bad.push(name);
+                }
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(pieces)
+    } else {
+        Err(InputError::Untypable(bad))
+    }
+}
+
+/// Spare-key assignment for a whole text's non-ASCII characters, in typing order: mappings
+/// ("generations") of at most 16 distinct characters, and for each character its generation
+/// and key. Most texts need one mapping; a text with more distinct characters is remapped
+/// between generations.
+pub fn assign(chars: &[char]) -> (Vec<Vec<char>>, Vec<(usize, usize)>) {
+    let mut gens: Vec<Vec<char>> = Vec::new();
+    let mut keys: Vec<(usize, usize)> = Vec::with_capacity(chars.len());
+    for &c in chars {
+        let current = gens
+            .last_mut()
+            .filter(|g| g.contains(&c) || g.len() < SPARE_KEYS.len());
+        let slot = match current {
+            Some(g) => match g.iter().position(|k| *k == c) {
+                Some(i) => i,
+                None => {
+                    g.push(c);
+                    g.len() - 1
+                }
+            },
+            None => {
+                gens.push(vec![c]);
+                0
+            }
+        };
+        keys.push((gens.len() - 1, slot));
+    }
+    (gens, keys)
+}
+
+/// The guest command that maps a generation's characters onto the spare keys (saving the
+/// guest's own mapping first, once).
+pub fn map_script(chars: &[char]) -> String {
+    let keycodes: Vec<String> = SPARE_KEYS
+        .iter()
+        .map(|(_, k)| format!("$2 == {k}"))
+        .collect();
+    let mut script = format!(
+        "[ -f {SAVED} ] || xmodmap -pke | awk '$1 == \"keycode\" && ({})' > {SAVED}; xmodmap",
+        keycodes.join(" || ")
+    );
+    for (slot, c) in chars.iter().enumerate() {
+        let sym = format!("U{:04X}", *c as u32);
+        script.push_str(&format!(
+            " -e 'keycode {} = {sym} {sym}'",
+            SPARE_KEYS[slot].1
+        ));
+    }
+    script
+}
+
+/// Puts the guest's own mapping of the spare keys back.
+pub fn restore_script() -> String {
+    format!("[ -f {SAVED} ] && xmodmap {SAVED} && rm -f {SAVED}")
+}
+
+impl Vm {
+    /// Types text pieces in order: runs of US-layout keys as strokes, runs of other characters
+    /// through the spare keys; the guest's keymap is restored however typing ends.
+    pub async fn type_pieces(&self, pieces: &[Piece]) -> Result<(), VmError> {
+        let typed = self.type_runs(pieces).await;
+        if pieces.iter().any(|p| matches!(p, Piece::Char(_))) {
+            // Keys still queued in the guest are read with the keymap of the moment: let them
+            // through before the map changes back.
+            tokio::time::sleep(self.drain_time(pieces.len())).await;
+            let restored = self.exec(&restore_script(), Duration::from_secs(10)).await;
+            typed?;
+            let out = restored?;
+            if out.exit_code != 0 {
+                tracing::warn!(stderr = %out.stderr.trim(), "could not restore the guest keymap");
+            }
+            return Ok(());
+        }
+        typed
+    }
+
+    fn drain_time(&self, keys: usize) -> Duration {
+        Duration::from_millis(150 + 2 * keys.min(500) as u64)
+    }
+
+    async fn type_runs(&self, pieces: &[Piece]) -> Result<(), VmError> {
+        let chars: Vec<char> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Char(c) => Some(*c),
+                Piece::Key(_) => None,
+            })
+            .collect();
+        let (gens, keys) = assign(&chars);
+        let mut keys = keys.into_iter();
+        let mut mapped: Option<usize> = None;
+        let mut i = 0;
+        while i < pieces.len() {
+            // The longest stretch that needs no new mapping: US-layout keys, and characters of
+            // the generation in place (or the next one, mapped first).
+            let mut strokes: Vec<Stroke> = Vec::new();
+            while i < pieces.len() {
+                match pieces[i] {
+                    Piece::Key(s) => strokes.push(s),
+                    Piece::Char(_) => {
+                        let (generation, slot) = keys.clone().next().expect("a key per character");
+                        if mapped != Some(generation) {
+                            if !strokes.is_empty() {
+                                break;
+                            }
+                            if mapped.is_some() {
+                                tokio::time::sleep(self.drain_time(i)).await;
+                            }
+                            let out = self
+                                .exec(&map_script(&gens[generation]), Duration::from_secs(10))
+                                .await?;
+                            if out.exit_code != 0 {
+                                return Err(VmError::Keymap(out.stderr.trim().to_string()));
+                            }
+                            mapped = Some(generation);
+                        }
+                        keys.next();
+                        strokes.push(Stroke {
+                            key: SPARE_KEYS[slot].0,
+                            shift: false,
+                        });
+                    }
+                }
+                i += 1;
+            }
+            self.type_strokes(&strokes).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_stays_keys_and_the_rest_goes_through_spare_keys() {
+        let p = pieces_for_text("Mü\n東").unwrap();
+        assert!(matches!(p[0], Piece::Key(_)));
+        assert_eq!(p[1], Piece::Char('ü'));
+        assert!(matches!(p[2], Piece::Key(_)));
+        assert_eq!(p[3], Piece::Char('東'));
+        let err = pieces_for_text("a\u{7}b\u{1b}").unwrap_err();
+        assert!(
+            err.to_string().contains("U+0007") && err.to_string().contains("U+001B"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mappings_hold_at_most_sixteen_distinct_characters_and_reuse_keys() {
+        let text: Vec<char> = "αβγδεζηθικλμνξοπρσαα".chars().collect();
+        let (gens, keys) = assign(&text);
+        assert_eq!(gens.len(), 2);
+        assert_eq!(gens[0].len(), 16);
+        assert_eq!(gens[1], vec!['ρ', 'σ', 'α']);
+        assert_eq!(keys[18], (1, 2));
+        let (gens, keys) = assign(&['é', 'x', 'é']);
+        assert_eq!(gens.len(), 1);
+        assert_eq!(keys[0], keys[2]);
+        let script = map_script(&gens[0]);
+        assert!(
+            script.contains("keycode 191 = U00E9 U00E9") && script.contains("keycode 192 = U0078"),
+            "{script}"
+        );
+        assert_eq!(script.matches(" -e ").count(), 2, "{script}");
+    }
+}
