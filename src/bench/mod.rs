@@ -3,6 +3,7 @@
 
 mod disk;
 mod transport;
+mod typing;
 
 use std::time::{Duration, Instant};
 
@@ -289,6 +290,9 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
             "DIFFERENT"
         },
     );
+    if o.chars > 0 {
+        typing::unicode(client, &sid, (o.chars / 4).max(20)).await?;
+    }
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
