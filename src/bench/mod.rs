@@ -291,7 +291,9 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
         },
     );
     if o.chars > 0 {
-        typing::unicode(client, &sid, (o.chars / 4).max(20)).await?;
+        for pool in [typing::POOL_16, typing::POOL_40] {
+            typing::unicode(client, &sid, (o.chars / 4).max(20), pool).await?;
+        }
     }
     client
         .call_ok("session_stop", json!({ "session_id": sid }))

@@ -9,9 +9,12 @@ use serde_json::json;
 
 use crate::client::Client;
 
-const POOL: &str = "äöüßéèêçñøåæÀÉÖΩαβγδλμπσφ東京日本語中文한국→←★✓😀🎉";
+/// 16 distinct characters: one keymap mapping for the whole text.
+pub const POOL_16: &str = "äöüßéèêçñøåæΩαβγ";
+/// 40 distinct characters: mappings of 8, alternating, remapped as the text goes.
+pub const POOL_40: &str = "äöüßéèêçñøåæÀÉÖΩαβγδλμπσφ東京日本語中文한국→←★✓😀🎉";
 
-pub async fn unicode(client: &Client, sid: &str, n: usize) -> Result<()> {
+pub async fn unicode(client: &Client, sid: &str, n: usize, pool: &str) -> Result<()> {
     client
         .call_ok(
             "type",
@@ -19,7 +22,7 @@ pub async fn unicode(client: &Client, sid: &str, n: usize) -> Result<()> {
         )
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pool: Vec<char> = POOL.chars().collect();
+    let pool: Vec<char> = pool.chars().collect();
     let mut rng = rand::rng();
     let text: String = (0..n)
         .map(|i| {
@@ -56,7 +59,7 @@ pub async fn unicode(client: &Client, sid: &str, n: usize) -> Result<()> {
     let chars = n + 1;
     println!(
         "{:<38} {chars} chars in {:.2} s = {:.1} chars/s, read back {}",
-        "type (random Unicode mix)",
+        format!("type (Unicode, {} distinct)", pool.len()),
         took.as_secs_f64(),
         chars as f64 / took.as_secs_f64(),
         if back == expected {

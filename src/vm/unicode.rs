@@ -38,7 +38,7 @@ pub const SPARE_KEYS: [(QCode, u32); 16] = [
 
 /// Pause before a new mapping, so keys of the previous ones still in the guest's queues are
 /// read first.
-const REMAP_PAUSE: Duration = Duration::from_millis(100);
+const REMAP_PAUSE: Duration = Duration::from_millis(300);
 
 /// Where the guest's own mapping of the spare keys is kept while they are borrowed.
 const SAVED: &str = "/tmp/.deskvm-keymap";
