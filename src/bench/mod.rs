@@ -258,20 +258,7 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
     client
         .call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" }))
         .await?;
-    let mut back = String::new();
-    for _ in 0..20 {
-        let out = client
-            .call_ok(
-                "exec",
-                json!({ "session_id": sid, "command": "cat /tmp/bench.txt" }),
-            )
-            .await?;
-        back = out["stdout"].as_str().unwrap_or_default().to_string();
-        if back.len() > text.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let back = typing::read_back(client, &sid, "/tmp/bench.txt", text.len()).await?;
     let expected = format!("{text}\n");
     let lost = if back == expected {
         0

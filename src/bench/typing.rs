@@ -42,20 +42,7 @@ pub async fn unicode(client: &Client, sid: &str, n: usize, pool: &str) -> Result
     client
         .call_ok("key", json!({ "session_id": sid, "keys": "ctrl+d" }))
         .await?;
-    let mut back = String::new();
-    for _ in 0..20 {
-        let out = client
-            .call_ok(
-                "exec",
-                json!({ "session_id": sid, "command": "cat /tmp/bench-u.txt" }),
-            )
-            .await?;
-        back = out["stdout"].as_str().unwrap_or_default().to_string();
-        if back.chars().count() > n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let back = read_back(client, sid, "/tmp/bench-u.txt", n).await?;
     let chars = n + 1;
     println!(
         "{:<38} {chars} chars in {:.2} s = {:.1} chars/s, read back {}",
@@ -88,4 +75,24 @@ pub async fn unicode(client: &Client, sid: &str, n: usize, pool: &str) -> Result
         );
     }
     Ok(())
+}
+
+/// A file typed into the guest, once it holds more than `min_chars` characters (typing lands
+/// asynchronously; gives up after 5 s and returns what is there).
+pub async fn read_back(client: &Client, sid: &str, path: &str, min_chars: usize) -> Result<String> {
+    let mut back = String::new();
+    for _ in 0..20 {
+        let out = client
+            .call_ok(
+                "exec",
+                json!({ "session_id": sid, "command": format!("cat {path}") }),
+            )
+            .await?;
+        back = out["stdout"].as_str().unwrap_or_default().to_string();
+        if back.chars().count() > min_chars {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(back)
 }
