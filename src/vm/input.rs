@@ -40,6 +40,80 @@ pub struct Stroke {
     pub shift: bool,
 }
 
+/// Keys whose scancodes carry the 0xE0 prefix: two bytes per press and per release.
+const EXTENDED: &[QCode] = &[
+    "ctrl_r",
+    "alt_r",
+    "meta_l",
+    "meta_r",
+    "menu",
+    "compose",
+    "kp_enter",
+    "kp_divide",
+    "insert",
+    "delete",
+    "home",
+    "end",
+    "pgup",
+    "pgdn",
+    "up",
+    "down",
+    "left",
+    "right",
+    "print",
+    "sysrq",
+    "stop",
+    "calculator",
+    "mail",
+    "computer",
+    "ac_bookmarks",
+    "ac_home",
+    "ac_back",
+    "ac_forward",
+    "ac_refresh",
+    "ac_search",
+    "audionext",
+    "audioprev",
+    "audiostop",
+    "audioplay",
+    "audiomute",
+    "volumeup",
+    "volumedown",
+    "mediaselect",
+    "power",
+    "sleep",
+    "wake",
+];
+
+impl Stroke {
+    /// Bytes this stroke puts in the guest's PS/2 keyboard queue (scancode set 1 as the i8042
+    /// translates it): a byte per press and per release, two with the 0xE0 prefix, and shift's
+    /// own press and release.
+    pub fn scancode_bytes(&self) -> usize {
+        let key = if EXTENDED.contains(&self.key) { 4 } else { 2 };
+        key + if self.shift { 2 } else { 0 }
+    }
+}
+
+/// Splits strokes into runs of at most `budget` scancode bytes (a stroke bigger than the budget
+/// goes alone).
+pub fn bursts(strokes: &[Stroke], budget: usize) -> Vec<&[Stroke]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, s) in strokes.iter().enumerate() {
+        let b = s.scancode_bytes();
+        if i > start && bytes + b > budget {
+            out.push(&strokes[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < strokes.len() {
+        out.push(&strokes[start..]);
+    }
+    out
+}
+
 /// Characters of the US layout: (unshifted, shifted, qcode).
 const CHAR_KEYS: &[(char, char, QCode)] = &[
     ('`', '~', "grave_accent"),
@@ -348,6 +422,27 @@ pub fn to_abs(px: u32, extent: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_fit_the_ps2_queue() {
+        let strokes = strokes_for_text("${#pw} > /tmp/pwlen").unwrap();
+        let bursts = bursts(&strokes, 16);
+        assert_eq!(bursts.concat(), strokes);
+        for b in &bursts {
+            assert!(
+                b.iter().map(Stroke::scancode_bytes).sum::<usize>() <= 16,
+                "{b:?}"
+            );
+        }
+        // "$ { # p w" fill the 16 bytes (4+4+4+2+2): "}" starts the next burst.
+        assert_eq!(bursts[0].len(), 5);
+        let ext = Stroke {
+            key: "calculator",
+            shift: true,
+        };
+        assert_eq!(ext.scancode_bytes(), 6);
+        assert_eq!(super::bursts(&[ext; 3], 4).len(), 3);
+    }
 
     #[test]
     fn every_printable_ascii_character_has_a_stroke() {
