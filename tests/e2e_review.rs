@@ -41,7 +41,27 @@ async fn every_call_is_recorded_and_the_bundle_moves_and_opens_in_a_browser() ->
         json!({ "session_id": sid, "text": "read -s pw; echo ${#pw} > /tmp/pwlen\n" }),
     )
     .await?;
-    wait_stable(c, &sid).await?;
+    // Keys typed before `read -s` has turned echo off would be echoed or lost: wait until the
+    // shell's terminal is in that mode.
+    let mut mode = String::new();
+    for _ in 0..40 {
+        mode = guest(
+            c,
+            &sid,
+            "stty -a -F $(readlink /proc/$(pgrep -n -x bash)/fd/0)",
+        )
+        .await?;
+        let flags: Vec<&str> = mode.split_whitespace().collect();
+        if flags.contains(&"-echo") && flags.contains(&"icanon") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let flags: Vec<&str> = mode.split_whitespace().collect();
+    assert!(
+        flags.contains(&"-echo") && flags.contains(&"icanon"),
+        "read -s never turned echo off: {mode}"
+    );
     c.call_ok(
         "type",
         json!({ "session_id": sid, "text": format!("{SECRET}\n"), "secret": true }),
