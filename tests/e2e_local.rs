@@ -16,10 +16,15 @@ async fn lists_the_tools_and_prompts() -> Result<()> {
     tools.sort();
     for t in [
         "click",
+        "computer",
+        "cursor_position",
         "drag",
         "exec",
         "key",
+        "mouse_down",
         "mouse_move",
+        "mouse_up",
+        "zoom",
         "screenshot",
         "scroll",
         "session_list",

@@ -145,18 +145,19 @@ impl DeskvmServer {
     }
 }
 
-fn render(outcome: Outcome, ms: u64) -> CallToolResult {
+pub(super) fn render(outcome: Outcome, ms: u64) -> CallToolResult {
     let mut meta = outcome.to_json();
-    if let (Outcome::Screenshot { .. } | Outcome::Done { .. }, Value::Object(m)) =
-        (&outcome, &mut meta)
-    {
+    if let (false, Value::Object(m)) = (
+        matches!(outcome, Outcome::Exec(_) | Outcome::Waited { .. }),
+        &mut meta,
+    ) {
         m.insert("ms".into(), ms.into());
     }
-    match outcome {
-        Outcome::Screenshot { png, .. } => {
+    match outcome.png() {
+        Some(png) => {
             let mut r = CallToolResult::success(vec![
                 ContentBlock::image(
-                    base64::engine::general_purpose::STANDARD.encode(&png),
+                    base64::engine::general_purpose::STANDARD.encode(png),
                     "image/png",
                 ),
                 ContentBlock::text(meta.to_string()),
@@ -164,6 +165,6 @@ fn render(outcome: Outcome, ms: u64) -> CallToolResult {
             r.structured_content = Some(meta);
             r
         }
-        _ => structured(meta),
+        None => structured(meta),
     }
 }

@@ -3,7 +3,9 @@
 //! passes, and exported reviews as resources.
 
 mod calls;
+mod computer;
 pub mod http;
+mod input;
 mod params;
 mod reclaim;
 pub mod resources;

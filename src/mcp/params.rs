@@ -66,19 +66,31 @@ pub struct MoveArgs {
     pub y: f64,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, serde::Serialize, JsonSchema)]
 pub struct XY {
     pub x: f64,
     pub y: f64,
 }
 
+/// Several points in screenshot pixels.
+pub type Path = Vec<XY>;
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct DragArgs {
     pub session_id: String,
-    pub from: XY,
-    pub to: XY,
+    /// Where the button goes down (with `to`; or give `path` instead).
+    pub from: Option<XY>,
+    /// Where it comes up (with `from`).
+    pub to: Option<XY>,
+    /// Instead of from/to: the button goes down at the first point, moves through each, and
+    /// comes up at the last (2..=64 points).
+    #[schemars(length(min = 2, max = 64))]
+    pub path: Option<Path>,
     /// left (default), right or middle.
     pub button: Option<Button>,
+    /// Keys held during the drag, e.g. ["shift"], ["alt"].
+    #[serde(default)]
+    pub modifiers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -94,6 +106,43 @@ pub struct ScrollArgs {
     #[serde(default)]
     #[schemars(range(min = -50, max = 50))]
     pub dy: i32,
+    /// Keys held while the wheel turns, e.g. ["ctrl"] to zoom, ["shift"] to scroll sideways.
+    #[serde(default)]
+    pub modifiers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ButtonArgs {
+    pub session_id: String,
+    /// left (default), right or middle.
+    pub button: Option<Button>,
+    /// Where to press or release, in pixels of the latest screenshot (with y); default: where
+    /// the pointer is.
+    #[schemars(range(min = 0.0))]
+    pub x: Option<f64>,
+    #[schemars(range(min = 0.0))]
+    pub y: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ZoomArgs {
+    pub session_id: String,
+    /// Left edge of the region, in pixels of the latest screenshot.
+    #[schemars(range(min = 0.0))]
+    pub x: f64,
+    /// Top edge of the region, in pixels of the latest screenshot.
+    #[schemars(range(min = 0.0))]
+    pub y: f64,
+    /// Region width in pixels of the latest screenshot (1 or more; the region must lie on it).
+    #[schemars(range(min = 1.0, max = 4096.0))]
+    pub width: f64,
+    /// Region height in pixels of the latest screenshot.
+    #[schemars(range(min = 1.0, max = 4096.0))]
+    pub height: f64,
+    /// Size of the answer relative to the screen's own pixels: 1 (default) is full resolution,
+    /// 2 doubles it (0.01..=8).
+    #[schemars(range(min = 0.01, max = 8.0))]
+    pub scale: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -126,6 +175,35 @@ pub struct KeyArgs {
     /// xdotool-style combination(s): "ctrl+s", "alt+Tab", "Return", "F5", "super".
     /// Several separated by spaces are pressed one after another: "ctrl+a BackSpace".
     pub keys: String,
+    /// Hold each combination down this long before releasing it (0..=60000 ms, default a
+    /// tap), e.g. to hold shift while something else happens or to trigger a long press.
+    #[schemars(range(max = 60000))]
+    pub hold_ms: Option<u64>,
+}
+
+/// Which vocabulary a `computer` action is in.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionFormat {
+    /// Anthropic's computer-use tool (computer_20251124 and earlier): {"action": "left_click",
+    /// "coordinate": [x, y]}.
+    Anthropic,
+    /// OpenAI's computer-use actions: {"type": "click", "button": "left", "x": 1, "y": 2}.
+    Openai,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ComputerArgs {
+    pub session_id: String,
+    /// One action exactly as Anthropic's computer-use tool ({"action": ...}) or OpenAI's
+    /// computer-use ({"type": ...}) emits it.
+    pub action: serde_json::Map<String, serde_json::Value>,
+    /// The action's vocabulary; default: recognised from its shape ("action" key: Anthropic,
+    /// "type" key: OpenAI).
+    pub format: Option<ActionFormat>,
+    /// Text the action types is a secret: the review keeps only its length.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

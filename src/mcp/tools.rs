@@ -18,13 +18,11 @@ use rmcp::{
 use serde_json::json;
 
 use super::params::{
-    ClickArgs, DragArgs, ExecArgs, ExportArgs, KeyArgs, MoveArgs, ScreenshotArgs, ScrollArgs,
-    SessionArgs, SessionStartArgs, TypeArgs, UseDesktopArgs, WaitArgs,
+    ExecArgs, ExportArgs, ScreenshotArgs, SessionArgs, SessionStartArgs, UseDesktopArgs, WaitArgs,
 };
 use super::resources;
 
-use crate::session::{Action, Point, SessionError, SessionManager, StartRequest};
-use crate::vm::Button;
+use crate::session::{Action, SessionError, SessionManager, StartRequest};
 
 #[derive(Clone)]
 pub struct DeskvmServer {
@@ -53,17 +51,16 @@ pub(super) fn structured(value: serde_json::Value) -> CallToolResult {
     CallToolResult::structured(value)
 }
 
-fn pt(x: f64, y: f64) -> Point {
-    Point { x, y }
-}
-
 impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
         DeskvmServer {
             manager,
             review_base: None,
             tasks: rmcp::task_manager::TaskManager::new(),
-            tool_router: Self::tool_router() + Self::reclaim_router(),
+            tool_router: Self::tool_router()
+                + Self::input_router()
+                + Self::computer_router()
+                + Self::reclaim_router(),
             prompt_router: Self::prompt_router(),
         }
     }
@@ -150,93 +147,6 @@ impl DeskvmServer {
                 },
             )
             .await)
-    }
-
-    #[tool(
-        description = "Click at (x, y) in the latest screenshot's pixels. button: left|right|middle; count 1..3 (double/triple click); modifiers held during the click.",
-        annotations(title = "Click", destructive_hint = false)
-    )]
-    async fn click(
-        &self,
-        Parameters(a): Parameters<ClickArgs>,
-    ) -> Result<CallToolResult, McpError> {
-        let action = Action::Click {
-            at: pt(a.x, a.y),
-            button: a.button.unwrap_or(Button::Left),
-            count: a.count.unwrap_or(1),
-            modifiers: a.modifiers,
-        };
-        Ok(self.act(&a.session_id, action).await)
-    }
-
-    #[tool(
-        description = "Move the pointer to (x, y) without clicking.",
-        annotations(title = "Move pointer", destructive_hint = false)
-    )]
-    async fn mouse_move(
-        &self,
-        Parameters(a): Parameters<MoveArgs>,
-    ) -> Result<CallToolResult, McpError> {
-        Ok(self
-            .act(&a.session_id, Action::MouseMove { to: pt(a.x, a.y) })
-            .await)
-    }
-
-    #[tool(
-        description = "Press a button at `from`, move to `to`, release.",
-        annotations(title = "Drag", destructive_hint = false)
-    )]
-    async fn drag(&self, Parameters(a): Parameters<DragArgs>) -> Result<CallToolResult, McpError> {
-        let action = Action::Drag {
-            from: pt(a.from.x, a.from.y),
-            to: pt(a.to.x, a.to.y),
-            button: a.button.unwrap_or(Button::Left),
-        };
-        Ok(self.act(&a.session_id, action).await)
-    }
-
-    #[tool(
-        description = "Scroll the wheel at (x, y): dy > 0 scrolls down, dx > 0 right (wheel clicks).",
-        annotations(title = "Scroll", destructive_hint = false)
-    )]
-    async fn scroll(
-        &self,
-        Parameters(a): Parameters<ScrollArgs>,
-    ) -> Result<CallToolResult, McpError> {
-        Ok(self
-            .act(
-                &a.session_id,
-                Action::Scroll {
-                    at: pt(a.x, a.y),
-                    dx: a.dx,
-                    dy: a.dy,
-                },
-            )
-            .await)
-    }
-
-    #[tool(
-        name = "type",
-        description = "Type text exactly into the focused window: any Unicode (accents, Greek, CJK, emoji, combining marks), newline and tab; up to 4096 characters. Click the target window first. Set secret=true for passwords: the review keeps only the length.",
-        annotations(title = "Type text", destructive_hint = false)
-    )]
-    async fn type_text(
-        &self,
-        Parameters(a): Parameters<TypeArgs>,
-    ) -> Result<CallToolResult, McpError> {
-        let action = Action::Type {
-            text: a.text,
-            secret: a.secret,
-        };
-        Ok(self.act(&a.session_id, action).await)
-    }
-
-    #[tool(
-        description = "Press key combinations, xdotool style: \"ctrl+s\", \"alt+Tab\", \"Return\", \"Escape\", \"F5\", \"super\", \"ctrl+shift+t\". Space-separated combos are pressed in sequence.",
-        annotations(title = "Press keys", destructive_hint = false)
-    )]
-    async fn key(&self, Parameters(a): Parameters<KeyArgs>) -> Result<CallToolResult, McpError> {
-        Ok(self.act(&a.session_id, Action::Key { keys: a.keys }).await)
     }
 
     #[tool(
@@ -433,5 +343,38 @@ impl ServerHandler for DeskvmServer {
                  session_stop when done. Coordinates are pixels of your latest screenshot. Every call \
                  is recorded in the session's review ledger; type with secret=true for passwords.",
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeskvmServer;
+
+    /// The README's tool table and the `use-desktop` prompt describe the whole action set.
+    #[test]
+    fn readme_and_prompt_describe_every_tool() {
+        let router = DeskvmServer::tool_router()
+            + DeskvmServer::input_router()
+            + DeskvmServer::computer_router()
+            + DeskvmServer::reclaim_router();
+        let readme = include_str!("../../README.md");
+        let prompt = include_str!("../../prompts/use-desktop.md");
+        let tools = router.list_all();
+        assert_eq!(
+            tools.len(),
+            19,
+            "a new tool: describe it, then count it here"
+        );
+        for t in tools {
+            let name = t.name.to_string();
+            assert!(readme.contains(&format!("`{name}")), "README: {name}");
+            // Storage housekeeping is the operator's, not the agent's.
+            if name != "reclaim" {
+                assert!(
+                    prompt.contains(&format!("`{name}")),
+                    "use-desktop prompt: {name}"
+                );
+            }
+        }
     }
 }

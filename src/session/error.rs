@@ -36,9 +36,16 @@ pub enum SessionError {
         max_y: u32,
         space: String,
     },
-    /// Arguments the protocol layer could not parse (no handler ran).
+    /// Arguments the protocol layer could not parse (no handler ran), or that do not fit
+    /// together.
     #[error("{0}")]
     InvalidParams(String),
+    #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
+    UnknownAction {
+        format: &'static str,
+        action: String,
+        supported: Vec<&'static str>,
+    },
     #[error("invalid {field} {value:?}: {why}")]
     InvalidName {
         field: &'static str,
@@ -83,6 +90,7 @@ impl SessionError {
             SessionError::OutOfRange { .. } | SessionError::OffScreen { .. } => "out_of_range",
             SessionError::InvalidName { .. } => "invalid_name",
             SessionError::InvalidParams(_) => "invalid_params",
+            SessionError::UnknownAction { .. } => "unknown_action",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",
@@ -122,6 +130,9 @@ impl SessionError {
                 json!({ "field": field, "value": value })
             }
             SessionError::UnknownSession { known, .. } => json!({ "known": known }),
+            SessionError::UnknownAction {
+                action, supported, ..
+            } => json!({ "field": "action", "value": action, "valid": supported }),
             SessionError::Input(InputError::UnknownKey { suggestions, .. }) => {
                 json!({ "suggestions": suggestions })
             }

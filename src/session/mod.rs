@@ -7,11 +7,13 @@ pub mod action;
 pub mod boot;
 pub mod caller;
 pub mod error;
+mod geometry;
 mod idle;
 mod lane;
 mod ledgers;
 mod reclaim;
 mod record;
+mod run;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,7 +89,7 @@ pub struct Session {
     exited: watch::Receiver<Option<String>>,
     files: RuntimeFiles,
     ledger: Arc<Ledger>,
-    geometry: Arc<std::sync::Mutex<lane::Geometry>>,
+    geometry: Arc<std::sync::Mutex<geometry::Geometry>>,
     /// The capture of the frame after the latest screen-changing action, while it runs.
     after: std::sync::Mutex<Option<AfterFrame>>,
     /// When the latest tool call on this session began or ended (the idle timeout's clock).
@@ -294,6 +296,12 @@ impl SessionManager {
             }
         };
         let ready_ledger = async {
+            // A resumed desktop has its pointer where the ready state's builder clicked; a cold
+            // boot's is put there, so the lane knows where it is either way.
+            if booted.startup != Startup::ReadyState {
+                let (x, y) = boot::TERMINAL_POINT;
+                booted.vm.move_to(x, y).await?;
+            }
             if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
                 boot::set_resolution(&mut booted.vm, width, height).await?;
             }
@@ -343,14 +351,19 @@ impl SessionManager {
                 let _ = watch_ledger.update_meta(|m| m.state = "failed".into());
             }
         });
-        let geometry = Arc::new(std::sync::Mutex::new(lane::Geometry {
+        let geometry = Arc::new(std::sync::Mutex::new(geometry::Geometry {
             width,
             height,
             scale: 1.0,
         }));
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane::new(booted.vm, booted.instance, geometry.clone())),
+            lane: Mutex::new(Lane::new(
+                booted.vm,
+                booted.instance,
+                geometry.clone(),
+                boot::TERMINAL_POINT,
+            )),
             geometry,
             exited,
             files,

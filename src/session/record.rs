@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::action::{Action, Outcome};
-use super::lane::{Seen, Trace};
+use super::geometry::Trace;
+use super::lane::Seen;
 use super::{Session, SessionError};
 use crate::ledger::{redact, Ledger};
 use crate::vm::display::SETTLE_THRESHOLD_PX;
@@ -80,6 +81,7 @@ pub fn append_call(
             "duration_ms": started.elapsed().as_millis() as u64,
             "pointer": extra.trace.pointer.map(xy),
             "path": extra.trace.path.as_ref().map(|p| p.iter().copied().map(xy).collect::<Vec<_>>()),
+            "region": extra.trace.region.map(|(x, y, w, h)| json!({ "x": x, "y": y, "width": w, "height": h })),
             "before": extra.before,
             "shot": extra.shot,
         }),
@@ -260,7 +262,7 @@ impl Session {
                 extra.before = Some(self.ledger.shots.put(&seen.frame, &seen.hash));
                 overhead += t.elapsed();
             }
-            lane.run(plan, &extra.trace).await
+            lane.run(plan, &mut extra.trace).await
         }
         .await;
         // A VM error is most often the VM dying mid-call: say that rather than "broken pipe".

@@ -47,15 +47,28 @@ impl Frame {
             resized = imageops::thumbnail(&self.image, w, h);
             &resized
         };
-        let mut out = Vec::with_capacity((w * h) as usize / 2);
-        PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-            .map_err(DisplayError::Encode)?;
-        Ok(Encoded {
-            png: out,
-            width: w,
-            height: h,
-        })
+        encode(img)
+    }
+
+    /// PNG of the region at (x, y) of `width`x`height` screen pixels (inside the frame), scaled by
+    /// `scale`: 1 is full resolution, above 1 enlarges small text for reading.
+    pub fn region_png(
+        &self,
+        (x, y, width, height): (u32, u32, u32, u32),
+        scale: f64,
+    ) -> Result<Encoded, DisplayError> {
+        let crop = imageops::crop_imm(&self.image, x, y, width, height).to_image();
+        let w = ((width as f64) * scale).round().max(1.0) as u32;
+        let h = ((height as f64) * scale).round().max(1.0) as u32;
+        let img = if (w, h) == (width, height) {
+            crop
+        } else if scale < 1.0 {
+            imageops::thumbnail(&crop, w, h)
+        } else {
+            // Enlarged pixels stay sharp squares, so text reads as the screen shows it.
+            imageops::resize(&crop, w, h, imageops::FilterType::Nearest)
+        };
+        encode(&img)
     }
 
     /// How many pixels differ from `other`; a different size counts as all changed.
@@ -70,6 +83,19 @@ impl Frame {
             .filter(|(a, b)| a != b)
             .count() as u64
     }
+}
+
+fn encode(img: &RgbImage) -> Result<Encoded, DisplayError> {
+    let (w, h) = img.dimensions();
+    let mut out = Vec::with_capacity((w * h) as usize / 2);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .map_err(DisplayError::Encode)?;
+    Ok(Encoded {
+        png: out,
+        width: w,
+        height: h,
+    })
 }
 
 pub struct Encoded {
@@ -111,6 +137,18 @@ mod tests {
         assert_eq!((half.width, half.height), (32, 20));
         let back = image::load_from_memory(&half.png).unwrap();
         assert_eq!((back.width(), back.height()), (32, 20));
+    }
+
+    #[test]
+    fn a_region_is_the_same_pixels_at_full_resolution() {
+        let mut f = Frame::from_ppm(&ppm(64, 40, 10)).unwrap();
+        f.image.put_pixel(20, 12, image::Rgb([250, 0, 0]));
+        let z = f.region_png((18, 10, 8, 6), 1.0).unwrap();
+        let back = image::load_from_memory(&z.png).unwrap().into_rgb8();
+        assert_eq!(back.dimensions(), (8, 6));
+        assert_eq!(back.get_pixel(2, 2), &image::Rgb([250, 0, 0]));
+        let big = f.region_png((18, 10, 8, 6), 2.0).unwrap();
+        assert_eq!((big.width, big.height), (16, 12));
     }
 
     #[test]

@@ -272,31 +272,70 @@ impl Vm {
         result.and(released)
     }
 
-    pub async fn drag(
-        &self,
-        from: (u32, u32),
-        to: (u32, u32),
-        button: Button,
-    ) -> Result<(), VmError> {
-        let mut down = self.abs(from.0, from.1).to_vec();
-        down.push(btn_event(button.qemu(), true));
-        self.qmp.send_events(down).await?;
-        tokio::time::sleep(self.pacing.pointer_hold).await;
-        let steps = 12;
-        for i in 1..=steps {
-            let x = from.0 as i64 + (to.0 as i64 - from.0 as i64) * i / steps;
-            let y = from.1 as i64 + (to.1 as i64 - from.1 as i64) * i / steps;
-            self.move_to(x as u32, y as u32).await?;
-        }
-        self.qmp
-            .send_events(vec![btn_event(button.qemu(), false)])
-            .await?;
+    /// A button pressed or released at (x, y): the position travels in the same report.
+    pub async fn button(&self, x: u32, y: u32, button: Button, down: bool) -> Result<(), VmError> {
+        let mut events = self.abs(x, y).to_vec();
+        events.push(btn_event(button.qemu(), down));
+        self.qmp.send_events(events).await?;
         tokio::time::sleep(self.pacing.pointer_gap).await;
         Ok(())
     }
 
-    pub async fn scroll(&self, x: u32, y: u32, dx: i32, dy: i32) -> Result<(), VmError> {
+    /// Presses at the path's first point, moves through every point (segments in steps of at
+    /// most ~40 pixels, so programs that track motion see a drag, not a jump), releases at the
+    /// last; modifiers are held throughout and released even when a step fails.
+    pub async fn drag(
+        &self,
+        path: &[(u32, u32)],
+        button: Button,
+        modifiers: &[QCode],
+    ) -> Result<(), VmError> {
+        let Some(&from) = path.first() else {
+            return Ok(());
+        };
+        self.hold(modifiers, true).await?;
+        let result = async {
+            let mut down = self.abs(from.0, from.1).to_vec();
+            down.push(btn_event(button.qemu(), true));
+            self.qmp.send_events(down).await?;
+            tokio::time::sleep(self.pacing.pointer_hold).await;
+            for pair in path.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                let len = (a.0 as f64 - b.0 as f64).hypot(a.1 as f64 - b.1 as f64);
+                let steps = ((len / 40.0).ceil() as i64).clamp(1, 12);
+                for i in 1..=steps {
+                    let x = a.0 as i64 + (b.0 as i64 - a.0 as i64) * i / steps;
+                    let y = a.1 as i64 + (b.1 as i64 - a.1 as i64) * i / steps;
+                    self.move_to(x as u32, y as u32).await?;
+                }
+            }
+            self.qmp
+                .send_events(vec![btn_event(button.qemu(), false)])
+                .await?;
+            tokio::time::sleep(self.pacing.pointer_gap).await;
+            Ok::<_, VmError>(())
+        }
+        .await;
+        let released = self.hold(modifiers, false).await;
+        result.and(released)
+    }
+
+    pub async fn scroll(
+        &self,
+        x: u32,
+        y: u32,
+        dx: i32,
+        dy: i32,
+        modifiers: &[QCode],
+    ) -> Result<(), VmError> {
         self.move_to(x, y).await?;
+        self.hold(modifiers, true).await?;
+        let result = self.wheel(dx, dy).await;
+        let released = self.hold(modifiers, false).await;
+        result.and(released)
+    }
+
+    async fn wheel(&self, dx: i32, dy: i32) -> Result<(), VmError> {
         let vertical = if dy > 0 {
             InputButton::wheel_down
         } else {
@@ -320,10 +359,11 @@ impl Vm {
         Ok(())
     }
 
-    /// Presses the keys together (in order) and releases them in reverse.
-    pub async fn combo(&self, keys: &[QCode]) -> Result<(), VmError> {
+    /// Presses the keys together (in order), holds them `hold` (at least the usual key hold)
+    /// and releases them in reverse.
+    pub async fn combo(&self, keys: &[QCode], hold: Duration) -> Result<(), VmError> {
         self.hold(keys, true).await?;
-        tokio::time::sleep(self.pacing.key_hold).await;
+        tokio::time::sleep(hold.max(self.pacing.key_hold)).await;
         self.hold(keys, false).await
     }
 

@@ -1,6 +1,6 @@
 //! Typing any Unicode text. ASCII goes as today: US-layout key strokes through QMP. Any other
 //! character is typed the way xdotool does it: a spare keycode is mapped to the character's
-//! keysym (`U<hex>`) in the guest's X keymap through the guest agent (`xmodmap`), then that key
+//! keysym (`U<hex>`) in the guest's X keymap through the guest agent (`xkbcomp`), then that key
 //! is pressed through QMP; the guest's own mapping is put back after every call.
 //!
 //! The spare keys are keys a desktop without Japanese input or media keys does not use, among
@@ -41,7 +41,7 @@ pub const SPARE_KEYS: [(QCode, u32); 16] = [
 const REMAP_PAUSE: Duration = Duration::from_millis(300);
 
 /// Where the guest's own mapping of the spare keys is kept while they are borrowed.
-const SAVED: &str = "/tmp/.deskvm-keymap";
+const SAVED: &str = "/tmp/.deskvm-keymap.xkb";
 
 /// One piece of text: a key of the US layout, or a character typed through a spare key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,30 +136,54 @@ pub fn assign(chars: &[char]) -> (Vec<Mapping>, Vec<(usize, usize)>) {
     (gens, keys)
 }
 
-/// The guest command that maps a generation's characters onto their spare keys (saving the
-/// guest's own mapping first, once).
+/// Rewrites an `xkbcomp -xkb` keymap dump: the keys whose keycodes `want` names (`191=U00E9`,
+/// space-separated) get that keysym on both levels, in place or, for keys the dump gives no
+/// symbols, added at the end of `xkb_symbols`.
+const REWRITE: &str = r#"
+BEGIN { n = split(want, m, " "); for (i = 1; i <= n; i++) { split(m[i], kv, "="); code[kv[1]] = kv[2] } }
+/^ *<[^>]+> *= *[0-9]+;/ { c = $3; sub(";", "", c); if (c in code) { sym[$1] = code[c]; todo[$1] = 1 } }
+/^xkb_symbols/ { insym = 1 }
+insym && /^ *key <[^>]+>/ {
+  match($0, /<[^>]+>/); k = substr($0, RSTART, RLENGTH)
+  if (k in sym) { print "    key " k " { [ " sym[k] ", " sym[k] " ] };"; delete todo[k]; skip = ($0 !~ /};/); next }
+}
+skip { if ($0 ~ /};/) skip = 0; next }
+insym && /^};/ { for (k in todo) print "    key " k " { [ " sym[k] ", " sym[k] " ] };"; insym = 0 }
+{ print }
+"#;
+
+/// Waits (at most ~6 s) until the window manager has stopped using CPU. Every keymap change
+/// makes it re-read the keymap and grab its key bindings again: openbox spends ~0.5 s of CPU on
+/// that under TCG, and a drag that starts meanwhile is lost (measured: with xmodmap, one change
+/// per key, drags failed for seconds after typing).
+const WM_IDLE: &str =
+    "p=$(pgrep -x -d ' ' 'openbox|xfwm4|mutter|marco|metacity|kwin_x11|fluxbox|icewm'); \
+    [ -z \"$p\" ] || { a=; for i in $(seq 40); do \
+    b=$(for q in $p; do awk '{print $14 + $15}' /proc/$q/stat; done | tr -d '\\n'); \
+    [ \"$a\" = \"$b\" ] && break; a=$b; sleep 0.15; done; }";
+
+/// The guest command that maps a generation's characters onto their spare keys, in one keymap
+/// change (`xkbcomp` uploads the whole map: one change however many keys, where `xmodmap`
+/// makes one per key), saving the guest's own keymap first, once.
 pub fn map_script(generation: &[(usize, char)]) -> String {
-    let keycodes: Vec<String> = SPARE_KEYS
+    let want: Vec<String> = generation
         .iter()
-        .map(|(_, k)| format!("$2 == {k}"))
+        .map(|&(slot, c)| format!("{}=U{:04X}", SPARE_KEYS[slot].1, c as u32))
         .collect();
-    let mut script = format!(
-        "[ -f {SAVED} ] || xmodmap -pke | awk '$1 == \"keycode\" && ({})' > {SAVED}; xmodmap",
-        keycodes.join(" || ")
-    );
-    for &(slot, c) in generation {
-        let sym = format!("U{:04X}", c as u32);
-        script.push_str(&format!(
-            " -e 'keycode {} = {sym} {sym}'",
-            SPARE_KEYS[slot].1
-        ));
-    }
-    script
+    format!(
+        "set -e; [ -s {SAVED} ] || xkbcomp -xkb \"$DISPLAY\" {SAVED} 2>/dev/null; \
+         awk -v want='{}' '{REWRITE}' {SAVED} > {SAVED}.new; \
+         xkbcomp -w 0 {SAVED}.new \"$DISPLAY\"",
+        want.join(" ")
+    )
 }
 
-/// Puts the guest's own mapping of the spare keys back.
+/// Puts the guest's own keymap back and waits until the window manager has taken it in.
 pub fn restore_script() -> String {
-    format!("[ -f {SAVED} ] && xmodmap {SAVED} && rm -f {SAVED}")
+    format!(
+        "[ -s {SAVED} ] || exit 0; xkbcomp -w 0 {SAVED} \"$DISPLAY\" && rm -f {SAVED} {SAVED}.new; \
+         s=$?; {WM_IDLE}; exit $s"
+    )
 }
 
 impl Vm {
@@ -273,10 +297,11 @@ mod tests {
         let (gens, keys) = assign(&['é', 'x', 'é']);
         assert_eq!(keys[0], keys[2]);
         let script = map_script(&gens[0]);
-        assert!(
-            script.contains("keycode 191 = U00E9 U00E9") && script.contains("keycode 192 = U0078"),
-            "{script}"
+        assert!(script.contains("want='191=U00E9 192=U0078'"), "{script}");
+        assert_eq!(
+            script.matches("xkbcomp -w 0").count(),
+            1,
+            "one keymap change: {script}"
         );
-        assert_eq!(script.matches(" -e ").count(), 2, "{script}");
     }
 }
