@@ -3,6 +3,7 @@
 //! passes, and exported reviews as resources.
 
 mod calls;
+mod checkpoint;
 mod computer;
 pub mod http;
 mod input;

@@ -21,6 +21,33 @@ pub struct SessionStartArgs {
     /// Give the guest a NAT network (default: no network at all).
     #[serde(default)]
     pub network: bool,
+    /// Start as a fork of this checkpoint: its screen, files and memory as they were when it
+    /// was saved (size, memory, image and network come from it).
+    pub from_checkpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CheckpointArgs {
+    pub session_id: String,
+    /// Name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<unix time>.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+    )]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RestoreArgs {
+    pub session_id: String,
+    /// The checkpoint to roll the session back to.
+    pub checkpoint: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CheckpointNameArgs {
+    /// The checkpoint's name.
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -201,7 +228,8 @@ pub struct ComputerArgs {
     /// The action's vocabulary; default: recognised from its shape ("action" key: Anthropic,
     /// "type" key: OpenAI).
     pub format: Option<ActionFormat>,
-    /// Text the action types is a secret: the review keeps only its length.
+    /// The text a `type` action types is a secret: the review keeps only its length (key
+    /// names are recorded as they are).
     #[serde(default)]
     pub secret: bool,
 }

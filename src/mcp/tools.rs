@@ -60,6 +60,7 @@ impl DeskvmServer {
             tool_router: Self::tool_router()
                 + Self::input_router()
                 + Self::computer_router()
+                + Self::checkpoint_router()
                 + Self::reclaim_router(),
             prompt_router: Self::prompt_router(),
         }
@@ -96,6 +97,7 @@ impl DeskvmServer {
             image: a.image,
             memory_mb: a.memory_mb,
             network: a.network,
+            from_checkpoint: a.from_checkpoint,
         };
         Ok(match self.manager.start(req).await {
             Ok(info) => structured(serde_json::to_value(info).unwrap_or_default()),
@@ -356,13 +358,14 @@ mod tests {
         let router = DeskvmServer::tool_router()
             + DeskvmServer::input_router()
             + DeskvmServer::computer_router()
+            + DeskvmServer::checkpoint_router()
             + DeskvmServer::reclaim_router();
         let readme = include_str!("../../README.md");
         let prompt = include_str!("../../prompts/use-desktop.md");
         let tools = router.list_all();
         assert_eq!(
             tools.len(),
-            19,
+            23,
             "a new tool: describe it, then count it here"
         );
         for t in tools {

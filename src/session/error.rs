@@ -40,6 +40,12 @@ pub enum SessionError {
     /// together.
     #[error("{0}")]
     InvalidParams(String),
+    #[error("unknown checkpoint {name:?}; {}", if .known.is_empty() { "there are none; make one with checkpoint".to_string() } else { format!("checkpoints: {}", .known.join(", ")) })]
+    UnknownCheckpoint { name: String, known: Vec<String> },
+    #[error("{what} is in use by {}", .by.join(", "))]
+    InUse { what: String, by: Vec<String> },
+    #[error("checkpoint {name} cannot run here: {why}")]
+    Incompatible { name: String, why: String },
     #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
     UnknownAction {
         format: &'static str,
@@ -91,6 +97,9 @@ impl SessionError {
             SessionError::InvalidName { .. } => "invalid_name",
             SessionError::InvalidParams(_) => "invalid_params",
             SessionError::UnknownAction { .. } => "unknown_action",
+            SessionError::UnknownCheckpoint { .. } => "unknown_checkpoint",
+            SessionError::InUse { .. } => "in_use",
+            SessionError::Incompatible { .. } => "incompatible_checkpoint",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",
@@ -130,6 +139,8 @@ impl SessionError {
                 json!({ "field": field, "value": value })
             }
             SessionError::UnknownSession { known, .. } => json!({ "known": known }),
+            SessionError::UnknownCheckpoint { known, .. } => json!({ "known": known }),
+            SessionError::InUse { by, .. } => json!({ "used_by": by }),
             SessionError::UnknownAction {
                 action, supported, ..
             } => json!({ "field": "action", "value": action, "valid": supported }),

@@ -1,7 +1,7 @@
 //! The space agents' coordinates are in, and where a pointer action lands: checked against the
 //! latest screenshot before a call queues.
 
-use super::action::{Plan, Point, Region};
+use super::action::{Plan, Point, Region, MAX_ZOOM_SCALE, MAX_ZOOM_SIDE};
 use super::error::SessionError;
 use crate::vm::display::scaled_size;
 
@@ -104,18 +104,41 @@ impl Geometry {
                     region: None,
                 })
             }
-            Plan::Zoom { region, .. } => Ok(Trace {
-                region: Some(self.screen_region(*region)?),
-                ..Trace::default()
-            }),
+            Plan::Zoom { region, scale } => {
+                let r = self.screen_region(*region)?;
+                // The answer's largest side, in pixels, stays within MAX_ZOOM_SIDE.
+                let side = f64::from(r.2.max(r.3));
+                let max_scale = (f64::from(MAX_ZOOM_SIDE) / side).min(MAX_ZOOM_SCALE);
+                if (side * scale).round() > f64::from(MAX_ZOOM_SIDE) {
+                    return Err(SessionError::OutOfRange {
+                        field: "scale",
+                        value: scale.to_string(),
+                        valid: format!(
+                            "0.01..={:.2} for a region of {}x{} screen pixels (answers are at most {MAX_ZOOM_SIDE} pixels a side)",
+                            (max_scale * 100.0).floor() / 100.0,
+                            r.2,
+                            r.3
+                        ),
+                    });
+                }
+                Ok(Trace {
+                    region: Some(r),
+                    ..Trace::default()
+                })
+            }
             _ => Ok(Trace::default()),
         }
     }
 
     /// A screen pixel in the latest screenshot's space.
+    /// Rounded down, so the point is one this session accepts back.
     pub fn in_shot(&self, (x, y): (u32, u32)) -> Point {
-        let r = |v: u32| ((v as f64) * self.scale * 100.0).round() / 100.0;
-        Point { x: r(x), y: r(y) }
+        let (w, h) = scaled_size(self.width, self.height, self.scale);
+        let r = |v: u32, max: u32| ((v as f64) * self.scale).floor().min(f64::from(max - 1));
+        Point {
+            x: r(x, w),
+            y: r(y, h),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod action;
 pub mod boot;
 pub mod caller;
+pub mod checkpoint;
 pub mod error;
 mod geometry;
 mod idle;
@@ -13,6 +14,7 @@ mod lane;
 mod ledgers;
 mod reclaim;
 mod record;
+mod restore;
 mod run;
 
 use std::collections::HashMap;
@@ -52,11 +54,13 @@ pub struct StartRequest {
     pub image: Option<String>,
     pub memory_mb: Option<u32>,
     pub network: bool,
+    /// Start as a fork of this checkpoint (its size, memory, image and network).
+    pub from_checkpoint: Option<String>,
 }
 
 impl StartRequest {
     fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network })
+        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint })
     }
 }
 
@@ -86,7 +90,8 @@ pub struct SessionInfo {
 pub struct Session {
     info: SessionInfo,
     lane: Mutex<Lane>,
-    exited: watch::Receiver<Option<String>>,
+    /// The VM's exit; replaced when a restore starts a new VM.
+    exited: std::sync::Mutex<watch::Receiver<Option<String>>>,
     files: RuntimeFiles,
     ledger: Arc<Ledger>,
     geometry: Arc<std::sync::Mutex<geometry::Geometry>>,
@@ -138,6 +143,19 @@ pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: b
         network,
         incoming: None,
     }
+}
+
+/// Records a VM's exit when it happens, not only when the next call trips over it (a VM
+/// stopped on purpose, by session_stop or a restore, is not a failure).
+fn watch_exit(id: &str, exited: watch::Receiver<Option<String>>, ledger: Arc<Ledger>) {
+    let id = id.to_string();
+    tokio::spawn(async move {
+        if let Some(reason) = boot::exit_reason(exited).await.filter(|r| r != "stopped") {
+            tracing::warn!(session = %id, %reason, "session failed: its VM exited");
+            let _ = ledger.append("session_failed", json!({ "reason": reason }));
+            let _ = ledger.update_meta(|m| m.state = "failed".into());
+        }
+    });
 }
 
 /// 64 random bits: session ids name ledgers and are the only key to a desktop.
@@ -243,6 +261,11 @@ impl SessionManager {
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
         let caller = Caller::current();
+        let mut req = req;
+        let fork = match req.from_checkpoint.clone() {
+            Some(name) => Some(self.fork_source(&name, &mut req)?),
+            None => None,
+        };
         let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
         let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
         let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
@@ -266,7 +289,10 @@ impl SessionManager {
             });
         }
         let spec = self.machine_spec(&image, memory_mb, req.network);
-        let ready = ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec);
+        let ready = match fork {
+            Some(checkpoint) => Some(checkpoint),
+            None => ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec),
+        };
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
@@ -338,19 +364,18 @@ impl SessionManager {
             token: caller.principal.clone(),
             disk: None,
         };
+        if req.from_checkpoint.is_some() {
+            // A fork answers once its guest runs: keys typed into a fork in the moment after it
+            // was loaded were lost in 1 of 6 tries, never after its guest agent had answered.
+            if let Err(e) = booted.vm.exec("true", Duration::from_secs(10)).await {
+                tracing::warn!(error = %e, "a fork's guest agent did not answer");
+            }
+        }
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
         }
         let exited = booted.instance.exited();
-        // Recorded when it happens, not only when the next call trips over it.
-        let (watch_id, watched, watch_ledger) = (id.clone(), exited.clone(), ledger.clone());
-        tokio::spawn(async move {
-            if let Some(reason) = boot::exit_reason(watched).await.filter(|r| r != "stopped") {
-                tracing::warn!(session = %watch_id, %reason, "session failed: its VM exited");
-                let _ = watch_ledger.append("session_failed", json!({ "reason": reason }));
-                let _ = watch_ledger.update_meta(|m| m.state = "failed".into());
-            }
-        });
+        watch_exit(&id, exited.clone(), ledger.clone());
         let geometry = Arc::new(std::sync::Mutex::new(geometry::Geometry {
             width,
             height,
@@ -365,7 +390,7 @@ impl SessionManager {
                 boot::TERMINAL_POINT,
             )),
             geometry,
-            exited,
+            exited: std::sync::Mutex::new(exited),
             files,
             ledger,
             after: std::sync::Mutex::new(None),
@@ -432,7 +457,7 @@ impl SessionManager {
             .filter(|s| caller.sees(&s.info.token))
             .map(|s| {
                 let mut info = s.info.clone();
-                if s.exited.borrow().is_some() {
+                if s.exited().borrow().is_some() {
                     info.state = "failed".into();
                 }
                 info.disk = Some(storage::usage::SessionDisk {

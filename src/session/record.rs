@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -117,8 +118,12 @@ pub fn append_refused(ledger: &Ledger, tool: &str, raw_args: &Value, message: &s
 }
 
 impl Session {
+    pub(super) fn exited(&self) -> watch::Receiver<Option<String>> {
+        self.exited.lock().expect("exit watch poisoned").clone()
+    }
+
     pub(super) fn check_alive(&self) -> Result<(), SessionError> {
-        match self.exited.borrow().clone() {
+        match self.exited().borrow().clone() {
             Some(reason) => Err(SessionError::Failed {
                 id: self.info.session_id.clone(),
                 reason,
@@ -160,7 +165,7 @@ impl Session {
     pub(super) async fn close_ledger(&self) {
         self.ledger.shots.flush().await;
         let failed = self
-            .exited
+            .exited()
             .borrow()
             .as_deref()
             .is_some_and(|r| r != "stopped");

@@ -95,6 +95,8 @@ impl Lane {
             } => {
                 self.vm.click(at.0, at.1, button, count, &modifiers).await?;
                 self.last_pointer = Some(Instant::now());
+                // A click releases the button, also one mouse_down held.
+                self.held.retain(|b| *b != button);
                 Outcome::Done {
                     message: format!("clicked {button:?} x{count} at {}", shot(at)).to_lowercase(),
                 }

@@ -71,6 +71,11 @@ impl Layout {
     }
 
     /// Build work dirs (runtime image root filesystems) while a build runs.
+    /// Saved sessions (`checkpoint`): memory and device state, and the disk layer.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.cache.join("checkpoints")
+    }
+
     pub fn work(&self) -> PathBuf {
         self.cache.join("work")
     }

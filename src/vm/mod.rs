@@ -281,9 +281,9 @@ impl Vm {
         Ok(())
     }
 
-    /// Presses at the path's first point, moves through every point (segments in steps of at
-    /// most ~40 pixels, so programs that track motion see a drag, not a jump), releases at the
-    /// last; modifiers are held throughout and released even when a step fails.
+    /// Presses at the path's first point, moves through every point (segments in steps of ~40
+    /// pixels, at most 12 a segment, so programs that track motion see a drag, not a jump),
+    /// releases at the last; the button and the modifiers are released even when a step fails.
     pub async fn drag(
         &self,
         path: &[(u32, u32)],
@@ -309,15 +309,17 @@ impl Vm {
                     self.move_to(x as u32, y as u32).await?;
                 }
             }
-            self.qmp
-                .send_events(vec![btn_event(button.qemu(), false)])
-                .await?;
-            tokio::time::sleep(self.pacing.pointer_gap).await;
             Ok::<_, VmError>(())
         }
         .await;
+        let up = self
+            .qmp
+            .send_events(vec![btn_event(button.qemu(), false)])
+            .await
+            .map_err(VmError::from);
+        tokio::time::sleep(self.pacing.pointer_gap).await;
         let released = self.hold(modifiers, false).await;
-        result.and(released)
+        result.and(up).and(released)
     }
 
     pub async fn scroll(

@@ -174,6 +174,12 @@ impl Qmp {
         }
     }
 
+    /// Lets a stopped guest (or one whose state was just saved) run again.
+    pub async fn cont(&self) -> Result<(), QmpError> {
+        self.execute(qmp::cont {}).await?;
+        Ok(())
+    }
+
     pub async fn quit(&self) {
         let _ = self.execute(qmp::quit {}).await;
     }

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::{Mapped, Reply};
-use crate::session::action::{Region, MAX_SCROLL_CLICKS};
+use crate::session::action::{Region, MAX_SCROLL_CLICKS, MAX_WAIT_MS};
 use crate::session::{check_range, Action, Point, SessionError};
 use crate::vm::Button;
 
@@ -29,8 +29,9 @@ pub const ACTIONS: &[&str] = &[
     "wait",
 ];
 
-/// `duration` in seconds, as the reference implementation bounds it.
-const MAX_DURATION_S: f64 = 100.0;
+/// `duration` in seconds: the reference implementation allows 100, a deskvm call holds its
+/// session for at most a minute.
+const MAX_DURATION_S: f64 = (MAX_WAIT_MS / 1000) as f64;
 
 fn bad(message: impl Into<String>) -> SessionError {
     SessionError::InvalidParams(message.into())
@@ -162,7 +163,14 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
             reply: Reply::CursorText,
         }),
         "scroll" => {
-            let amount = a.get("scroll_amount").and_then(Value::as_i64).unwrap_or(3);
+            let amount = match a.get("scroll_amount") {
+                None | Some(Value::Null) => 3,
+                Some(v) => v.as_i64().ok_or_else(|| {
+                    bad(format!(
+                        "scroll_amount must be a whole number of wheel clicks, got {v}"
+                    ))
+                })?,
+            };
             let amount =
                 check_range("scroll_amount", amount, (0, MAX_SCROLL_CLICKS.into()))? as i32;
             let (dx, dy) = match a.get("scroll_direction").and_then(Value::as_str) {

@@ -137,7 +137,12 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
         "move" => Action::MouseMove { to: xy(a, name)? },
         "scroll" => {
             let wheel = |f: &'static str| {
-                let px = a.get(f).and_then(Value::as_f64).unwrap_or(0.0);
+                let px = match a.get(f) {
+                    None | Some(Value::Null) => 0.0,
+                    Some(v) => v
+                        .as_f64()
+                        .ok_or_else(|| bad(format!("{f} must be a number of pixels, got {v}")))?,
+                };
                 let max = f64::from(MAX_SCROLL_CLICKS) * SCROLL_PX_PER_CLICK;
                 check_range(f, px, (-max, max)).map(clicks)
             };

@@ -184,3 +184,21 @@ fn a_refused_secret_is_recorded_without_its_text() {
     let r = recorded_args(&a).to_string();
     assert!(!r.contains("hunter2"), "{r}");
 }
+
+#[test]
+fn secret_typed_text_stays_secret_in_both_formats() {
+    for action in [
+        json!({"action": "type", "text": "hunter2-secret"}),
+        json!({"type": "type", "text": "hunter2-secret"}),
+    ] {
+        let (_, m) = map(&obj(action), None, true).unwrap();
+        assert!(m.steps[0].is_secret());
+        let r = m.steps[0].record().to_string();
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+    let e = one(json!({"action": "scroll", "scroll_direction": "up", "scroll_amount": 2.5}))
+        .unwrap_err();
+    assert!(e.to_string().contains("whole number"), "{e}");
+    let e = one(json!({"type": "scroll", "x": 1, "y": 1, "scroll_y": "200"})).unwrap_err();
+    assert!(e.to_string().contains("scroll_y"), "{e}");
+}

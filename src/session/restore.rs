@@ -1,0 +1,208 @@
+//! The manager's side of checkpoints: `checkpoint`, `restore` in place, forks' source, list and
+//! delete, each recorded in the review ledger.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::checkpoint::{self, CheckpointInfo};
+use super::{boot, record, watch_exit, Session, SessionError, SessionManager, StartRequest};
+use crate::image::ready::ReadyState;
+use crate::image::GuestImage;
+
+/// Checkpoint names: `<session>-<n>` when none is given.
+fn default_name(session: &str) -> String {
+    format!("{session}-{}", crate::storage::owner::unix_now())
+}
+
+impl SessionManager {
+    fn record_on(
+        &self,
+        session: &Session,
+        tool: &str,
+        args: Value,
+        r: Result<&Value, &SessionError>,
+        started: Instant,
+    ) {
+        let recorded = record::append_call(
+            &session.ledger,
+            "",
+            tool,
+            args,
+            r,
+            started,
+            &Default::default(),
+        );
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, tool, "could not record a call in the review ledger");
+        }
+    }
+
+    /// The checkpoint a checkpoint-bound call names, checked against this server's QEMU build.
+    fn usable(&self, name: &str) -> Result<(CheckpointInfo, ReadyState), SessionError> {
+        let (info, ready) = checkpoint::load(&self.cfg.layout, name)?;
+        let here = self.cfg.backend.qemu_version();
+        if info.qemu_version != here {
+            return Err(SessionError::Incompatible {
+                name: name.to_string(),
+                why: format!(
+                    "it was saved by {}, this server runs {here}",
+                    info.qemu_version
+                ),
+            });
+        }
+        Ok((info, ready))
+    }
+
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<CheckpointInfo, SessionError> {
+        let started = Instant::now();
+        let args = json!({ "name": name });
+        let session = self.session_for("checkpoint", id, &args, started).await?;
+        let name = name.map(str::to_string).unwrap_or_else(|| default_name(id));
+        let result = async {
+            super::check_name("checkpoint", &name)?;
+            let qemu = self.cfg.backend.qemu_version().to_string();
+            session.checkpoint(&self.cfg.layout, &name, &qemu).await
+        }
+        .await;
+        let outcome = result
+            .as_ref()
+            .map(|i| serde_json::to_value(i).unwrap_or_default());
+        self.record_on(
+            &session,
+            "checkpoint",
+            args,
+            outcome.as_ref().map_err(|e| *e),
+            started,
+        );
+        result
+    }
+
+    /// Rolls a running session back to a checkpoint: a new VM from the checkpoint's state and
+    /// disk replaces the session's, under the same id and ledger.
+    pub async fn restore(&self, id: &str, name: &str) -> Result<Value, SessionError> {
+        let started = Instant::now();
+        let args = json!({ "checkpoint": name });
+        let session = self.session_for("restore", id, &args, started).await?;
+        let result = self.restore_inner(&session, name, started).await;
+        self.record_on(&session, "restore", args, result.as_ref(), started);
+        result
+    }
+
+    async fn restore_inner(
+        &self,
+        session: &Session,
+        name: &str,
+        started: Instant,
+    ) -> Result<Value, SessionError> {
+        let (info, ready) = self.usable(name)?;
+        let s = &session.info;
+        if (
+            info.image.as_str(),
+            info.width,
+            info.height,
+            info.memory_mb,
+            info.network,
+        ) != (s.image.as_str(), s.width, s.height, s.memory_mb, s.network)
+        {
+            return Err(SessionError::Incompatible {
+                name: name.to_string(),
+                why: format!(
+                    "it is a {}x{} {} MiB {} desktop, the session a {}x{} {} MiB {} one; fork it with session_start {{from_checkpoint}} instead",
+                    info.width, info.height, info.memory_mb, info.image, s.width, s.height, s.memory_mb, s.image
+                ),
+            });
+        }
+        let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
+        let spec = self.machine_spec(&image, info.memory_mb, info.network);
+        session.finish_capture().await;
+        let mut lane = session.lane.lock().await;
+        lane.vm.qmp().quit().await;
+        lane.instance.stop().await;
+        let _ = std::fs::remove_file(session.files.disk());
+        let booted = boot::start_vm(
+            self.cfg.backend.as_ref(),
+            &s.session_id,
+            &image,
+            spec,
+            Some(&ready),
+            &session.files,
+        )
+        .await?;
+        booted.vm.sync_clock_in_background();
+        let exited = booted.instance.exited();
+        watch_exit(&s.session_id, exited.clone(), session.ledger.clone());
+        *session.exited.lock().expect("exit watch poisoned") = exited;
+        lane.vm = booted.vm;
+        lane.instance = booted.instance;
+        lane.latest = None;
+        lane.changed_since_frame = true;
+        lane.awaiting_after = None;
+        lane.pointer = info.pointer;
+        lane.held.clear();
+        let first = lane.look().await?;
+        drop(lane);
+        let shot = session.ledger.shots.put(&first.frame, &first.hash);
+        let ms = started.elapsed().as_millis() as u64;
+        Ok(json!({ "ok": true, "checkpoint": name, "restore_ms": ms, "shot": shot }))
+    }
+
+    /// A fork's starting point: the checkpoint as its ready state, and its machine in `req`.
+    pub(super) fn fork_source(
+        &self,
+        name: &str,
+        req: &mut StartRequest,
+    ) -> Result<ReadyState, SessionError> {
+        let (info, ready) = self.usable(name)?;
+        for (field, given, theirs) in [
+            ("width", req.width, info.width),
+            ("height", req.height, info.height),
+            ("memory_mb", req.memory_mb, info.memory_mb),
+        ] {
+            if given.is_some_and(|g| g != theirs) {
+                return Err(SessionError::Incompatible {
+                    name: name.to_string(),
+                    why: format!(
+                        "{field} is {theirs} in the checkpoint; leave it out or give {theirs}"
+                    ),
+                });
+            }
+        }
+        (req.width, req.height, req.memory_mb) =
+            (Some(info.width), Some(info.height), Some(info.memory_mb));
+        req.image = Some(info.image);
+        req.network = info.network;
+        Ok(ready)
+    }
+
+    pub async fn checkpoint_list(&self) -> Vec<CheckpointInfo> {
+        let started = Instant::now();
+        let list = checkpoint::list(&self.cfg.layout);
+        let v = json!({ "checkpoints": list.len() });
+        self.record_server("checkpoint_list", json!({}), Ok(&v), started);
+        list
+    }
+
+    pub async fn checkpoint_delete(&self, name: &str) -> Result<u64, SessionError> {
+        let started = Instant::now();
+        let layout = self.cfg.layout.clone();
+        let owned = name.to_string();
+        let result = tokio::task::spawn_blocking(move || checkpoint::delete(&layout, &owned))
+            .await
+            .map_err(std::io::Error::other)
+            .map_err(SessionError::from)
+            .and_then(|r| r);
+        let v = result.as_ref().map(|b| json!({ "bytes_freed": b }));
+        self.record_server(
+            "checkpoint_delete",
+            json!({ "name": name }),
+            v.as_ref().map_err(|e| *e),
+            started,
+        );
+        result
+    }
+}
