@@ -118,6 +118,9 @@ enum Cmd {
         /// Timed `reclaim` reports, on this cache and on a made-up one with 8 images (0 skips).
         #[arg(long, default_value_t = 20)]
         reclaim_runs: usize,
+        /// Checkpoints, restores and forks measured (0 skips).
+        #[arg(long, default_value_t = 5)]
+        checkpoints: usize,
         /// `http` adds screenshots over streamable HTTP beside stdio, and --http-clients
         /// clients at once.
         #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
@@ -250,6 +253,7 @@ async fn main() -> Result<()> {
             cold,
             ledger_actions,
             reclaim_runs,
+            checkpoints,
             transport,
             http_clients,
         } => {
@@ -261,6 +265,7 @@ async fn main() -> Result<()> {
                 cold,
                 ledger_actions,
                 reclaim_runs,
+                checkpoints,
                 http_clients: (transport == "http").then_some(http_clients),
                 server_args,
             })

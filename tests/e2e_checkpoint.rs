@@ -201,3 +201,28 @@ async fn a_checkpoint_outlives_its_server_and_forks_after_a_restart() -> Result<
         .await?;
     Ok(())
 }
+
+/// A containerised session checkpointed and restored: QEMU in the container writes the state to
+/// the runtime dir it shares with the host, and loads it back from the cache it sees read-only.
+#[tokio::test]
+async fn docker_checkpoint_and_restore() -> Result<()> {
+    let s = server_with(&["--backend", "docker"]).await?;
+    let c = &s.client;
+    let info = c.call_ok("session_start", json!({})).await?;
+    assert_eq!(info["backend"], "docker", "{info}");
+    let sid = sid_of(&info);
+    set_state(c, &sid, "in-container", "#aa00aa").await?;
+    let name = unique("dock");
+    c.call_ok("checkpoint", json!({ "session_id": sid, "name": name }))
+        .await?;
+    set_state(c, &sid, "changed", "#0000aa").await?;
+    c.call_ok("restore", json!({ "session_id": sid, "checkpoint": name }))
+        .await?;
+    assert_eq!(guest(c, &sid, "cat /root/ck.txt").await?, "in-container\n");
+    assert_eq!(background(c, &sid).await?, [0xaa, 0, 0xaa]);
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    c.call_ok("checkpoint_delete", json!({ "name": name }))
+        .await?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `deskvm bench`: the numbers in BENCHMARKS.md, measured through a real MCP client against the
 //! real server and guest, so they include everything an agent would wait for.
 
+mod checkpoint;
 mod disk;
 mod transport;
 mod typing;
@@ -48,6 +49,8 @@ pub struct Options {
     pub ledger_actions: usize,
     /// Timed `reclaim` reports (0: skip).
     pub reclaim_runs: usize,
+    /// Checkpoints, restores and forks measured (0: skip).
+    pub checkpoints: usize,
     /// Also compare stdio with streamable HTTP, and run this many HTTP clients at once.
     pub http_clients: Option<usize>,
     /// Passed on to `deskvm serve`.
@@ -75,6 +78,9 @@ pub async fn run(o: Options) -> Result<()> {
     let mut result = run_with(&client, &o).await;
     if result.is_ok() && o.reclaim_runs > 0 {
         result = disk::reclaim_report_time(&client, o.reclaim_runs).await;
+    }
+    if result.is_ok() && o.checkpoints > 0 {
+        result = checkpoint::measure(&client, o.checkpoints).await;
     }
     if let (Ok(()), Some(clients)) = (&result, o.http_clients) {
         let env = [

@@ -364,13 +364,6 @@ impl SessionManager {
             token: caller.principal.clone(),
             disk: None,
         };
-        if req.from_checkpoint.is_some() {
-            // A fork answers once its guest runs: keys typed into a fork in the moment after it
-            // was loaded were lost in 1 of 6 tries, never after its guest agent had answered.
-            if let Err(e) = booted.vm.exec("true", Duration::from_secs(10)).await {
-                tracing::warn!(error = %e, "a fork's guest agent did not answer");
-            }
-        }
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
         }
