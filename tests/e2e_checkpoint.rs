@@ -128,6 +128,10 @@ async fn restore_brings_back_files_and_screen_and_forks_run_apart() -> Result<()
         c.call_ok("session_stop", json!({ "session_id": f }))
             .await?;
     }
+    // The restored source runs on the checkpoint's disk too.
+    let (kind, msg) = tool_error(c, "checkpoint_delete", json!({ "name": name })).await?;
+    assert_eq!(kind, "in_use", "{msg}");
+    assert!(msg.contains(&sid), "{msg}");
     let ev = events(&s.data.join("reviews").join(&sid))?;
     for t in ["checkpoint", "restore"] {
         assert!(ev.iter().any(|e| e["tool"] == t), "{t} is in the ledger");

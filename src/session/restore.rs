@@ -134,6 +134,14 @@ impl SessionManager {
         )
         .await?;
         booted.vm.sync_clock_in_background();
+        // The session now runs on the checkpoint's disk: its marker says so, so the checkpoint
+        // is not deleted under it.
+        if let Some(mut owner) = crate::storage::Owner::read(&session.files.dir) {
+            if !owner.uses.contains(&ready.dir) {
+                owner.uses.push(ready.dir.clone());
+                let _ = owner.write(&session.files.dir);
+            }
+        }
         let exited = booted.instance.exited();
         watch_exit(&s.session_id, exited.clone(), session.ledger.clone());
         *session.exited.lock().expect("exit watch poisoned") = exited;
