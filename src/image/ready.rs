@@ -28,6 +28,16 @@ impl ReadyState {
         self.dir.join("meta.json")
     }
 
+    /// Makes the disk and state read-only: every overlay started from them is backed by these
+    /// exact files.
+    pub fn seal(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [self.disk(), self.state()] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
+        }
+        Ok(())
+    }
+
     pub fn key(qemu_version: &str, spec: &VmSpec) -> String {
         let mut h = Sha256::new();
         h.update(FORMAT.as_bytes());

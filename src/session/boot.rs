@@ -230,11 +230,7 @@ pub async fn make_ready_state(
     vm.qmp().quit().await;
     instance.stop().await;
     std::fs::rename(files.disk(), partial.disk())?;
-    // Read-only: every session's overlay is backed by this exact file.
-    for f in [partial.disk(), partial.state()] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
-    }
+    partial.seal()?;
     let meta = serde_json::json!({
         "qemu_version": backend.qemu_version(),
         "image": image.name,

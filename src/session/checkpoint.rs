@@ -164,6 +164,10 @@ impl Session {
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
         let partial = target.with_extension("partial");
+        // A checkpoint's files are a ready state's.
+        let files = ReadyState {
+            dir: partial.clone(),
+        };
         let _ = std::fs::remove_dir_all(&partial);
         storage::owned_dir(
             &partial,
@@ -180,7 +184,7 @@ impl Session {
             .await;
         // The saved state has flushed the disk: its overlay is the disk of that instant.
         let copied = match saved {
-            Ok(()) => std::fs::copy(self.files.disk(), partial.join("disk.qcow2")).map(|_| ()),
+            Ok(()) => std::fs::copy(self.files.disk(), files.disk()).map(|_| ()),
             Err(_) => Ok(()),
         };
         let resumed = lane.vm.qmp().cont().await;
@@ -193,18 +197,13 @@ impl Session {
         if let Err(e) = saved.and(resumed) {
             return cleanup(VmError::from(e).into());
         }
-        if let Err(e) = copied.and_then(|()| move_file(&state, &partial.join("state.bin"))) {
+        if let Err(e) = copied.and_then(|()| move_file(&state, &files.state())) {
             return cleanup(e.into());
         }
         lane.changed_since_frame = true;
         let pointer = lane.pointer;
         drop(lane);
-        // Read-only, as a ready state's: forks' overlays are backed by this exact file.
-        for f in ["disk.qcow2", "state.bin"] {
-            use std::os::unix::fs::PermissionsExt;
-            let _ =
-                std::fs::set_permissions(partial.join(f), std::fs::Permissions::from_mode(0o444));
-        }
+        let _ = files.seal();
         let info = CheckpointInfo {
             name: name.to_string(),
             source_session: self.info.session_id.clone(),
@@ -217,7 +216,7 @@ impl Session {
             network: self.info.network,
             bytes: storage::usage::disk_bytes(&partial),
             pause_ms,
-            parent: parent_of(layout, &partial.join("disk.qcow2")).await,
+            parent: parent_of(layout, &files.disk()).await,
             pointer,
         };
         let written = serde_json::to_vec_pretty(&info)

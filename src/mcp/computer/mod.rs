@@ -109,37 +109,27 @@ impl DeskvmServer {
             }
         };
         let started = std::time::Instant::now();
-        let mut last = None;
-        let mut names = Vec::new();
-        for step in mapped.steps {
-            names.push(step.name());
+        // What the loop asked for, then (when it expects one) the settled screen to answer with.
+        let names: Vec<&str> = mapped.steps.iter().map(Action::name).collect();
+        let mut steps = mapped.steps;
+        if mapped.reply == Reply::Screenshot {
+            steps.push(Action::Wait {
+                ms: Some(0),
+                until_stable: true,
+                timeout_ms: Some(SETTLE_TIMEOUT_MS),
+            });
+            steps.push(Action::Screenshot {
+                scale: None,
+                max_width: None,
+            });
+        }
+        let mut looked = None;
+        for step in steps {
             match self.manager.act(&a.session_id, step).await {
-                Ok(o) => last = Some(o),
+                Ok(o) => looked = Some(o),
                 Err(e) => return Ok(tool_error(e)),
             }
         }
-        let looked = match mapped.reply {
-            Reply::Screenshot => {
-                let settle = Action::Wait {
-                    ms: Some(0),
-                    until_stable: true,
-                    timeout_ms: Some(SETTLE_TIMEOUT_MS),
-                };
-                let shot = Action::Screenshot {
-                    scale: None,
-                    max_width: None,
-                };
-                let mut r = None;
-                for step in [settle, shot] {
-                    match self.manager.act(&a.session_id, step).await {
-                        Ok(o) => r = Some(o),
-                        Err(e) => return Ok(tool_error(e)),
-                    }
-                }
-                r
-            }
-            _ => last,
-        };
         let Some(outcome) = looked else {
             return Ok(tool_error(SessionError::InvalidParams(
                 "the action ran no step".into(),
