@@ -216,9 +216,11 @@ fn print_report(r: &Report) {
     }
     let u = &r.usage;
     println!(
-        "on disk: guest images {}, ready states {}, build work {}, sessions {} ({}), ledgers {} ({}), exports {} ({}), runtime images {} ({})",
+        "on disk: guest images {}, ready states {}, checkpoints {} ({}), build work {}, sessions {} ({}), ledgers {} ({}), exports {} ({}), runtime images {} ({})",
         human(u.guest_images.bytes),
         human(u.ready_states.bytes),
+        human(u.checkpoints.bytes),
+        u.checkpoints.count,
         human(u.build_work.bytes),
         human(u.sessions.bytes),
         u.sessions.count,

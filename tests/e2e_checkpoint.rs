@@ -39,6 +39,13 @@ async fn restore_brings_back_files_and_screen_and_forks_run_apart() -> Result<()
     set_state(c, &sid, "one", "#aa0000").await?;
     let red = background(c, &sid).await?;
     assert_eq!(red, [0xaa, 0, 0]);
+    // 24 MB the first checkpoint's disk layer holds and the second's must not.
+    guest(
+        c,
+        &sid,
+        "head -c 24000000 /dev/urandom > /root/big.bin && sync && echo ok",
+    )
+    .await?;
     let name = unique("ck");
     let ck = c
         .call_ok("checkpoint", json!({ "session_id": sid, "name": name }))
@@ -132,16 +139,62 @@ async fn restore_brings_back_files_and_screen_and_forks_run_apart() -> Result<()
     let (kind, msg) = tool_error(c, "checkpoint_delete", json!({ "name": name })).await?;
     assert_eq!(kind, "in_use", "{msg}");
     assert!(msg.contains(&sid), "{msg}");
+
+    // A second checkpoint is a layer on the first: it holds what changed since, and both
+    // restore after the session moved on from them.
+    set_state(c, &sid, "four", "#00aa00").await?;
+    let green = background(c, &sid).await?;
+    let name2 = unique("ck2");
+    let ck2 = c
+        .call_ok("checkpoint", json!({ "session_id": sid, "name": name2 }))
+        .await?;
+    assert_eq!(ck2["parent"], name.as_str(), "{ck2}");
+    let layer = |v: &Value| v["layer_bytes"].as_u64().unwrap_or(0);
+    assert!(layer(&ck) > 24_000_000, "{ck}");
+    assert!(
+        layer(&ck2) < 12_000_000,
+        "the second layer holds only what changed since the first: {ck2}"
+    );
+    set_state(c, &sid, "five", "#0000aa").await?;
+    for (to, text, colour) in [
+        (&name2, "four\n", green),
+        (&name, "one\n", red),
+        (&name2, "four\n", green),
+    ] {
+        c.call_ok("restore", json!({ "session_id": sid, "checkpoint": to }))
+            .await?;
+        assert_eq!(
+            guest(c, &sid, "cat /root/ck.txt").await?,
+            text,
+            "restored {to}"
+        );
+        assert_eq!(background(c, &sid).await?, colour, "the screen of {to}");
+    }
+    let list = c.call_ok("checkpoint_list", json!({})).await?;
+    let listed = list["checkpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name2.as_str()).cloned())
+        .unwrap_or_default();
+    let deps = listed["depends_on"].to_string();
+    assert!(
+        deps.contains(&format!("checkpoint {name}")) && deps.contains("ready state"),
+        "{list}"
+    );
+
     let ev = events(&s.data.join("reviews").join(&sid))?;
     for t in ["checkpoint", "restore"] {
         assert!(ev.iter().any(|e| e["tool"] == t), "{t} is in the ledger");
     }
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
-    let d = c
-        .call_ok("checkpoint_delete", json!({ "name": name }))
-        .await?;
-    assert!(d["bytes_freed"].as_u64().unwrap_or(0) > 0, "{d}");
+    // The first is the second's lower layer: kept while the second exists.
+    let (kind, msg) = tool_error(c, "checkpoint_delete", json!({ "name": name })).await?;
+    assert_eq!(kind, "in_use", "{msg}");
+    assert!(msg.contains(&format!("checkpoint {name2}")), "{msg}");
+    for n in [&name2, &name] {
+        let d = c.call_ok("checkpoint_delete", json!({ "name": n })).await?;
+        assert!(d["bytes_freed"].as_u64().unwrap_or(0) > 0, "{d}");
+    }
     let (kind, _) = tool_error(
         c,
         "restore",
@@ -208,8 +261,10 @@ async fn a_checkpoint_outlives_its_server_and_forks_after_a_restart() -> Result<
 
 /// A containerised session checkpointed and restored: QEMU in the container writes the state to
 /// the runtime dir it shares with the host, and loads it back from the cache it sees read-only.
+/// Then across backends (one QEMU build): a local server forks the container's checkpoint and
+/// checkpoints its fork, and the container's session restores that local checkpoint.
 #[tokio::test]
-async fn docker_checkpoint_and_restore() -> Result<()> {
+async fn docker_checkpoint_and_restore_across_backends() -> Result<()> {
     let s = server_with(&["--backend", "docker"]).await?;
     let c = &s.client;
     let info = c.call_ok("session_start", json!({})).await?;
@@ -217,16 +272,49 @@ async fn docker_checkpoint_and_restore() -> Result<()> {
     let sid = sid_of(&info);
     set_state(c, &sid, "in-container", "#aa00aa").await?;
     let name = unique("dock");
-    c.call_ok("checkpoint", json!({ "session_id": sid, "name": name }))
+    let ck = c
+        .call_ok("checkpoint", json!({ "session_id": sid, "name": name }))
         .await?;
+    assert_eq!(ck["backend"], "docker", "{ck}");
     set_state(c, &sid, "changed", "#0000aa").await?;
     c.call_ok("restore", json!({ "session_id": sid, "checkpoint": name }))
         .await?;
     assert_eq!(guest(c, &sid, "cat /root/ck.txt").await?, "in-container\n");
     assert_eq!(background(c, &sid).await?, [0xaa, 0, 0xaa]);
+
+    let l = server_with(&["--backend", "local"]).await?;
+    let lc = &l.client;
+    let fork = lc
+        .call_ok("session_start", json!({ "from_checkpoint": name }))
+        .await?;
+    assert_eq!(fork["backend"], "local", "{fork}");
+    let fork = sid_of(&fork);
+    assert_eq!(
+        guest(lc, &fork, "cat /root/ck.txt").await?,
+        "in-container\n"
+    );
+    assert_eq!(background(lc, &fork).await?, [0xaa, 0, 0xaa]);
+    set_state(lc, &fork, "local-fork", "#00aaaa").await?;
+    let local = unique("lcl");
+    let lck = lc
+        .call_ok("checkpoint", json!({ "session_id": fork, "name": local }))
+        .await?;
+    assert_eq!(
+        lck["parent"],
+        name.as_str(),
+        "a layer on the container's checkpoint: {lck}"
+    );
+    lc.call_ok("session_stop", json!({ "session_id": fork }))
+        .await?;
+
+    c.call_ok("restore", json!({ "session_id": sid, "checkpoint": local }))
+        .await?;
+    assert_eq!(guest(c, &sid, "cat /root/ck.txt").await?, "local-fork\n");
+    assert_eq!(background(c, &sid).await?, [0, 0xaa, 0xaa]);
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
-    c.call_ok("checkpoint_delete", json!({ "name": name }))
-        .await?;
+    for n in [&local, &name] {
+        c.call_ok("checkpoint_delete", json!({ "name": n })).await?;
+    }
     Ok(())
 }

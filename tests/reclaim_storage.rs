@@ -358,6 +358,119 @@ async fn builds_in_progress_stay_and_dead_builds_go() -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint made by `checkpoint`, as far as reclaim reads it: metadata and marker.
+fn saved(dir: &Path, qemu: &str, parent: Option<&str>, uses: &[&Path]) -> Result<()> {
+    write(&dir.join("state.bin"), 64 << 10)?;
+    write(&dir.join("disk.qcow2"), 16 << 10)?;
+    let meta = serde_json::json!({ "name": dir.file_name().unwrap().to_string_lossy(), "qemu_version": qemu, "parent": parent });
+    std::fs::write(dir.join("checkpoint.json"), meta.to_string())?;
+    Owner::me("checkpoint", Some("00000000000000c0"))
+        .uses(uses.iter().map(|p| p.to_path_buf()))
+        .write(dir)?;
+    Ok(())
+}
+
+/// Checkpoints are kept unless no QEMU build sessions run can load them; even then while a
+/// running session or a kept checkpoint depends on them. What a kept checkpoint sits on (a
+/// ready state of another configuration, one of a gone build) is kept with it; a half-written
+/// checkpoint whose writer died is build work.
+#[tokio::test]
+async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> Result<()> {
+    let (d, _guard) = temp_dirs(&["rt", "rd", "rc"])?;
+    let qemu = deskvm::backend::local::qemu_version(Path::new("qemu-system-x86_64")).await?;
+    let old_qemu = "QEMU emulator version 0.1 (a build nothing runs)";
+    let img = d[2]
+        .join("images")
+        .join(format!("{DEFAULT_IMAGE}-{}", recipe_hash()));
+    image(&img, true)?;
+    let (other_config, old_ready, old_ready_used) = (
+        img.join("ready-555555555555"),
+        img.join("ready-333333333333"),
+        img.join("ready-444444444444"),
+    );
+    ready(&other_config, &qemu)?;
+    ready(&old_ready, old_qemu)?;
+    ready(&old_ready_used, old_qemu)?;
+    let ck = d[2].join("checkpoints");
+    let fresh = ck.join("fresh");
+    saved(&fresh, &qemu, None, &[&img, &other_config])?;
+    let alone = ck.join("old-alone");
+    saved(&alone, old_qemu, None, &[&img, &old_ready])?;
+    let (base, used) = (ck.join("old-base"), ck.join("old-used"));
+    saved(&base, old_qemu, None, &[&img, &old_ready_used])?;
+    saved(
+        &used,
+        old_qemu,
+        Some("old-base"),
+        &[&img, &old_ready_used, &base],
+    )?;
+    // A live session (this test process owns it) runs on old-used.
+    let live = d[0].join("s").join("00000000000000c1");
+    std::fs::create_dir_all(&live)?;
+    Owner::me("session", Some("00000000000000c1"))
+        .uses([img.clone(), used.clone()])
+        .write(&live)?;
+    let half = ck.join("dead-writer.partial");
+    write(&half.join("state.bin"), 32 << 10)?;
+    let mut gone = Owner::me("checkpoint", Some("00000000000000c2"));
+    gone.pid_start += 1;
+    gone.write(&half)?;
+
+    let (code, r, err) = cli(&["reclaim", "--json"], &env(&d))?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        paths(&r["candidates"], "checkpoint"),
+        vec![s(&alone)],
+        "{r:#}"
+    );
+    assert_eq!(
+        paths(&r["candidates"], "ready_state"),
+        vec![s(&old_ready)],
+        "{r:#}"
+    );
+    assert_eq!(
+        paths(&r["candidates"], "build_work"),
+        vec![s(&half)],
+        "{r:#}"
+    );
+    assert_eq!(r["usage"]["checkpoints"]["count"], 4, "{r:#}");
+    let why = r["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "checkpoint")
+        .unwrap()["why"]
+        .to_string();
+    assert!(why.contains("0.1") && why.contains("cannot load"), "{why}");
+    let kept = r["not_touched"].to_string();
+    assert!(
+        kept.contains(&s(&used)) && kept.contains(&s(&base)),
+        "{r:#}"
+    );
+
+    let args = [
+        "reclaim",
+        "--apply",
+        "--json",
+        "--kind",
+        "checkpoint",
+        "--kind",
+        "ready_state",
+        "--kind",
+        "build_work",
+    ];
+    let (code, r, err) = cli(&args, &env(&d))?;
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    assert_eq!(r["removed"].as_array().map(Vec::len), Some(3), "{r:#}");
+    for gone in [&alone, &old_ready, &half] {
+        assert!(!gone.exists(), "{} should be gone", gone.display());
+    }
+    for kept in [&fresh, &base, &used, &other_config, &old_ready_used, &img] {
+        assert!(kept.exists(), "{} must stay", kept.display());
+    }
+    Ok(())
+}
+
 /// Ledgers: a stopped session's goes when older than asked; a live server's failed (but still
 /// listed) session and a running one stay; so does one younger than the limit.
 #[tokio::test]

@@ -12,7 +12,7 @@ use super::tools::{structured, tool_error, DeskvmServer};
 #[tool_router(router = checkpoint_router, vis = "pub(crate)")]
 impl DeskvmServer {
     #[tool(
-        description = "Save the running session's whole machine (memory, devices, disk) under a name; the session keeps running. Returns the name, bytes on disk and how long the VM was paused. Roll back with restore; start many from it with session_start {from_checkpoint}. Checkpoints outlive the session and the server.",
+        description = "Save the running session's whole machine (memory, devices, disk) under a name; the session keeps running. Returns the name, bytes on disk (of them layer_bytes: the disk written since the previous checkpoint) and how long the VM was paused. Roll back with restore; start many from it with session_start {from_checkpoint}. Checkpoints outlive the session and the server.",
         annotations(
             title = "Checkpoint",
             destructive_hint = false,
@@ -52,7 +52,7 @@ impl DeskvmServer {
     }
 
     #[tool(
-        description = "List saved checkpoints: name, source session, created at, bytes, the checkpoint it sits on, machine size.",
+        description = "List saved checkpoints: name, source session, created at, bytes (and of them the disk layer), the layers each depends on (its ready state and the checkpoints below it), machine size, QEMU build and backend.",
         annotations(title = "List checkpoints", read_only_hint = true)
     )]
     async fn checkpoint_list(&self) -> Result<CallToolResult, McpError> {

@@ -1,10 +1,13 @@
 //! Checkpoints: a running session's whole machine saved under a name: its memory and device
-//! state (QEMU's migration stream, as ready states are saved) and its disk overlay as it was at
-//! that instant. They live in the cache (`checkpoints/<name>/`, the same files as a ready
-//! state: `state.bin`, `disk.qcow2` backed by the ready state's or a parent checkpoint's disk),
-//! outlive sessions and servers, and are restored in place or forked into new sessions.
+//! state (QEMU's migration stream, written while the guest runs) and its disk as it was at
+//! that instant. The disk is layered: the session's overlay is frozen as the checkpoint's layer
+//! and the session goes on in a new overlay above it, so a checkpoint holds only what changed
+//! since the one before. They live in the cache (`checkpoints/<name>/`, the same files as a
+//! ready state: `state.bin`, `disk.qcow2` backed by the ready state's or a parent checkpoint's
+//! disk), outlive sessions and servers, and are restored in place or forked into new sessions.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +34,24 @@ pub struct CheckpointInfo {
     pub network: bool,
     /// Bytes on disk: the state and this checkpoint's own disk layer.
     pub bytes: u64,
+    /// Of those, the disk layer: what the guest wrote since the checkpoint below (or since
+    /// its session started).
+    #[serde(default)]
+    pub layer_bytes: u64,
     /// How long the session's VM was paused to save it.
     pub pause_ms: u64,
     /// The checkpoint whose disk this one's layer sits on (None: the ready state's).
     pub parent: Option<String>,
     /// Where the pointer was, in screen pixels.
     pub pointer: (u32, u32),
+    /// The backend whose session it was saved from ("local", "docker"); either backend runs
+    /// it when its QEMU build is the same.
+    #[serde(default)]
+    pub backend: String,
+    /// The layers it needs, oldest first: the ready state's directory, then each checkpoint
+    /// below it (filled in when listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 pub fn dir(layout: &Layout, name: &str) -> PathBuf {
@@ -49,7 +64,7 @@ fn meta_path(dir: &Path) -> PathBuf {
 
 /// A checkpoint by name, or `unknown_checkpoint` naming the ones there are.
 pub fn load(layout: &Layout, name: &str) -> Result<(CheckpointInfo, ReadyState), SessionError> {
-    super::check_name("checkpoint", name)?;
+    check_name(name)?;
     let d = dir(layout, name);
     let info = std::fs::read(meta_path(&d))
         .ok()
@@ -63,7 +78,7 @@ pub fn load(layout: &Layout, name: &str) -> Result<(CheckpointInfo, ReadyState),
     }
 }
 
-/// Every complete checkpoint, oldest first.
+/// Every complete checkpoint, oldest first, each with the layers it depends on.
 pub fn list(layout: &Layout) -> Vec<CheckpointInfo> {
     let mut out: Vec<CheckpointInfo> = std::fs::read_dir(layout.checkpoints())
         .into_iter()
@@ -73,7 +88,38 @@ pub fn list(layout: &Layout) -> Vec<CheckpointInfo> {
         .filter_map(|b| serde_json::from_slice(&b).ok())
         .collect();
     out.sort_by(|a: &CheckpointInfo, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+    let parents: std::collections::HashMap<String, Option<String>> = out
+        .iter()
+        .map(|c| (c.name.clone(), c.parent.clone()))
+        .collect();
+    for c in &mut out {
+        let mut chain = Vec::new();
+        let mut at = c.parent.clone();
+        // (Bounded: a cycle cannot be made, but a hand-edited file could claim one.)
+        while let Some(p) = at.filter(|_| chain.len() < parents.len()) {
+            at = parents.get(&p).cloned().flatten();
+            chain.push(format!("checkpoint {p}"));
+        }
+        let root = Owner::read(&dir(layout, &c.name))
+            .and_then(|o| o.uses.into_iter().find(|u| storage::is_ready_dir(u)));
+        chain.extend(root.map(|r| format!("ready state {}", r.display())));
+        chain.reverse();
+        c.depends_on = chain;
+    }
     out
+}
+
+/// Checkpoint names: the session's name rules, and not a name the cache uses for work.
+pub fn check_name(name: &str) -> Result<(), SessionError> {
+    super::check_name("checkpoint", name)?;
+    if name.ends_with(".partial") {
+        return Err(SessionError::InvalidName {
+            field: "checkpoint",
+            value: name.to_string(),
+            why: "names ending in .partial are reserved for checkpoints being written".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Why a checkpoint cannot be deleted: live sessions (of any server) running on it, and
@@ -135,6 +181,15 @@ async fn parent_of(layout: &Layout, disk: &Path) -> Option<String> {
         .flatten()
 }
 
+/// Puts a frozen file into a checkpoint: a hard link where both are on one filesystem (QEMU
+/// goes on reading the runtime dir's name, which must stay), else a copy.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)?;
+    }
+    Ok(())
+}
+
 /// Moves a file, copying when it crosses filesystems (the runtime dir is often a tmpfs).
 fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     if std::fs::rename(from, to).is_err() {
@@ -144,13 +199,56 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A disk's virtual size in bytes (a new layer above it has the same).
+async fn virtual_size(disk: &Path) -> Result<u64, SessionError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(disk)
+        .output()
+        .await?;
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["virtual-size"].as_u64())
+        .ok_or_else(|| {
+            SessionError::Setup(format!(
+                "qemu-img info {} failed: {}",
+                disk.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })
+}
+
+/// A new qcow2 layer whose header names `backing` without opening it (it does not exist yet:
+/// it is where the running layer goes once frozen).
+async fn new_layer(backing: &Path, size: u64, layer: &Path) -> Result<(), SessionError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b"])
+        .arg(backing)
+        .arg(layer)
+        .arg(size.to_string())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(SessionError::Setup(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Block node names must be unique within a QEMU process; one counter serves them all.
+static LAYERS: AtomicU64 = AtomicU64::new(1);
+
 impl Session {
-    /// Saves the running machine as checkpoint `name`; the session keeps running.
+    /// Saves the running machine as checkpoint `name`; the session keeps running. The guest is
+    /// paused only for the end of the memory save and the disk switch.
     pub(super) async fn checkpoint(
         &self,
         layout: &Layout,
         name: &str,
         qemu_version: &str,
+        backend: &str,
     ) -> Result<CheckpointInfo, SessionError> {
         let target = dir(layout, name);
         if target.exists() {
@@ -169,40 +267,76 @@ impl Session {
             dir: partial.clone(),
         };
         let _ = std::fs::remove_dir_all(&partial);
+        // What the session runs on (image, ready state, the checkpoint below) is what this
+        // checkpoint needs too: reclaim keeps it while the checkpoint exists.
+        let below = Owner::read(&self.files.dir)
+            .map(|o| o.uses)
+            .unwrap_or_default();
         storage::owned_dir(
             &partial,
-            &Owner::me("checkpoint", Some(&self.info.session_id)),
+            &Owner::me("checkpoint", Some(&self.info.session_id)).uses(below),
         )?;
-        // QEMU writes the state where it can (a container sees the runtime dir, not the
-        // cache read-write); it is moved into the checkpoint afterwards.
+        // QEMU writes where it can (a container sees the runtime dir read-write, the cache
+        // read-only); the files go into the checkpoint afterwards.
         let state = self.files.dir.join("checkpoint.state");
-        let paused = Instant::now();
-        let saved = lane
-            .vm
-            .qmp()
-            .save_state(&state, Duration::from_secs(120))
-            .await;
-        // The saved state has flushed the disk: its overlay is the disk of that instant.
-        let copied = match saved {
-            Ok(()) => std::fs::copy(self.files.disk(), files.disk()).map(|_| ()),
-            Err(_) => Ok(()),
-        };
-        let resumed = lane.vm.qmp().cont().await;
-        let pause_ms = paused.elapsed().as_millis() as u64;
-        let cleanup = |e: SessionError| {
+        let node = format!("layer{}", LAYERS.fetch_add(1, Ordering::Relaxed));
+        let next = self.files.dir.join(format!("disk-{node}.qcow2"));
+        let after_switch = |e: SessionError| {
             let _ = std::fs::remove_dir_all(&partial);
             let _ = std::fs::remove_file(&state);
             Err(e)
         };
-        if let Err(e) = saved.and(resumed) {
-            return cleanup(VmError::from(e).into());
+        let cleanup = |e: SessionError| {
+            let _ = std::fs::remove_file(&next);
+            after_switch(e)
+        };
+        let frozen = lane.disk.clone();
+        // The header of the new layer names the checkpoint's final path: what a restart or a
+        // later checkpoint of this session opens below it.
+        let final_disk = ReadyState {
+            dir: target.clone(),
         }
-        if let Err(e) = copied.and_then(|()| move_file(&state, &files.state())) {
-            return cleanup(e.into());
+        .disk();
+        let prepared = async {
+            let size = virtual_size(&lane.disk).await?;
+            new_layer(&final_disk, size, &next).await
+        };
+        if let Err(e) = prepared.await {
+            return cleanup(e);
         }
+        let qmp = lane.vm.qmp();
+        let saved = qmp
+            .save_state_live(&state, Duration::from_secs(5), Duration::from_secs(120))
+            .await;
+        // The guest is stopped and its disk flushed: freeze the layer of this instant.
+        let switched = match &saved {
+            Ok(_) => qmp.snapshot_disk(&next, &node).await,
+            Err(_) => Ok(()),
+        };
+        let resumed = qmp.cont().await;
+        let done = Instant::now();
+        if let (Ok(_), Ok(())) = (&saved, &switched) {
+            // The guest writes to the new layer from here on, whatever else fails.
+            lane.disk = next.clone();
+        }
+        let save = match saved.and_then(|s| switched.and(resumed).map(|()| s)) {
+            Ok(s) => s,
+            Err(e) if lane.disk == next => return after_switch(VmError::from(e).into()),
+            Err(e) => return cleanup(VmError::from(e).into()),
+        };
+        let pause_ms = done
+            .duration_since(save.stopped_no_earlier_than)
+            .as_millis() as u64;
         lane.changed_since_frame = true;
         let pointer = lane.pointer;
+        // The frozen layer is read-only to QEMU now, and stays where QEMU opened it: the
+        // checkpoint gets a link to it.
+        let moved =
+            link_or_copy(&frozen, &files.disk()).and_then(|()| move_file(&state, &files.state()));
         drop(lane);
+        if let Err(e) = moved {
+            return after_switch(e.into());
+        }
         let _ = files.seal();
         let info = CheckpointInfo {
             name: name.to_string(),
@@ -215,16 +349,31 @@ impl Session {
             memory_mb: self.info.memory_mb,
             network: self.info.network,
             bytes: storage::usage::disk_bytes(&partial),
+            layer_bytes: storage::usage::disk_bytes(&files.disk()),
             pause_ms,
             parent: parent_of(layout, &files.disk()).await,
             pointer,
+            backend: backend.to_string(),
+            depends_on: Vec::new(),
         };
+        tracing::debug!(
+            name,
+            pause_ms,
+            downtime_ms = save.downtime_ms,
+            forced = save.forced_stop,
+            "checkpoint saved"
+        );
         let written = serde_json::to_vec_pretty(&info)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(meta_path(&partial), b))
             .and_then(|()| std::fs::rename(&partial, &target));
         if let Err(e) = written {
-            return cleanup(e.into());
+            return after_switch(e.into());
+        }
+        // The session's disk now sits on this checkpoint: it is not deleted under it.
+        if let Some(mut owner) = Owner::read(&self.files.dir) {
+            owner.uses.push(target);
+            let _ = owner.write(&self.files.dir);
         }
         Ok(info)
     }

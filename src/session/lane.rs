@@ -1,6 +1,7 @@
 //! One serialized lane per session: the VM handle and what the lane knows of the screen (the
 //! latest frame, the scale agents' coordinates are in), and the input barrier.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ pub struct Lane {
     pub pointer: (u32, u32),
     /// Buttons pressed by `mouse_down` and not yet released.
     pub held: Vec<Button>,
+    /// The disk layer the guest writes to: the runtime dir's `disk.qcow2` until a checkpoint
+    /// freezes it and adds a layer of another name above it. Layers are never renamed while
+    /// QEMU runs: it reopens a layer by its name when it changes its access mode.
+    pub disk: PathBuf,
 }
 
 /// A frame younger than this counts as the current screen even if it was still changing.
@@ -59,6 +64,7 @@ impl Lane {
         pointer: (u32, u32),
     ) -> Self {
         Lane {
+            disk: vm.files.disk(),
             vm,
             instance,
             geometry,

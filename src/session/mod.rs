@@ -262,6 +262,14 @@ impl SessionManager {
     ) -> Result<SessionInfo, SessionError> {
         let caller = Caller::current();
         let mut req = req;
+        // Held until this session's marker says which image and ready state it runs from:
+        // a reclaim (which takes the lock exclusively) then sees them in use.
+        let layout = self.cfg.layout.clone();
+        let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
+            .await
+            .map_err(std::io::Error::other)??;
+        // Under the lock: a checkpoint_delete (exclusive) cannot take the fork's checkpoint
+        // away before its marker names it.
         let fork = match req.from_checkpoint.clone() {
             Some(name) => Some(self.fork_source(&name, &mut req)?),
             None => None,
@@ -270,12 +278,6 @@ impl SessionManager {
         let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
         let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
         let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
-        // Held until this session's marker says which image and ready state it runs from:
-        // a reclaim (which takes the lock exclusively) then sees them in use.
-        let layout = self.cfg.layout.clone();
-        let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
-            .await
-            .map_err(std::io::Error::other)??;
         let image = GuestImage::locate(
             &self.cfg.layout,
             req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
@@ -289,8 +291,11 @@ impl SessionManager {
             });
         }
         let spec = self.machine_spec(&image, memory_mb, req.network);
+        // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
+        // clicked (a cold boot puts it there).
+        let pointer = fork.as_ref().map_or(boot::TERMINAL_POINT, |(_, p)| *p);
         let ready = match fork {
-            Some(checkpoint) => Some(checkpoint),
+            Some((checkpoint, _)) => Some(checkpoint),
             None => ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec),
         };
         if ready.is_none() {
@@ -380,7 +385,7 @@ impl SessionManager {
                 booted.vm,
                 booted.instance,
                 geometry.clone(),
-                boot::TERMINAL_POINT,
+                pointer,
             )),
             geometry,
             exited: std::sync::Mutex::new(exited),

@@ -64,9 +64,16 @@ impl SessionManager {
         let session = self.session_for("checkpoint", id, &args, started).await?;
         let name = name.map(str::to_string).unwrap_or_else(|| default_name(id));
         let result = async {
-            super::check_name("checkpoint", &name)?;
-            let qemu = self.cfg.backend.qemu_version().to_string();
-            session.checkpoint(&self.cfg.layout, &name, &qemu).await
+            checkpoint::check_name(&name)?;
+            let backend = &self.cfg.backend;
+            session
+                .checkpoint(
+                    &self.cfg.layout,
+                    &name,
+                    backend.qemu_version(),
+                    backend.name(),
+                )
+                .await
         }
         .await;
         let outcome = result
@@ -99,6 +106,12 @@ impl SessionManager {
         name: &str,
         started: Instant,
     ) -> Result<Value, SessionError> {
+        // Held until the session's marker names the checkpoint, as a fork's start does.
+        let layout = self.cfg.layout.clone();
+        let cache_lock =
+            tokio::task::spawn_blocking(move || crate::storage::CacheLock::shared(&layout))
+                .await
+                .map_err(std::io::Error::other)??;
         let (info, ready) = self.usable(name)?;
         let s = &session.info;
         if (
@@ -123,7 +136,18 @@ impl SessionManager {
         let mut lane = session.lane.lock().await;
         lane.vm.qmp().quit().await;
         lane.instance.stop().await;
-        let _ = std::fs::remove_file(session.files.disk());
+        // The session's layers go (a checkpoint keeps its own link to the ones it froze).
+        for e in std::fs::read_dir(&session.files.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("disk") && n.ends_with(".qcow2") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let booted = boot::start_vm(
             self.cfg.backend.as_ref(),
             &s.session_id,
@@ -134,17 +158,19 @@ impl SessionManager {
         )
         .await?;
         booted.vm.sync_clock_in_background();
-        // The session now runs on the checkpoint's disk: its marker says so, so the checkpoint
-        // is not deleted under it.
+        // The session now runs on this checkpoint's disk alone (the layers it had are gone):
+        // its marker says so, so this checkpoint is not deleted under it and others may be.
         if let Some(mut owner) = crate::storage::Owner::read(&session.files.dir) {
-            if !owner.uses.contains(&ready.dir) {
-                owner.uses.push(ready.dir.clone());
-                let _ = owner.write(&session.files.dir);
-            }
+            let checkpoints = self.cfg.layout.checkpoints();
+            owner.uses.retain(|u| !u.starts_with(&checkpoints));
+            owner.uses.push(ready.dir.clone());
+            let _ = owner.write(&session.files.dir);
         }
+        drop(cache_lock);
         let exited = booted.instance.exited();
         watch_exit(&s.session_id, exited.clone(), session.ledger.clone());
         *session.exited.lock().expect("exit watch poisoned") = exited;
+        lane.disk = session.files.disk();
         lane.vm = booted.vm;
         lane.instance = booted.instance;
         lane.latest = None;
@@ -159,12 +185,13 @@ impl SessionManager {
         Ok(json!({ "ok": true, "checkpoint": name, "restore_ms": ms, "shot": shot }))
     }
 
-    /// A fork's starting point: the checkpoint as its ready state, and its machine in `req`.
+    /// A fork's starting point: the checkpoint as its ready state and where its pointer was;
+    /// and its machine in `req`.
     pub(super) fn fork_source(
         &self,
         name: &str,
         req: &mut StartRequest,
-    ) -> Result<ReadyState, SessionError> {
+    ) -> Result<(ReadyState, (u32, u32)), SessionError> {
         let (info, ready) = self.usable(name)?;
         for (field, given, theirs) in [
             ("width", req.width, info.width),
@@ -184,7 +211,7 @@ impl SessionManager {
             (Some(info.width), Some(info.height), Some(info.memory_mb));
         req.image = Some(info.image);
         req.network = info.network;
-        Ok(ready)
+        Ok((ready, info.pointer))
     }
 
     pub async fn checkpoint_list(&self) -> Vec<CheckpointInfo> {
@@ -199,11 +226,15 @@ impl SessionManager {
         let started = Instant::now();
         let layout = self.cfg.layout.clone();
         let owned = name.to_string();
-        let result = tokio::task::spawn_blocking(move || checkpoint::delete(&layout, &owned))
-            .await
-            .map_err(std::io::Error::other)
-            .map_err(SessionError::from)
-            .and_then(|r| r);
+        // Exclusive: no fork is between choosing this checkpoint and naming it in its marker.
+        let result = tokio::task::spawn_blocking(move || {
+            let _lock = crate::storage::CacheLock::exclusive(&layout)?;
+            checkpoint::delete(&layout, &owned)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .map_err(SessionError::from)
+        .and_then(|r| r);
         let v = result.as_ref().map(|b| json!({ "bytes_freed": b }));
         self.record_server(
             "checkpoint_delete",

@@ -70,12 +70,12 @@ impl Layout {
         self.runtime.join("s")
     }
 
-    /// Build work dirs (runtime image root filesystems) while a build runs.
     /// Saved sessions (`checkpoint`): memory and device state, and the disk layer.
     pub fn checkpoints(&self) -> PathBuf {
         self.cache.join("checkpoints")
     }
 
+    /// Build work dirs (runtime image root filesystems) while a build runs.
     pub fn work(&self) -> PathBuf {
         self.cache.join("work")
     }
@@ -90,6 +90,13 @@ impl Layout {
     pub fn janitor_record(&self) -> PathBuf {
         self.runtime.join("janitor-last.json")
     }
+}
+
+/// Whether a cache directory is a ready state (`images/<image>/ready-<key>`).
+pub fn is_ready_dir(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("ready-"))
 }
 
 /// Whether this process runs as root (installing packages and building images need it).

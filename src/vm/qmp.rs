@@ -37,6 +37,65 @@ pub enum QmpError {
     Timeout { what: &'static str, secs: u64 },
 }
 
+/// The block device of the session disk (`-drive if=virtio` names its first one so).
+pub const DISK_DEVICE: &str = "virtio0";
+
+/// The longest the guest may stop at the end of a live save, as QEMU plans it.
+const LIVE_DOWNTIME_MS: u64 = 50;
+
+/// What a live save measured.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSave {
+    /// The guest stopped at this instant or later: the pause is at most "now" minus it.
+    pub stopped_no_earlier_than: Instant,
+    /// How long QEMU kept the guest stopped to finish the stream.
+    pub downtime_ms: u64,
+    /// The guest dirtied memory too fast to converge and was stopped to finish the save.
+    pub forced_stop: bool,
+}
+
+/// QMP commands whose arguments the `qapi` crate's schema types make awkward (unions with
+/// `null`, structs of twenty optional fields): their name as a type, their arguments as JSON.
+trait RawName {
+    const NAME: &'static str;
+}
+
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+struct Raw<N>(
+    serde_json::Value,
+    #[serde(skip)] std::marker::PhantomData<N>,
+);
+
+impl<N> Raw<N> {
+    fn new(args: serde_json::Value) -> Self {
+        Raw(args, std::marker::PhantomData)
+    }
+}
+
+impl<N: RawName + Send + Sync> qapi::Command for Raw<N> {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = N::NAME;
+    const ALLOW_OOB: bool = false;
+}
+
+impl<N: RawName + Send + Sync> qmp::QmpCommand for Raw<N> {}
+
+macro_rules! raw_commands {
+    ($($ty:ident = $name:literal),* $(,)?) => {$(
+        struct $ty;
+        impl RawName for $ty {
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+raw_commands! {
+    MigrateSetParameters = "migrate-set-parameters",
+    BlockdevAdd = "blockdev-add",
+    BlockdevSnapshot = "blockdev-snapshot",
+}
+
 pub struct Qmp {
     svc: QapiService<Writer>,
     reader: tokio::task::JoinHandle<()>,
@@ -172,6 +231,94 @@ impl Qmp {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Writes the whole machine to `path` while the guest runs: QEMU sends RAM as the guest
+    /// dirties it (pre-copy) and stops the guest only for the last dirty pages and the device
+    /// state. A guest still dirtying pages after `converge` is stopped so the save finishes.
+    /// Returns with the guest stopped (`postmigrate`, its disks flushed); `cont` resumes it.
+    pub async fn save_state_live(
+        &self,
+        path: &Path,
+        converge: Duration,
+        timeout: Duration,
+    ) -> Result<LiveSave, QmpError> {
+        // A file takes the stream as fast as the host writes; QEMU's default cap (128 MiB/s)
+        // would stretch the save, and its downtime estimate assumes that bandwidth.
+        self.execute(Raw::<MigrateSetParameters>::new(serde_json::json!({
+            "max-bandwidth": 1u64 << 40,
+            "downtime-limit": LIVE_DOWNTIME_MS,
+        })))
+        .await?;
+        self.execute(qmp::migrate {
+            uri: Some(format!("file:{}", path.display())),
+            channels: None,
+            detach: None,
+            resume: None,
+        })
+        .await?;
+        let started = Instant::now();
+        let mut stop_sent: Option<Instant> = None;
+        let mut last_active = started;
+        loop {
+            let asked = Instant::now();
+            let info = self.execute(qmp::query_migrate {}).await?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => {
+                    let downtime = Duration::from_millis(info.downtime.unwrap_or(0).max(0) as u64);
+                    // The guest stopped `downtime` before completion, which came after the
+                    // last poll that still saw the save running: the earliest it can have been.
+                    let earliest = last_active.checked_sub(downtime).unwrap_or(last_active);
+                    return Ok(LiveSave {
+                        stopped_no_earlier_than: stop_sent.map_or(earliest, |s| s.max(earliest)),
+                        downtime_ms: downtime.as_millis() as u64,
+                        forced_stop: stop_sent.is_some(),
+                    });
+                }
+                Some(qmp::MigrationStatus::failed) | Some(qmp::MigrationStatus::cancelled) => {
+                    return Err(QmpError::Command {
+                        command: "migrate",
+                        message: info.error_desc.unwrap_or_else(|| "migration failed".into()),
+                    })
+                }
+                _ => last_active = asked,
+            }
+            if stop_sent.is_none() && started.elapsed() > converge {
+                stop_sent = Some(Instant::now());
+                self.execute(qmp::stop {}).await?;
+            }
+            if started.elapsed() > timeout {
+                let _ = self.execute(qmp::migrate_cancel {}).await;
+                return Err(QmpError::Timeout {
+                    what: "saving the machine state",
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Freezes the disk: `overlay` (a qcow2 file without an open backing) becomes the active
+    /// layer above the current one, which QEMU keeps open read-only from then on. Writes after
+    /// this land in `overlay` only. `node` must be unique in this QEMU process.
+    pub async fn snapshot_disk(&self, overlay: &Path, node: &str) -> Result<(), QmpError> {
+        self.execute(Raw::<BlockdevAdd>::new(serde_json::json!({
+            "driver": "qcow2",
+            "node-name": node,
+            "discard": "unmap",
+            "cache": { "direct": false, "no-flush": true },
+            "file": { "driver": "file", "filename": overlay.to_string_lossy() },
+            // The header names the layer below (the checkpoint's path); QEMU must not open it
+            // there: blockdev-snapshot attaches the running layer instead.
+            "backing": null,
+        })))
+        .await?;
+        self.execute(Raw::<BlockdevSnapshot>::new(serde_json::json!({
+            "node": DISK_DEVICE,
+            "overlay": node,
+        })))
+        .await
+        .map(drop)
     }
 
     /// Lets a stopped guest (or one whose state was just saved) run again.

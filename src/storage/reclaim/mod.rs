@@ -6,6 +6,7 @@
 //! deskvm's marker (a directory's `.deskvm-owned`, a container's or image's `deskvm.*` labels,
 //! an export's `review.json`) are ever candidates; a live instance's things never are.
 
+mod checkpoints;
 mod engine;
 mod remove;
 mod scan;
@@ -34,6 +35,9 @@ pub enum Kind {
     GuestImage,
     /// A ready state saved by a QEMU build or machine configuration nothing runs any more.
     ReadyState,
+    /// A checkpoint only a QEMU build nothing runs any more could load, that no running
+    /// session and no kept checkpoint depends on.
+    Checkpoint,
     /// A `deskvm-runtime` image of another recipe that no container uses.
     RuntimeImage,
     /// The review ledger of a stopped session, past its retention age.
@@ -47,6 +51,7 @@ pub const ALL_KINDS: &[Kind] = &[
     Kind::BuildWork,
     Kind::GuestImage,
     Kind::ReadyState,
+    Kind::Checkpoint,
     Kind::RuntimeImage,
     Kind::Ledger,
     Kind::Export,
@@ -59,6 +64,7 @@ impl Kind {
             Kind::BuildWork => "build_work",
             Kind::GuestImage => "guest_image",
             Kind::ReadyState => "ready_state",
+            Kind::Checkpoint => "checkpoint",
             Kind::RuntimeImage => "runtime_image",
             Kind::Ledger => "ledger",
             Kind::Export => "export",
@@ -169,6 +175,9 @@ pub struct Failed {
 pub struct Usage {
     pub guest_images: Total,
     pub ready_states: Total,
+    /// Saved checkpoints (a running session's current layer links to its latest one's disk,
+    /// counted here and under sessions).
+    pub checkpoints: Total,
     pub build_work: Total,
     pub sessions: Total,
     pub ledgers: Total,
@@ -245,7 +254,12 @@ pub async fn run(
     // An apply that may remove images decides and deletes under the exclusive cache lock, so
     // no session can start from an image between "nothing uses it" and its removal. Reports,
     // and the janitor's orphans, need no lock.
-    let images = [Kind::GuestImage, Kind::ReadyState, Kind::RuntimeImage];
+    let images = [
+        Kind::GuestImage,
+        Kind::ReadyState,
+        Kind::Checkpoint,
+        Kind::RuntimeImage,
+    ];
     let _lock = if req.apply && images.iter().any(|k| req.wants(*k)) {
         let layout = layout.clone();
         Some(
@@ -267,8 +281,10 @@ pub async fn run(
     }
     // (The scan already skips them; this guards the invariant where it matters most.)
     scan.candidates.retain(|c| {
-        !matches!(c.kind, Kind::GuestImage | Kind::ReadyState)
-            || c.path.as_ref().is_none_or(|p| !scan.in_use.contains(p))
+        !matches!(
+            c.kind,
+            Kind::GuestImage | Kind::ReadyState | Kind::Checkpoint
+        ) || c.path.as_ref().is_none_or(|p| !scan.in_use.contains(p))
     });
     let candidate_bytes = scan.candidates.iter().map(|c| c.bytes).sum();
     let stale_instances = std::mem::take(&mut scan.stale_instances);

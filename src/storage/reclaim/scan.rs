@@ -16,13 +16,15 @@ pub(super) fn filesystem(layout: &Layout, current: &Current, req: &Request) -> S
     for dir in entries(&layout.work()) {
         build_work(&dir, req, &mut scan);
     }
+    // Before images: what kept checkpoints sit on is in use.
+    super::checkpoints::scan(layout, current, req, &mut scan);
     images(layout, current, req, &mut scan);
     ledgers(layout, req, &mut scan);
     exports(layout, req, &mut scan);
     scan
 }
 
-fn entries(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -38,7 +40,13 @@ fn name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
 
-fn candidate(kind: Kind, path: &Path, bytes: u64, why: String, owner: Option<Owner>) -> Candidate {
+pub(super) fn candidate(
+    kind: Kind,
+    path: &Path,
+    bytes: u64,
+    why: String,
+    owner: Option<Owner>,
+) -> Candidate {
     Candidate {
         kind,
         session: None,
@@ -128,7 +136,7 @@ fn sessions(layout: &Layout, req: &Request, scan: &mut Scan) {
     }
 }
 
-fn build_work(dir: &Path, req: &Request, scan: &mut Scan) {
+pub(super) fn build_work(dir: &Path, req: &Request, scan: &mut Scan) {
     let bytes = disk_bytes(dir);
     scan.usage.build_work.add(bytes);
     match Owner::read(dir).map(|o| (o.liveness(), o)) {
@@ -152,7 +160,7 @@ fn build_work(dir: &Path, req: &Request, scan: &mut Scan) {
 
 const IN_USE: &str = "a live deskvm server or session runs from it";
 
-fn is_work(p: &Path) -> bool {
+pub(super) fn is_work(p: &Path) -> bool {
     let n = name(p);
     n.ends_with(".partial") || n.ends_with(".recipe")
 }
