@@ -16,9 +16,10 @@ mod reclaim;
 mod record;
 mod restore;
 mod run;
+mod start;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,15 +120,6 @@ pub struct SessionManager {
     server_ledger: std::sync::OnceLock<Option<Arc<Ledger>>>,
     /// Sessions the idle timeout stopped, and after how long: their next call says so.
     stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
-}
-
-/// Releases a start's place in [`SessionManager::starting`] however the start ends.
-struct Reservation<'a>(&'a AtomicUsize);
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
@@ -253,150 +245,6 @@ impl SessionManager {
             Err(e) => self.record_server("session_start", args, Err(e), started),
         }
         result
-    }
-
-    async fn start_inner(
-        &self,
-        req: StartRequest,
-        started: Instant,
-    ) -> Result<SessionInfo, SessionError> {
-        let caller = Caller::current();
-        let mut req = req;
-        // Held until this session's marker says which image and ready state it runs from:
-        // a reclaim (which takes the lock exclusively) then sees them in use.
-        let layout = self.cfg.layout.clone();
-        let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
-            .await
-            .map_err(std::io::Error::other)??;
-        // Under the lock: a checkpoint_delete (exclusive) cannot take the fork's checkpoint
-        // away before its marker names it.
-        let fork = match req.from_checkpoint.clone() {
-            Some(name) => Some(self.fork_source(&name, &mut req)?),
-            None => None,
-        };
-        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
-        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
-        let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
-        let image = GuestImage::locate(
-            &self.cfg.layout,
-            req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
-        )?;
-        // Starts in flight count too, or concurrent starts could overshoot the limit.
-        let in_flight = self.starting.fetch_add(1, Ordering::SeqCst);
-        let _reservation = Reservation(&self.starting);
-        if self.sessions.read().await.len() + in_flight >= self.cfg.max_sessions {
-            return Err(SessionError::TooMany {
-                max: self.cfg.max_sessions,
-            });
-        }
-        let spec = self.machine_spec(&image, memory_mb, req.network);
-        // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
-        // clicked (a cold boot puts it there).
-        let pointer = fork.as_ref().map_or(boot::TERMINAL_POINT, |(_, p)| *p);
-        let ready = match fork {
-            Some((checkpoint, _)) => Some(checkpoint),
-            None => ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec),
-        };
-        if ready.is_none() {
-            tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
-        }
-        let id = new_id();
-        let files = RuntimeFiles {
-            dir: self.cfg.layout.sessions().join(&id),
-        };
-        let uses = std::iter::once(image.dir.clone()).chain(ready.as_ref().map(|r| r.dir.clone()));
-        let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
-        owner.images.extend(self.cfg.backend.runtime_image());
-        storage::owned_dir(&files.dir, &owner)?;
-        drop(cache_lock);
-        let booted = boot::start_vm(
-            self.cfg.backend.as_ref(),
-            &id,
-            &image,
-            spec,
-            ready.as_ref(),
-            &files,
-        )
-        .await;
-        let mut booted = match booted {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = storage::remove_owned_dir(&files.dir);
-                return Err(e);
-            }
-        };
-        let ready_ledger = async {
-            // A resumed desktop has its pointer where the ready state's builder clicked; a cold
-            // boot's is put there, so the lane knows where it is either way.
-            if booted.startup != Startup::ReadyState {
-                let (x, y) = boot::TERMINAL_POINT;
-                booted.vm.move_to(x, y).await?;
-            }
-            if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
-                boot::set_resolution(&mut booted.vm, width, height).await?;
-            }
-            let mut meta = ReviewMeta::new(&id, "session");
-            meta.image = Some(image.name.clone());
-            meta.backend = Some(self.cfg.backend.name().to_string());
-            meta.accelerator = Some(self.cfg.accel.as_str().to_string());
-            (meta.width, meta.height) = (Some(width), Some(height));
-            meta.token = caller.principal.clone();
-            Ledger::create(&self.cfg.layout.reviews().join(&id), meta).map_err(SessionError::Ledger)
-        }
-        .await;
-        let ledger = match ready_ledger {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                booted.instance.stop().await;
-                let _ = storage::remove_owned_dir(&files.dir);
-                return Err(e);
-            }
-        };
-        let info = SessionInfo {
-            session_id: id.clone(),
-            width,
-            height,
-            image: image.name.clone(),
-            memory_mb,
-            network: req.network,
-            accelerator: self.cfg.accel,
-            backend: self.cfg.backend.name().to_string(),
-            startup: booted.startup,
-            startup_ms: started.elapsed().as_millis() as u64,
-            state: "running".into(),
-            connection: caller.connection.clone(),
-            token: caller.principal.clone(),
-            disk: None,
-        };
-        if booted.startup == Startup::ReadyState {
-            booted.vm.sync_clock_in_background();
-        }
-        let exited = booted.instance.exited();
-        watch_exit(&id, exited.clone(), ledger.clone());
-        let geometry = Arc::new(std::sync::Mutex::new(geometry::Geometry {
-            width,
-            height,
-            scale: 1.0,
-        }));
-        let session = Arc::new(Session {
-            info: info.clone(),
-            lane: Mutex::new(Lane::new(
-                booted.vm,
-                booted.instance,
-                geometry.clone(),
-                pointer,
-            )),
-            geometry,
-            exited: std::sync::Mutex::new(exited),
-            files,
-            ledger,
-            after: std::sync::Mutex::new(None),
-            last_call: std::sync::Mutex::new(Instant::now()),
-        });
-        self.sessions.write().await.insert(id.clone(), session);
-        tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, "session started");
-        Ok(info)
     }
 
     async fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {

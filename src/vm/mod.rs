@@ -3,6 +3,7 @@
 
 pub mod display;
 pub mod input;
+pub mod keynames;
 pub mod qga;
 pub mod qmp;
 pub mod spec;
