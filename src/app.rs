@@ -203,6 +203,7 @@ pub async fn manager(
     backend: BackendChoice,
     max_sessions: usize,
     idle_timeout: Option<std::time::Duration>,
+    shared_memory: bool,
 ) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
@@ -223,6 +224,15 @@ pub async fn manager(
         let ready = ReadyState::find(&image, backend.qemu_version(), &spec);
         crate::reclaim::adopt(&image, ready.as_ref());
         me.uses.push(image.dir.clone());
+        if ready.is_some() && shared_memory {
+            // Made once per cache, in about a second, from the ready state (no boot).
+            match crate::session::template::ensure(&layout, backend.as_ref(), &image, &spec).await {
+                Ok(t) => me.uses.push(t.dir),
+                Err(e) => {
+                    tracing::warn!(error = %crate::session::error::chain(&e), "no shared-memory template: sessions keep private memory")
+                }
+            }
+        }
         me.uses.extend(ready.map(|r| r.dir));
     }
     if let Err(e) = storage::register_instance(&layout, &me) {
@@ -235,6 +245,7 @@ pub async fn manager(
         accel: probe.accel,
         max_sessions,
         idle_timeout,
+        shared_memory,
     })))
 }
 
@@ -256,6 +267,7 @@ async fn ensure_ready_state(
         accel,
         max_sessions: 1,
         idle_timeout: None,
+        shared_memory: true,
     });
     let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
@@ -266,7 +278,7 @@ async fn ensure_ready_state(
                 mgr.backend().name(),
                 r.dir.display()
             ));
-            return Ok(());
+            return ensure_template(layout, mgr.backend(), image, &spec).await;
         }
     }
     let work = layout
@@ -274,9 +286,21 @@ async fn ensure_ready_state(
         .join(format!("ready-{}", std::process::id()));
     let builder = storage::Owner::me("ready_build", None).uses([image.dir.clone()]);
     storage::owned_dir(&work, &builder)?;
-    let result = boot::make_ready_state(mgr.backend(), image, spec, &work, &say).await;
+    let result = boot::make_ready_state(mgr.backend(), image, spec.clone(), &work, &say).await;
     let _ = storage::remove_owned_dir(&work);
     result?;
+    ensure_template(layout, mgr.backend(), image, &spec).await
+}
+
+/// The shared-memory template made from the ready state (about a second, no boot).
+async fn ensure_template(
+    layout: &Layout,
+    backend: &dyn Backend,
+    image: &GuestImage,
+    spec: &crate::vm::spec::VmSpec,
+) -> Result<()> {
+    let t = crate::session::template::ensure(layout, backend, image, spec).await?;
+    say(&format!("shared-memory template: {}", t.dir.display()));
     Ok(())
 }
 
@@ -413,11 +437,16 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 accel: probe.accel,
                 max_sessions: 1,
                 idle_timeout: None,
+                shared_memory: true,
             });
             let spec = mgr.machine_spec(img, DEFAULT_MEMORY_MB, false);
             match ReadyState::find(img, b.qemu_version(), &spec) {
                 Some(r) => report(true, format!("ready state: {}", r.dir.display()), ""),
                 None => report(false, "ready state: none for this QEMU build and machine (sessions would cold-boot, ~40 s)".into(), "deskvm image build"),
+            }
+            match ReadyState::find_template(img, b.qemu_version(), &spec) {
+                Some(t) => report(true, format!("guest memory: shared copy-on-write from the template {}", t.dir.display()), ""),
+                None => report(false, "guest memory: private per session (no shared-memory template yet; a server makes one from the ready state when it starts)".into(), "deskvm image build"),
             }
         }
     }

@@ -7,6 +7,12 @@ use deskvm::mcp::http::auth::Tokens;
 use deskvm::mcp::http::HttpOptions;
 use deskvm::mcp::Transport;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GuestMemory {
+    Shared,
+    Private,
+}
+
 #[derive(Parser)]
 #[command(
     name = "deskvm",
@@ -56,6 +62,11 @@ enum Cmd {
         /// Stop a session after this many seconds without a tool call (0: never).
         #[arg(long, env = "DESKVM_IDLE_TIMEOUT_S", default_value_t = 1800)]
         idle_timeout_s: u64,
+        /// Guest RAM: `shared` maps it copy-on-write from a template made from the ready state
+        /// (sessions share the pages they have not written), `private` loads a full copy per
+        /// session (the fallback when no template can be made).
+        #[arg(long, env = "DESKVM_GUEST_MEMORY", value_enum, default_value_t = GuestMemory::Shared)]
+        guest_memory: GuestMemory,
     },
     /// Install host packages (as root), build the guest image and save its ready state.
     Setup,
@@ -182,6 +193,7 @@ async fn main() -> Result<()> {
         Cmd::Serve {
             max_sessions,
             idle_timeout_s,
+            guest_memory,
             http,
             token_file,
             allow_origins,
@@ -208,7 +220,8 @@ async fn main() -> Result<()> {
                 }
             };
             let idle = (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s));
-            let manager = app::manager(cli.accel, cli.backend, max_sessions, idle).await?;
+            let shared = guest_memory == GuestMemory::Shared;
+            let manager = app::manager(cli.accel, cli.backend, max_sessions, idle, shared).await?;
             manager.spawn_idle_janitor();
             deskvm::mcp::serve(manager, transport).await?;
         }

@@ -50,6 +50,8 @@ pub async fn current(layout: &Layout, docker: Option<&Docker>) -> Current {
                 let spec = machine_spec(&image, accel, DEFAULT_MEMORY_MB, false);
                 cur.ready_dirs
                     .push(ReadyState::path_for(&image, build, &spec).dir);
+                cur.ready_dirs
+                    .push(ReadyState::template_path(&image, build, &spec).dir);
             }
         }
         cur.image_dirs.push(image.dir);

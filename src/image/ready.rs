@@ -27,13 +27,22 @@ impl ReadyState {
     pub fn meta(&self) -> PathBuf {
         self.dir.join("meta.json")
     }
+    /// A template's guest RAM (see [`crate::vm::spec::Memory::Template`]).
+    pub fn ram(&self) -> PathBuf {
+        self.dir.join("ram.bin")
+    }
+    pub fn is_template(&self) -> bool {
+        self.ram().exists()
+    }
 
     /// Makes the disk and state read-only: every overlay started from them is backed by these
     /// exact files.
     pub fn seal(&self) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        for f in [self.disk(), self.state()] {
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
+        for f in [self.disk(), self.state(), self.ram()] {
+            if f.exists() || f != self.ram() {
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
+            }
         }
         Ok(())
     }
@@ -60,5 +69,20 @@ impl ReadyState {
     pub fn find(image: &GuestImage, qemu_version: &str, spec: &VmSpec) -> Option<Self> {
         let r = Self::path_for(image, qemu_version, spec);
         (r.meta().exists() && r.state().exists() && r.disk().exists()).then_some(r)
+    }
+
+    /// Where the shared-memory template of `spec`'s machine goes (`spec` as a session runs it,
+    /// with private memory).
+    pub fn template_path(image: &GuestImage, qemu_version: &str, spec: &VmSpec) -> Self {
+        Self::path_for(image, qemu_version, &Self::template_spec(spec))
+    }
+
+    /// The shared-memory template of `spec`'s machine, if one was made.
+    pub fn find_template(image: &GuestImage, qemu_version: &str, spec: &VmSpec) -> Option<Self> {
+        Self::find(image, qemu_version, &Self::template_spec(spec)).filter(Self::is_template)
+    }
+
+    fn template_spec(spec: &VmSpec) -> VmSpec {
+        spec.clone().with_template(PathBuf::new(), false)
     }
 }

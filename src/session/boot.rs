@@ -77,6 +77,9 @@ pub async fn start_vm(
     };
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "QMP connected");
     let startup = if ready.is_some() {
+        if let Some(state) = spec.deferred_incoming() {
+            vm.qmp().load_deferred(state).await.map_err(VmError::from)?;
+        }
         vm.qmp()
             .resume_incoming(Duration::from_secs(60))
             .await

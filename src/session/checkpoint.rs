@@ -52,6 +52,10 @@ pub struct CheckpointInfo {
     /// below it (filled in when listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// How its session's memory was mapped: a fork or restore loads it into the same kind of
+    /// machine.
+    #[serde(default)]
+    pub memory: super::MemoryMode,
 }
 
 pub fn dir(layout: &Layout, name: &str) -> PathBuf {
@@ -329,6 +333,7 @@ impl Session {
             .as_millis() as u64;
         lane.changed_since_frame = true;
         let pointer = lane.pointer;
+        let memory = lane.memory;
         // The frozen layer is read-only to QEMU now, and stays where QEMU opened it: the
         // checkpoint gets a link to it.
         let moved =
@@ -355,6 +360,7 @@ impl Session {
             pointer,
             backend: backend.to_string(),
             depends_on: Vec::new(),
+            memory,
         };
         tracing::debug!(
             name,

@@ -46,6 +46,8 @@ pub struct Lane {
     /// freezes it and adds a layer of another name above it. Layers are never renamed while
     /// QEMU runs: it reopens a layer by its name when it changes its access mode.
     pub disk: PathBuf,
+    /// Whether the guest's RAM is mapped from a shared-memory template.
+    pub memory: super::MemoryMode,
 }
 
 /// A frame younger than this counts as the current screen even if it was still changing.
@@ -65,6 +67,7 @@ impl Lane {
     ) -> Self {
         Lane {
             disk: vm.files.disk(),
+            memory: super::MemoryMode::Private,
             vm,
             instance,
             geometry,

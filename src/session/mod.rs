@@ -17,6 +17,7 @@ mod record;
 mod restore;
 mod run;
 mod start;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -65,6 +66,29 @@ impl StartRequest {
     }
 }
 
+/// How a session's guest RAM is held.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryMode {
+    /// Mapped copy-on-write from the shared-memory template: pages the guest has not written
+    /// are shared with every other session of that template.
+    Shared,
+    /// The QEMU process's own memory (no template for this machine, a cold boot, or an older
+    /// checkpoint).
+    #[default]
+    Private,
+}
+
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct SessionInfo {
     pub session_id: String,
@@ -76,6 +100,8 @@ pub struct SessionInfo {
     pub accelerator: Accel,
     pub backend: String,
     pub startup: Startup,
+    /// `shared`: its RAM is mapped copy-on-write from the shared-memory template.
+    pub memory: MemoryMode,
     pub startup_ms: u64,
     pub state: String,
     /// The connection that started the session ("stdio", "http:<id>", "sse:<id>").
@@ -109,6 +135,8 @@ pub struct ManagerConfig {
     pub max_sessions: usize,
     /// Sessions with no tool call for this long are stopped (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Start sessions from the shared-memory template when there is one.
+    pub shared_memory: bool,
 }
 
 pub struct SessionManager {
@@ -133,7 +161,9 @@ pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: b
         height: MACHINE_HEIGHT,
         accel,
         network,
+        memory: crate::vm::spec::Memory::Private,
         incoming: None,
+        paused: false,
     }
 }
 

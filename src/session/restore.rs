@@ -6,9 +6,12 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::checkpoint::{self, CheckpointInfo};
-use super::{boot, record, watch_exit, Session, SessionError, SessionManager, StartRequest};
+use super::{
+    boot, record, watch_exit, MemoryMode, Session, SessionError, SessionManager, StartRequest,
+};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::vm::spec::VmSpec;
 
 /// Checkpoint names: `<session>-<n>` when none is given.
 fn default_name(session: &str) -> String {
@@ -132,6 +135,7 @@ impl SessionManager {
         }
         let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
         let spec = self.machine_spec(&image, info.memory_mb, info.network);
+        let (spec, template) = self.checkpoint_machine(&image, spec, &info)?;
         session.finish_capture().await;
         let mut lane = session.lane.lock().await;
         lane.vm.qmp().quit().await;
@@ -164,6 +168,9 @@ impl SessionManager {
             let checkpoints = self.cfg.layout.checkpoints();
             owner.uses.retain(|u| !u.starts_with(&checkpoints));
             owner.uses.push(ready.dir.clone());
+            owner
+                .uses
+                .extend(template.map(|t| t.dir).filter(|t| !owner.uses.contains(t)));
             let _ = owner.write(&session.files.dir);
         }
         drop(cache_lock);
@@ -177,6 +184,7 @@ impl SessionManager {
         lane.changed_since_frame = true;
         lane.awaiting_after = None;
         lane.pointer = info.pointer;
+        lane.memory = info.memory;
         lane.held.clear();
         let first = lane.look().await?;
         drop(lane);
@@ -191,7 +199,7 @@ impl SessionManager {
         &self,
         name: &str,
         req: &mut StartRequest,
-    ) -> Result<(ReadyState, (u32, u32)), SessionError> {
+    ) -> Result<(ReadyState, CheckpointInfo), SessionError> {
         let (info, ready) = self.usable(name)?;
         for (field, given, theirs) in [
             ("width", req.width, info.width),
@@ -209,9 +217,49 @@ impl SessionManager {
         }
         (req.width, req.height, req.memory_mb) =
             (Some(info.width), Some(info.height), Some(info.memory_mb));
-        req.image = Some(info.image);
+        req.image = Some(info.image.clone());
         req.network = info.network;
-        Ok((ready, info.pointer))
+        Ok((ready, info))
+    }
+
+    /// How a new session of `spec`'s machine starts: from the shared-memory template when
+    /// there is one (its RAM mapped copy-on-write), else from the private ready state, else by
+    /// booting. The template is returned as the third item too (what the session runs on).
+    pub(super) fn resume_plan(
+        &self,
+        image: &GuestImage,
+        spec: VmSpec,
+    ) -> (VmSpec, Option<ReadyState>, Option<ReadyState>) {
+        let qemu = self.cfg.backend.qemu_version();
+        let template = ReadyState::find_template(image, qemu, &spec);
+        match template.filter(|_| self.cfg.shared_memory) {
+            Some(t) => (spec.with_template(t.ram(), false), Some(t.clone()), Some(t)),
+            None => {
+                let ready = ReadyState::find(image, qemu, &spec);
+                (spec, ready, None)
+            }
+        }
+    }
+
+    /// The machine a checkpoint loads into: the one its session ran, with private memory or
+    /// memory mapped from the template (the state holds every page either way, but a state
+    /// saved with `x-ignore-shared` loads only where it is on).
+    pub(super) fn checkpoint_machine(
+        &self,
+        image: &GuestImage,
+        spec: VmSpec,
+        info: &CheckpointInfo,
+    ) -> Result<(VmSpec, Option<ReadyState>), SessionError> {
+        if info.memory != MemoryMode::Shared {
+            return Ok((spec, None));
+        }
+        match ReadyState::find_template(image, self.cfg.backend.qemu_version(), &spec) {
+            Some(t) => Ok((spec.with_template(t.ram(), false), Some(t))),
+            None => Err(SessionError::Incompatible {
+                name: info.name.clone(),
+                why: "its session's memory was mapped from a shared-memory template this cache no longer has".into(),
+            }),
+        }
     }
 
     pub async fn checkpoint_list(&self) -> Vec<CheckpointInfo> {

@@ -57,10 +57,17 @@ impl SessionManager {
         let spec = self.machine_spec(&image, memory_mb, req.network);
         // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
         // clicked (a cold boot puts it there).
-        let pointer = fork.as_ref().map_or(boot::TERMINAL_POINT, |(_, p)| *p);
-        let ready = match fork {
-            Some((checkpoint, _)) => Some(checkpoint),
-            None => ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec),
+        let pointer = fork
+            .as_ref()
+            .map_or(boot::TERMINAL_POINT, |(_, info)| info.pointer);
+        // What the session runs on besides its image: the state it loads, and the template its
+        // memory is mapped from (a checkpoint of a shared-memory session needs it too).
+        let (spec, ready, template) = match fork {
+            Some((checkpoint, info)) => {
+                let (spec, template) = self.checkpoint_machine(&image, spec, &info)?;
+                (spec, Some(checkpoint), template)
+            }
+            None => self.resume_plan(&image, spec),
         };
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
@@ -69,11 +76,22 @@ impl SessionManager {
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),
         };
-        let uses = std::iter::once(image.dir.clone()).chain(ready.as_ref().map(|r| r.dir.clone()));
+        let uses = std::iter::once(image.dir.clone())
+            .chain(ready.as_ref().map(|r| r.dir.clone()))
+            .chain(
+                template
+                    .map(|t| t.dir)
+                    .filter(|t| ready.as_ref().is_none_or(|r| &r.dir != t)),
+            );
         let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
         owner.images.extend(self.cfg.backend.runtime_image());
         storage::owned_dir(&files.dir, &owner)?;
         drop(cache_lock);
+        let memory = if spec.shares_memory() {
+            MemoryMode::Shared
+        } else {
+            MemoryMode::Private
+        };
         let booted = boot::start_vm(
             self.cfg.backend.as_ref(),
             &id,
@@ -127,6 +145,7 @@ impl SessionManager {
             accelerator: self.cfg.accel,
             backend: self.cfg.backend.name().to_string(),
             startup: booted.startup,
+            memory,
             startup_ms: started.elapsed().as_millis() as u64,
             state: "running".into(),
             connection: caller.connection.clone(),
@@ -145,12 +164,10 @@ impl SessionManager {
         }));
         let session = Arc::new(Session {
             info: info.clone(),
-            lane: Mutex::new(Lane::new(
-                booted.vm,
-                booted.instance,
-                geometry.clone(),
-                pointer,
-            )),
+            lane: Mutex::new(Lane {
+                memory,
+                ..Lane::new(booted.vm, booted.instance, geometry.clone(), pointer)
+            }),
             geometry,
             exited: std::sync::Mutex::new(exited),
             files,

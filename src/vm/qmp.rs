@@ -92,6 +92,8 @@ macro_rules! raw_commands {
 
 raw_commands! {
     MigrateSetParameters = "migrate-set-parameters",
+    MigrateSetCapabilities = "migrate-set-capabilities",
+    MigrateIncoming = "migrate-incoming",
     BlockdevAdd = "blockdev-add",
     BlockdevSnapshot = "blockdev-snapshot",
 }
@@ -198,6 +200,45 @@ impl Qmp {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// `x-ignore-shared`: RAM in a shared file is left out of saved states (and expected out of
+    /// loaded ones). It stays on for this QEMU process.
+    pub async fn ignore_shared_memory(&self) -> Result<(), QmpError> {
+        self.execute(Raw::<MigrateSetCapabilities>::new(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        })))
+        .await
+        .map(drop)
+    }
+
+    /// Loads a state into a VM started with `-incoming defer`, with `x-ignore-shared` on (a
+    /// template clone; no command-line switch sets the capability).
+    pub async fn load_deferred(&self, path: &Path) -> Result<(), QmpError> {
+        self.ignore_shared_memory().await?;
+        self.execute(Raw::<MigrateIncoming>::new(serde_json::json!({
+            "uri": format!("file:{}", path.display())
+        })))
+        .await
+        .map(drop)
+    }
+
+    /// Waits for an incoming state to be loaded, leaving the guest stopped.
+    pub async fn wait_loaded(&self, timeout: Duration) -> Result<(), QmpError> {
+        let deadline = Instant::now() + timeout;
+        while matches!(
+            self.status().await?,
+            qmp::RunState::inmigrate | qmp::RunState::restore_vm
+        ) {
+            if Instant::now() > deadline {
+                return Err(QmpError::Timeout {
+                    what: "loading the saved state",
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// Stops the guest and writes its whole state to `path`.

@@ -66,6 +66,17 @@ impl RuntimeFiles {
 pub const KERNEL_CMDLINE: &str =
     "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 mitigations=off init_on_free=1";
 
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// Anonymous memory of the QEMU process; a saved state carries every page.
+    Private,
+    /// A RAM file (QEMU's VM templating): `writable` maps it shared, so the guest's memory is
+    /// the file (how a template is made); otherwise it is mapped private and read-only, so
+    /// sessions share every page they have not written and a saved state carries none of them.
+    Template { ram: PathBuf, writable: bool },
+}
+
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub kernel: PathBuf,
@@ -76,15 +87,25 @@ pub struct VmSpec {
     pub height: u32,
     pub accel: Accel,
     pub network: bool,
+    pub memory: Memory,
     /// Load this saved state instead of booting.
     pub incoming: Option<PathBuf>,
+    /// Do not start the guest (`-S`): a template builder loads a state only to save it again.
+    pub paused: bool,
 }
 
 impl VmSpec {
     /// Everything that must be identical between saving and restoring a state. No paths.
     fn machine_args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec!["-nodefaults".into(), "-no-user-config".into()];
-        a.extend(["-machine".into(), "pc".into()]);
+        // A RAM file is the machine's memory backend (`pc.ram` keeps the RAM block's name, so a
+        // private state loads into a template builder). Shared or not, and the file's path, are
+        // not part of the machine: a template saved shared loads into private clones.
+        let machine = match self.memory {
+            Memory::Private => "pc",
+            Memory::Template { .. } => "pc,memory-backend=pc.ram",
+        };
+        a.extend(["-machine".into(), machine.into()]);
         match self.accel {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
             Accel::Tcg => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
@@ -147,10 +168,61 @@ impl VmSpec {
             "-serial".into(),
             format!("file:{}", path(&files.serial())),
         ]);
+        if let Memory::Template { ram, writable } = &self.memory {
+            let mapping = if *writable {
+                "share=on"
+            } else {
+                "share=off,readonly=on,rom=off"
+            };
+            a.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-file,id=pc.ram,size={}M,mem-path={},{mapping}",
+                    self.memory_mb,
+                    path(ram)
+                ),
+            ]);
+        }
         if let Some(state) = &self.incoming {
-            a.extend(["-incoming".into(), format!("file:{}", path(state))]);
+            // A template clone's state is loaded once QMP has set `x-ignore-shared` (no
+            // command-line switch sets it): see [`VmSpec::deferred_incoming`].
+            let from = match self.deferred_incoming() {
+                Some(_) => "defer".to_string(),
+                None => format!("file:{}", path(state)),
+            };
+            a.extend(["-incoming".into(), from]);
+        }
+        if self.paused {
+            a.push("-S".into());
         }
         a
+    }
+
+    /// The state to load over QMP with `x-ignore-shared` on: a template clone's (its RAM is
+    /// the template file; the state holds devices only, or every page for a checkpoint).
+    pub fn deferred_incoming(&self) -> Option<&Path> {
+        match &self.memory {
+            Memory::Template {
+                writable: false, ..
+            } => self.incoming.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The same machine with its RAM in `ram` (see [`Memory::Template`]).
+    pub fn with_template(mut self, ram: PathBuf, writable: bool) -> Self {
+        self.memory = Memory::Template { ram, writable };
+        self
+    }
+
+    pub fn shares_memory(&self) -> bool {
+        matches!(
+            self.memory,
+            Memory::Template {
+                writable: false,
+                ..
+            }
+        )
     }
 
     /// A short hash of the device configuration (for ready-state keys).
@@ -186,7 +258,9 @@ mod tests {
             height: 800,
             accel: Accel::Tcg,
             network: false,
+            memory: Memory::Private,
             incoming: None,
+            paused: false,
         }
     }
 
@@ -199,6 +273,24 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.width = 1024;
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn a_template_is_one_machine_whether_saved_shared_or_cloned_private() {
+        let saving = spec().with_template("/c/ram.bin".into(), true);
+        let mut clone = spec().with_template("/elsewhere/ram.bin".into(), false);
+        assert_eq!(saving.fingerprint(), clone.fingerprint());
+        assert_ne!(saving.fingerprint(), spec().fingerprint());
+        let files = RuntimeFiles { dir: "/rt".into() };
+        assert!(saving
+            .argv(&files)
+            .join(" ")
+            .contains("mem-path=/c/ram.bin,share=on"));
+        clone.incoming = Some("/s".into());
+        let argv = clone.argv(&files).join(" ");
+        assert!(argv.contains("share=off,readonly=on,rom=off"), "{argv}");
+        assert!(argv.contains("-incoming defer"), "{argv}");
+        assert_eq!(clone.deferred_incoming(), Some(Path::new("/s")));
     }
 
     #[test]
