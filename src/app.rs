@@ -299,8 +299,14 @@ async fn ensure_template(
     image: &GuestImage,
     spec: &crate::vm::spec::VmSpec,
 ) -> Result<()> {
-    let t = crate::session::template::ensure(layout, backend, image, spec).await?;
-    say(&format!("shared-memory template: {}", t.dir.display()));
+    // Sessions fall back to private memory without one: a warning, not a failed setup.
+    match crate::session::template::ensure(layout, backend, image, spec).await {
+        Ok(t) => say(&format!("shared-memory template: {}", t.dir.display())),
+        Err(e) => say(&format!(
+            "no shared-memory template (sessions will use private memory): {}",
+            crate::session::error::chain(&e)
+        )),
+    }
     Ok(())
 }
 
@@ -444,9 +450,10 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 Some(r) => report(true, format!("ready state: {}", r.dir.display()), ""),
                 None => report(false, "ready state: none for this QEMU build and machine (sessions would cold-boot, ~40 s)".into(), "deskvm image build"),
             }
+            // Not a failure either way: the private path works, only slower and bigger.
             match ReadyState::find_template(img, b.qemu_version(), &spec) {
-                Some(t) => report(true, format!("guest memory: shared copy-on-write from the template {}", t.dir.display()), ""),
-                None => report(false, "guest memory: private per session (no shared-memory template yet; a server makes one from the ready state when it starts)".into(), "deskvm image build"),
+                Some(t) => println!("info  guest memory: shared copy-on-write from the template {}", t.dir.display()),
+                None => println!("info  guest memory: private per session (no shared-memory template for this ready state yet; a server makes one when it starts, `deskvm image build` too)"),
             }
         }
     }

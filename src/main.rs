@@ -132,6 +132,15 @@ enum Cmd {
         /// Checkpoints, restores and forks measured (0 skips).
         #[arg(long, default_value_t = 5)]
         checkpoints: usize,
+        /// Idle sessions started at most to measure density: until their summed PSS reaches
+        /// --budget-gib (0 skips); beside 4 private-memory sessions.
+        #[arg(long, default_value_t = 64)]
+        density: usize,
+        #[arg(long, default_value_t = 16)]
+        budget_gib: u64,
+        /// Also write every figure (p50/p95/min/max, n, ratios) as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
         /// `http` adds screenshots over streamable HTTP beside stdio, and --http-clients
         /// clients at once.
         #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
@@ -267,6 +276,9 @@ async fn main() -> Result<()> {
             ledger_actions,
             reclaim_runs,
             checkpoints,
+            density,
+            budget_gib,
+            json,
             transport,
             http_clients,
         } => {
@@ -279,6 +291,9 @@ async fn main() -> Result<()> {
                 ledger_actions,
                 reclaim_runs,
                 checkpoints,
+                density,
+                budget_gib,
+                json,
                 http_clients: (transport == "http").then_some(http_clients),
                 server_args,
             })

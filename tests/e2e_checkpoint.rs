@@ -128,12 +128,48 @@ async fn restore_brings_back_files_and_screen_and_forks_run_apart() -> Result<()
         "a fork starts on the checkpoint's screen"
     );
 
+    // Two sessions checkpoint under one name at once: one gets it, the other a clear error,
+    // and its disk is left consistent (its next checkpoint restores).
+    let same = unique("same");
+    let both = futures::future::join(
+        c.call(
+            "checkpoint",
+            json!({ "session_id": forks[0], "name": same }),
+        ),
+        c.call(
+            "checkpoint",
+            json!({ "session_id": forks[1], "name": same }),
+        ),
+    )
+    .await;
+    let errors: Vec<bool> = [&both.0, &both.1]
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.is_error == Some(true)).unwrap_or(true))
+        .collect();
+    assert_eq!(errors.iter().filter(|e| **e).count(), 1, "{both:?}");
+    let loser = if errors[0] { &forks[0] } else { &forks[1] };
+    let other = unique("other");
+    c.call_ok("checkpoint", json!({ "session_id": loser, "name": other }))
+        .await?;
+    guest(c, loser, "echo after-other >> /root/ck.txt").await?;
+    c.call_ok(
+        "restore",
+        json!({ "session_id": loser, "checkpoint": other }),
+    )
+    .await?;
+    assert!(!guest(c, loser, "cat /root/ck.txt")
+        .await?
+        .contains("after-other"));
+
     let (kind, msg) = tool_error(c, "checkpoint_delete", json!({ "name": name })).await?;
     assert_eq!(kind, "in_use", "{msg}");
     assert!(msg.contains(&forks[0]) || msg.contains("session"), "{msg}");
     for f in &forks {
         c.call_ok("session_stop", json!({ "session_id": f }))
             .await?;
+    }
+    for n in [&same, &other] {
+        c.call_ok("checkpoint_delete", json!({ "name": n })).await?;
     }
     // The restored source runs on the checkpoint's disk too.
     let (kind, msg) = tool_error(c, "checkpoint_delete", json!({ "name": name })).await?;

@@ -410,7 +410,7 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     Owner::me("session", Some("00000000000000c1"))
         .uses([img.clone(), used.clone()])
         .write(&live)?;
-    let half = ck.join("dead-writer.partial");
+    let half = ck.join("dead-writer");
     write(&half.join("state.bin"), 32 << 10)?;
     let mut gone = Owner::me("checkpoint", Some("00000000000000c2"));
     gone.pid_start += 1;

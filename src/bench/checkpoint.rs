@@ -102,12 +102,17 @@ pub async fn measure(client: &Client, n: usize) -> Result<()> {
     summary("checkpoint (call)", total);
     summary("checkpoint: VM paused", pause);
     bytes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    layers.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    super::record(
+        "checkpoint bytes",
+        json!({ "unit": "MiB", "median": bytes[bytes.len() / 2], "first_layer": first_layer,
+                "layer_median": layers.get(layers.len() / 2) }),
+    );
     println!(
         "{:<38} {:.1} MiB each (median of {n}; state + own disk layer)",
         "checkpoint: bytes on disk",
         bytes[bytes.len() / 2]
     );
-    layers.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "{:<38} first {first_layer:.1} MiB (the session so far), then {} MiB each (median; what changed since the one before)",
         "checkpoint: disk layer",

@@ -1,7 +1,9 @@
 //! `deskvm bench`: the numbers in BENCHMARKS.md, measured through a real MCP client against the
 //! real server and guest, so they include everything an agent would wait for.
 
+mod baselines;
 mod checkpoint;
+mod density;
 mod disk;
 mod transport;
 mod typing;
@@ -23,8 +25,68 @@ pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
+/// Every figure this run printed, for `--json`.
+static METRICS: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a figure to the run's JSON (`name` plus its values).
+pub(crate) fn record(name: &str, mut values: serde_json::Value) {
+    if let Some(o) = values.as_object_mut() {
+        o.insert("name".into(), json!(name));
+    }
+    METRICS.lock().expect("metrics poisoned").push(values);
+}
+
+/// A figure recorded earlier in this run.
+fn metric(name: &str, field: &str) -> Option<f64> {
+    METRICS
+        .lock()
+        .expect("metrics poisoned")
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m[field].as_f64())
+}
+
+/// The baselines, against this run's own figures.
+async fn baselines(o: &Options) -> Result<()> {
+    let accel = METRICS
+        .lock()
+        .expect("metrics poisoned")
+        .iter()
+        .find(|m| m["name"] == "session")
+        .and_then(|m| m["accelerator"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "tcg".into());
+    let (status, dump) = baselines::raw_qmp(o.shots.max(10), &accel).await?;
+    let ours_shot = metric("screenshot 1280x800 PNG", "p50").unwrap_or(f64::NAN);
+    let ours_click = metric("click, after 2 s idle", "p50").unwrap_or(f64::NAN);
+    let ours_cps = metric("type (random printable ASCII)", "value").unwrap_or(f64::NAN);
+    println!(
+        "{:<38} screenshot {:.1}x the bare screendump ({:.1} ms), a QMP round trip is {:.2} ms",
+        "ratio deskvm / limit (p50)",
+        ours_shot / dump,
+        dump,
+        status
+    );
+    record(
+        "limit",
+        json!({ "qmp_round_trip_p50_ms": status, "screendump_p50_ms": dump,
+                "ratio_screenshot_over_screendump": ours_shot / dump }),
+    );
+    baselines::peers(
+        o.shots.max(10),
+        o.chars.max(100),
+        ours_shot,
+        ours_click,
+        ours_cps,
+    )
+}
+
 pub(crate) fn summary(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    record(
+        name,
+        json!({ "unit": "ms", "n": ms.len(), "p50": pct(&ms, 0.5), "p95": pct(&ms, 0.95),
+                "min": ms.first(), "max": ms.last() }),
+    );
     println!(
         "{name:<38} n={:<3} p50={:>8.1} ms  p95={:>8.1} ms  min={:>8.1} ms  max={:>8.1} ms",
         ms.len(),
@@ -51,15 +113,22 @@ pub struct Options {
     pub reclaim_runs: usize,
     /// Checkpoints, restores and forks measured (0: skip).
     pub checkpoints: usize,
+    /// Most idle sessions started to measure density (0: skip), within `budget_gib`.
+    pub density: usize,
+    pub budget_gib: u64,
     /// Also compare stdio with streamable HTTP, and run this many HTTP clients at once.
     pub http_clients: Option<usize>,
     /// Passed on to `deskvm serve`.
     pub server_args: Vec<String>,
+    /// Also write every figure as JSON here.
+    pub json: Option<std::path::PathBuf>,
 }
 
 pub async fn run(o: Options) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
+    let most = o.density.max(4).to_string();
+    let mut args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
+    args.extend(["--max-sessions", &most]);
     // The bench's reviews and sessions go to directories of its own, removed at the end, so
     // its disk figures count only its own sessions.
     let data = std::env::temp_dir().join(format!("deskvm-bench-{}", std::process::id()));
@@ -76,11 +145,31 @@ pub async fn run(o: Options) -> Result<()> {
     )
     .await?;
     let mut result = run_with(&client, &o).await;
+    if result.is_ok() {
+        // Beside the main figures, not instead of them: a host without a local QEMU or X
+        // tools still gets the rest.
+        if let Err(e) = baselines(&o).await {
+            println!("{:<38} not measured: {e:#}", "baselines");
+            record("baselines", json!({ "error": format!("{e:#}") }));
+        }
+    }
     if result.is_ok() && o.reclaim_runs > 0 {
         result = disk::reclaim_report_time(&client, o.reclaim_runs).await;
     }
     if result.is_ok() && o.checkpoints > 0 {
         result = checkpoint::measure(&client, o.checkpoints).await;
+    }
+    if result.is_ok() && o.density > 0 {
+        let env = [
+            ("RUST_LOG", "warn,qapi=error"),
+            ("DESKVM_DATA_DIR", &*data_env),
+            ("DESKVM_RUNTIME_DIR", &*rt_env),
+        ];
+        let base: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
+        let budget = density::cap_budget(o.budget_gib * 1024);
+        result = density::compare(&client, &exe, &base, &env, o.density, budget)
+            .await
+            .map(|(shared, private)| density::print(&shared, &private, o.density, budget));
     }
     if let (Ok(()), Some(clients)) = (&result, o.http_clients) {
         let env = [
@@ -93,6 +182,19 @@ pub async fn run(o: Options) -> Result<()> {
     client.close().await?;
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&runtime);
+    if let (Ok(()), Some(path)) = (&result, &o.json) {
+        let run = json!({
+            "format": "deskvm-bench/1",
+            "deskvm": env!("CARGO_PKG_VERSION"),
+            "unix_time": crate::storage::owner::unix_now(),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "server_args": o.server_args,
+            "metrics": *METRICS.lock().expect("metrics poisoned"),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&run)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
     result
 }
 
@@ -154,6 +256,10 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
         .as_str()
         .context("no session_id")?
         .to_string();
+    record(
+        "session",
+        json!({ "backend": info["backend"], "accelerator": info["accelerator"], "memory": info["memory"] }),
+    );
     println!(
         "{:<38} {} backend, {} accelerator",
         "session",
@@ -161,6 +267,10 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
         info["accelerator"].as_str().unwrap_or("?")
     );
     if let Some(kib) = qemu_rss_kib(&sid) {
+        record(
+            "memory per session (RSS)",
+            json!({ "unit": "MiB", "value": kib / 1024 }),
+        );
         println!(
             "{:<38} {} MiB (QEMU RSS, 1024 MiB guest, after resume)",
             "memory per session",
@@ -194,6 +304,10 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
         bytes += png.len();
     }
     summary("screenshot 1280x800 PNG", shots);
+    record(
+        "screenshot 1280x800 PNG bytes",
+        json!({ "unit": "KiB", "value": bytes / o.shots.max(1) / 1024 }),
+    );
     println!(
         "{:<38} {} KiB per screenshot",
         "",
@@ -271,6 +385,11 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
     } else {
         expected.len().abs_diff(back.len()).max(1)
     };
+    record(
+        "type (random printable ASCII)",
+        json!({ "unit": "chars/s", "value": (o.chars + 1) as f64 / took.as_secs_f64(),
+                "chars": o.chars + 1, "mismatched": lost }),
+    );
     println!(
         "{:<38} {} chars in {:.2} s = {:.1} chars/s, read back {} (mismatched chars: {lost})",
         "type (random printable ASCII)",

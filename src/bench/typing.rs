@@ -44,6 +44,10 @@ pub async fn unicode(client: &Client, sid: &str, n: usize, pool: &str) -> Result
         .await?;
     let back = read_back(client, sid, "/tmp/bench-u.txt", n).await?;
     let chars = n + 1;
+    super::record(
+        &format!("type (Unicode, {} distinct)", pool.len()),
+        json!({ "unit": "chars/s", "value": chars as f64 / took.as_secs_f64(), "exact": back == expected }),
+    );
     println!(
         "{:<38} {chars} chars in {:.2} s = {:.1} chars/s, read back {}",
         format!("type (Unicode, {} distinct)", pool.len()),

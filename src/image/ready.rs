@@ -77,12 +77,85 @@ impl ReadyState {
         Self::path_for(image, qemu_version, &Self::template_spec(spec))
     }
 
-    /// The shared-memory template of `spec`'s machine, if one was made.
+    /// The shared-memory template of `spec`'s machine, if one was made from the ready state
+    /// there is now (a rebuilt ready state has another disk: a template of the old one would
+    /// pair its memory with the new disk).
     pub fn find_template(image: &GuestImage, qemu_version: &str, spec: &VmSpec) -> Option<Self> {
-        Self::find(image, qemu_version, &Self::template_spec(spec)).filter(Self::is_template)
+        let private = Self::find(image, qemu_version, spec)?;
+        let t = Self::find(image, qemu_version, &Self::template_spec(spec))
+            .filter(Self::is_template)?;
+        let made_from = std::fs::read(t.meta())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["from_stamp"].as_str().map(str::to_string));
+        (made_from.as_deref() == Some(private.stamp().as_str())).then_some(t)
+    }
+
+    /// Which save of this ready state it is: its saving time and state size.
+    pub fn stamp(&self) -> String {
+        let saved = std::fs::read(self.meta())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["saved_at_unix"].as_u64())
+            .unwrap_or(0);
+        let len = std::fs::metadata(self.state())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        format!("{saved}:{len}")
     }
 
     fn template_spec(spec: &VmSpec) -> VmSpec {
         spec.clone().with_template(PathBuf::new(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::spec::{Accel, VmSpec};
+
+    fn write(r: &ReadyState, meta: serde_json::Value, template: bool) {
+        std::fs::create_dir_all(&r.dir).unwrap();
+        std::fs::write(r.state(), b"state").unwrap();
+        std::fs::write(r.disk(), b"disk").unwrap();
+        if template {
+            std::fs::write(r.ram(), b"ram").unwrap();
+        }
+        std::fs::write(r.meta(), meta.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_template_of_an_earlier_save_of_the_ready_state_is_not_used() {
+        let root = std::env::temp_dir().join(format!("dv-ready-{}", std::process::id()));
+        let image = GuestImage {
+            name: "x".into(),
+            dir: root.clone(),
+        };
+        let spec = VmSpec {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            memory_mb: 1024,
+            cpus: 2,
+            width: 1280,
+            height: 800,
+            accel: Accel::Tcg,
+            network: false,
+            memory: crate::vm::spec::Memory::Private,
+            incoming: None,
+            paused: false,
+        };
+        let private = ReadyState::path_for(&image, "q", &spec);
+        write(&private, serde_json::json!({ "saved_at_unix": 1 }), false);
+        let t = ReadyState::template_path(&image, "q", &spec);
+        write(
+            &t,
+            serde_json::json!({ "from_stamp": private.stamp() }),
+            true,
+        );
+        assert!(ReadyState::find_template(&image, "q", &spec).is_some());
+        // The ready state is saved again: the template belongs to the old one.
+        write(&private, serde_json::json!({ "saved_at_unix": 2 }), false);
+        assert!(ReadyState::find_template(&image, "q", &spec).is_none());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

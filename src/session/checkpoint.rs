@@ -52,10 +52,6 @@ pub struct CheckpointInfo {
     /// below it (filled in when listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    /// How its session's memory was mapped: a fork or restore loads it into the same kind of
-    /// machine.
-    #[serde(default)]
-    pub memory: super::MemoryMode,
 }
 
 pub fn dir(layout: &Layout, name: &str) -> PathBuf {
@@ -88,6 +84,7 @@ pub fn list(layout: &Layout) -> Vec<CheckpointInfo> {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
         .filter_map(|e| std::fs::read(meta_path(&e.path())).ok())
         .filter_map(|b| serde_json::from_slice(&b).ok())
         .collect();
@@ -116,11 +113,11 @@ pub fn list(layout: &Layout) -> Vec<CheckpointInfo> {
 /// Checkpoint names: the session's name rules, and not a name the cache uses for work.
 pub fn check_name(name: &str) -> Result<(), SessionError> {
     super::check_name("checkpoint", name)?;
-    if name.ends_with(".partial") {
+    if name.ends_with(".partial") || name.ends_with(".recipe") {
         return Err(SessionError::InvalidName {
             field: "checkpoint",
             value: name.to_string(),
-            why: "names ending in .partial are reserved for checkpoints being written".into(),
+            why: "names ending in .partial or .recipe are reserved for work in progress".into(),
         });
     }
     Ok(())
@@ -241,6 +238,27 @@ async fn new_layer(backing: &Path, size: u64, layer: &Path) -> Result<(), Sessio
     Ok(())
 }
 
+impl Session {
+    /// Adds (or removes) `dir` in what this session's marker says it runs on.
+    fn mark_uses(&self, dir: &Path, on: bool) -> std::io::Result<()> {
+        let mut owner = Owner::read(&self.files.dir)
+            .ok_or_else(|| std::io::Error::other("the session's owner marker is unreadable"))?;
+        owner.uses.retain(|u| u != dir);
+        if on {
+            owner.uses.push(dir.to_path_buf());
+        }
+        owner.write(&self.files.dir)
+    }
+}
+
+/// A checkpoint that is not completed must not be named by the session's new layer: its header
+/// names the frozen layer where QEMU opened it instead.
+async fn unlink_header(qmp: &crate::vm::qmp::Qmp, node: &str, frozen: &Path) {
+    if let Err(e) = qmp.change_backing_file(node, frozen).await {
+        tracing::error!(error = %e, "a failed checkpoint's layer still names it as its backing file");
+    }
+}
+
 /// Block node names must be unique within a QEMU process; one counter serves them all.
 static LAYERS: AtomicU64 = AtomicU64::new(1);
 
@@ -255,63 +273,73 @@ impl Session {
         backend: &str,
     ) -> Result<CheckpointInfo, SessionError> {
         let target = dir(layout, name);
-        if target.exists() {
-            return Err(SessionError::InvalidName {
-                field: "checkpoint",
-                value: name.to_string(),
-                why: "a checkpoint of that name exists; delete it or choose another".into(),
-            });
-        }
         self.check_alive()?;
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
-        let partial = target.with_extension("partial");
-        // A checkpoint's files are a ready state's.
+        // The name is taken atomically: a concurrent checkpoint of the same name fails here,
+        // before any layer's header can name this directory.
+        match std::fs::create_dir(&target) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SessionError::InvalidName {
+                    field: "checkpoint",
+                    value: name.to_string(),
+                    why: "a checkpoint of that name exists; delete it or choose another".into(),
+                })
+            }
+            r => r?,
+        }
+        // A checkpoint's files are a ready state's. What the session runs on (image, ready
+        // state, the checkpoint below) is what this checkpoint needs too: reclaim keeps it.
+        // Until checkpoint.json is written it is work in progress of this process.
         let files = ReadyState {
-            dir: partial.clone(),
+            dir: target.clone(),
         };
-        let _ = std::fs::remove_dir_all(&partial);
-        // What the session runs on (image, ready state, the checkpoint below) is what this
-        // checkpoint needs too: reclaim keeps it while the checkpoint exists.
         let below = Owner::read(&self.files.dir)
             .map(|o| o.uses)
             .unwrap_or_default();
-        storage::owned_dir(
-            &partial,
-            &Owner::me("checkpoint", Some(&self.info.session_id)).uses(below),
-        )?;
+        let marked = Owner::me("checkpoint", Some(&self.info.session_id))
+            .uses(below)
+            .write(&target)
+            .and_then(|()| self.mark_uses(&target, true));
         // QEMU writes where it can (a container sees the runtime dir read-write, the cache
         // read-only); the files go into the checkpoint afterwards.
         let state = self.files.dir.join("checkpoint.state");
         let node = format!("layer{}", LAYERS.fetch_add(1, Ordering::Relaxed));
         let next = self.files.dir.join(format!("disk-{node}.qcow2"));
         let after_switch = |e: SessionError| {
-            let _ = std::fs::remove_dir_all(&partial);
+            let _ = std::fs::remove_dir_all(&target);
             let _ = std::fs::remove_file(&state);
+            let _ = self.mark_uses(&target, false);
             Err(e)
         };
         let cleanup = |e: SessionError| {
             let _ = std::fs::remove_file(&next);
             after_switch(e)
         };
-        let frozen = lane.disk.clone();
-        // The header of the new layer names the checkpoint's final path: what a restart or a
-        // later checkpoint of this session opens below it.
-        let final_disk = ReadyState {
-            dir: target.clone(),
+        if let Err(e) = marked {
+            return cleanup(e.into());
         }
-        .disk();
+        let frozen = lane.disk.clone();
+        // The header of the new layer names the checkpoint's path: what a restart or a later
+        // checkpoint of this session opens below it.
         let prepared = async {
             let size = virtual_size(&lane.disk).await?;
-            new_layer(&final_disk, size, &next).await
+            new_layer(&files.disk(), size, &next).await
         };
         if let Err(e) = prepared.await {
             return cleanup(e);
         }
         let qmp = lane.vm.qmp();
-        let saved = qmp
-            .save_state_live(&state, Duration::from_secs(5), Duration::from_secs(120))
-            .await;
+        // Every page goes into a checkpoint, a template clone's too: it then loads into any
+        // machine of this configuration (the capability would leave shared RAM out and mark
+        // the stream so only a machine with it on could read it).
+        let saved = match qmp.ignore_shared_memory(false).await {
+            Ok(()) => {
+                qmp.save_state_live(&state, Duration::from_secs(5), Duration::from_secs(120))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         // The guest is stopped and its disk flushed: freeze the layer of this instant.
         let switched = match &saved {
             Ok(_) => qmp.snapshot_disk(&next, &node).await,
@@ -323,9 +351,13 @@ impl Session {
             // The guest writes to the new layer from here on, whatever else fails.
             lane.disk = next.clone();
         }
+        let switched_ok = lane.disk == next;
         let save = match saved.and_then(|s| switched.and(resumed).map(|()| s)) {
             Ok(s) => s,
-            Err(e) if lane.disk == next => return after_switch(VmError::from(e).into()),
+            Err(e) if switched_ok => {
+                unlink_header(lane.vm.qmp(), &node, &frozen).await;
+                return after_switch(VmError::from(e).into());
+            }
             Err(e) => return cleanup(VmError::from(e).into()),
         };
         let pause_ms = done
@@ -333,15 +365,15 @@ impl Session {
             .as_millis() as u64;
         lane.changed_since_frame = true;
         let pointer = lane.pointer;
-        let memory = lane.memory;
         // The frozen layer is read-only to QEMU now, and stays where QEMU opened it: the
         // checkpoint gets a link to it.
         let moved =
             link_or_copy(&frozen, &files.disk()).and_then(|()| move_file(&state, &files.state()));
-        drop(lane);
         if let Err(e) = moved {
+            unlink_header(lane.vm.qmp(), &node, &frozen).await;
             return after_switch(e.into());
         }
+        drop(lane);
         let _ = files.seal();
         let info = CheckpointInfo {
             name: name.to_string(),
@@ -353,14 +385,13 @@ impl Session {
             height: self.info.height,
             memory_mb: self.info.memory_mb,
             network: self.info.network,
-            bytes: storage::usage::disk_bytes(&partial),
+            bytes: storage::usage::disk_bytes(&target),
             layer_bytes: storage::usage::disk_bytes(&files.disk()),
             pause_ms,
             parent: parent_of(layout, &files.disk()).await,
             pointer,
             backend: backend.to_string(),
             depends_on: Vec::new(),
-            memory,
         };
         tracing::debug!(
             name,
@@ -369,17 +400,17 @@ impl Session {
             forced = save.forced_stop,
             "checkpoint saved"
         );
+        // Written last, and whole (a reader sees no checkpoint.json or a complete one).
+        let tmp = target.join(".checkpoint.json.tmp");
         let written = serde_json::to_vec_pretty(&info)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(meta_path(&partial), b))
-            .and_then(|()| std::fs::rename(&partial, &target));
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, meta_path(&target)));
         if let Err(e) = written {
+            // The layer is frozen and linked; only the metadata is missing. The session's
+            // new layer must not name a checkpoint that will not exist.
+            unlink_header(self.lane.lock().await.vm.qmp(), &node, &frozen).await;
             return after_switch(e.into());
-        }
-        // The session's disk now sits on this checkpoint: it is not deleted under it.
-        if let Some(mut owner) = Owner::read(&self.files.dir) {
-            owner.uses.push(target);
-            let _ = owner.write(&self.files.dir);
         }
         Ok(info)
     }

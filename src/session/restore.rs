@@ -135,7 +135,6 @@ impl SessionManager {
         }
         let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
         let spec = self.machine_spec(&image, info.memory_mb, info.network);
-        let (spec, template) = self.checkpoint_machine(&image, spec, &info)?;
         session.finish_capture().await;
         let mut lane = session.lane.lock().await;
         lane.vm.qmp().quit().await;
@@ -168,9 +167,6 @@ impl SessionManager {
             let checkpoints = self.cfg.layout.checkpoints();
             owner.uses.retain(|u| !u.starts_with(&checkpoints));
             owner.uses.push(ready.dir.clone());
-            owner
-                .uses
-                .extend(template.map(|t| t.dir).filter(|t| !owner.uses.contains(t)));
             let _ = owner.write(&session.files.dir);
         }
         drop(cache_lock);
@@ -184,7 +180,8 @@ impl SessionManager {
         lane.changed_since_frame = true;
         lane.awaiting_after = None;
         lane.pointer = info.pointer;
-        lane.memory = info.memory;
+        // Checkpoints hold every page and load into private memory.
+        lane.memory = MemoryMode::Private;
         lane.held.clear();
         let first = lane.look().await?;
         drop(lane);
@@ -224,7 +221,8 @@ impl SessionManager {
 
     /// How a new session of `spec`'s machine starts: from the shared-memory template when
     /// there is one (its RAM mapped copy-on-write), else from the private ready state, else by
-    /// booting. The template is returned as the third item too (what the session runs on).
+    /// booting. The third item is the private ready state a template was made from (its disk
+    /// is below the template's: the session runs on it too).
     pub(super) fn resume_plan(
         &self,
         image: &GuestImage,
@@ -233,32 +231,14 @@ impl SessionManager {
         let qemu = self.cfg.backend.qemu_version();
         let template = ReadyState::find_template(image, qemu, &spec);
         match template.filter(|_| self.cfg.shared_memory) {
-            Some(t) => (spec.with_template(t.ram(), false), Some(t.clone()), Some(t)),
+            Some(t) => {
+                let beneath = ReadyState::find(image, qemu, &spec);
+                (spec.with_template(t.ram(), false), Some(t), beneath)
+            }
             None => {
                 let ready = ReadyState::find(image, qemu, &spec);
                 (spec, ready, None)
             }
-        }
-    }
-
-    /// The machine a checkpoint loads into: the one its session ran, with private memory or
-    /// memory mapped from the template (the state holds every page either way, but a state
-    /// saved with `x-ignore-shared` loads only where it is on).
-    pub(super) fn checkpoint_machine(
-        &self,
-        image: &GuestImage,
-        spec: VmSpec,
-        info: &CheckpointInfo,
-    ) -> Result<(VmSpec, Option<ReadyState>), SessionError> {
-        if info.memory != MemoryMode::Shared {
-            return Ok((spec, None));
-        }
-        match ReadyState::find_template(image, self.cfg.backend.qemu_version(), &spec) {
-            Some(t) => Ok((spec.with_template(t.ram(), false), Some(t))),
-            None => Err(SessionError::Incompatible {
-                name: info.name.clone(),
-                why: "its session's memory was mapped from a shared-memory template this cache no longer has".into(),
-            }),
         }
     }
 

@@ -62,11 +62,9 @@ impl SessionManager {
             .map_or(boot::TERMINAL_POINT, |(_, info)| info.pointer);
         // What the session runs on besides its image: the state it loads, and the template its
         // memory is mapped from (a checkpoint of a shared-memory session needs it too).
-        let (spec, ready, template) = match fork {
-            Some((checkpoint, info)) => {
-                let (spec, template) = self.checkpoint_machine(&image, spec, &info)?;
-                (spec, Some(checkpoint), template)
-            }
+        let (spec, ready, beneath) = match fork {
+            // A checkpoint holds every page: it loads into private memory.
+            Some((checkpoint, _)) => (spec, Some(checkpoint), None),
             None => self.resume_plan(&image, spec),
         };
         if ready.is_none() {
@@ -78,29 +76,27 @@ impl SessionManager {
         };
         let uses = std::iter::once(image.dir.clone())
             .chain(ready.as_ref().map(|r| r.dir.clone()))
-            .chain(
-                template
-                    .map(|t| t.dir)
-                    .filter(|t| ready.as_ref().is_none_or(|r| &r.dir != t)),
-            );
+            .chain(beneath.as_ref().map(|r| r.dir.clone()));
         let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
         owner.images.extend(self.cfg.backend.runtime_image());
         storage::owned_dir(&files.dir, &owner)?;
         drop(cache_lock);
-        let memory = if spec.shares_memory() {
+        let mut memory = if spec.shares_memory() {
             MemoryMode::Shared
         } else {
             MemoryMode::Private
         };
-        let booted = boot::start_vm(
-            self.cfg.backend.as_ref(),
-            &id,
-            &image,
-            spec,
-            ready.as_ref(),
-            &files,
-        )
-        .await;
+        let private_spec = self.machine_spec(&image, memory_mb, req.network);
+        let backend = self.cfg.backend.as_ref();
+        let mut booted = boot::start_vm(backend, &id, &image, spec, ready.as_ref(), &files).await;
+        if let (Err(e), MemoryMode::Shared, Some(private)) = (&booted, memory, &beneath) {
+            // The private path works wherever the template does not (a host that cannot map
+            // the file, say): it is slower to start, not broken.
+            tracing::warn!(error = %super::error::chain(e), "starting from the shared-memory template failed; starting with private memory");
+            memory = MemoryMode::Private;
+            booted =
+                boot::start_vm(backend, &id, &image, private_spec, Some(private), &files).await;
+        }
         let mut booted = match booted {
             Ok(b) => b,
             Err(e) => {

@@ -30,6 +30,11 @@ pub async fn ensure(
     if let Some(t) = ReadyState::find_template(image, qemu, spec) {
         return Ok(t);
     }
+    if !maps_read_only_files_privately(qemu) {
+        return Err(SessionError::Setup(format!(
+            "{qemu} cannot map a read-only RAM file privately (memory-backend-file rom=off needs QEMU 8.2)"
+        )));
+    }
     let Some(private) = ReadyState::find(image, qemu, spec) else {
         return Err(SessionError::Setup(
             "no ready state to make a shared-memory template from (run `deskvm image build`)"
@@ -51,6 +56,19 @@ pub async fn ensure(
         "shared-memory template made from the ready state"
     );
     Ok(made)
+}
+
+/// `rom=off` (a private, writable mapping of a read-only file) came in QEMU 8.2.
+fn maps_read_only_files_privately(qemu_version: &str) -> bool {
+    let version = qemu_version
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    let mut parts = version
+        .unwrap_or("0")
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (8, 2)
 }
 
 async fn make(
@@ -100,7 +118,7 @@ async fn build_in(
         .await?;
         let qmp = vm.qmp();
         qmp.wait_loaded(Duration::from_secs(60)).await?;
-        qmp.ignore_shared_memory().await?;
+        qmp.ignore_shared_memory(true).await?;
         qmp.save_state(&work.join("state.bin"), Duration::from_secs(60))
             .await?;
         qmp.quit().await;
@@ -119,12 +137,29 @@ async fn build_in(
         dir: target.dir.with_extension("partial"),
     };
     let _ = std::fs::remove_dir_all(&partial.dir);
+    let placed = place(backend, private, work, &files, &ram, &partial, target).await;
+    if placed.is_err() {
+        let _ = std::fs::remove_dir_all(&partial.dir);
+    }
+    placed
+}
+
+/// Puts the template's files into `partial`, then `partial` where the template goes.
+async fn place(
+    backend: &dyn Backend,
+    private: &ReadyState,
+    work: &Path,
+    files: &RuntimeFiles,
+    ram: &Path,
+    partial: &ReadyState,
+    target: &ReadyState,
+) -> Result<ReadyState, SessionError> {
     storage::owned_dir(
         &partial.dir,
         &Owner::me("ready_state", None).uses([private.dir.clone()]),
     )?;
     for (from, to) in [
-        (ram, partial.ram()),
+        (ram.to_path_buf(), partial.ram()),
         (work.join("state.bin"), partial.state()),
         (files.disk(), partial.disk()),
     ] {
@@ -135,6 +170,7 @@ async fn build_in(
         "qemu_version": backend.qemu_version(),
         "memory": "template",
         "from": private.dir,
+        "from_stamp": private.stamp(),
         "saved_at_unix": storage::owner::unix_now(),
     });
     std::fs::write(
@@ -168,4 +204,21 @@ async fn move_sparse(from: &Path, to: &Path) -> Result<(), SessionError> {
     }
     let _ = std::fs::remove_file(from);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn private_mappings_of_read_only_files_need_qemu_8_2() {
+        let ok = super::maps_read_only_files_privately;
+        assert!(ok(
+            "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
+        ));
+        assert!(ok("QEMU emulator version 8.2.0"));
+        assert!(!ok("QEMU emulator version 8.1.5"));
+        assert!(!ok(
+            "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u7)"
+        ));
+        assert!(!ok("unknown"));
+    }
 }

@@ -43,8 +43,7 @@ impl Frame {
         let img = if (w, h) == (self.width(), self.height()) {
             &self.image
         } else {
-            // Area averaging: sharp enough for text at 0.5x and ~10x faster than a triangle filter.
-            resized = imageops::thumbnail(&self.image, w, h);
+            resized = downscale(&self.image, w, h);
             &resized
         };
         encode(img)
@@ -83,6 +82,25 @@ impl Frame {
             .filter(|(a, b)| a != b)
             .count() as u64
     }
+}
+
+/// Area averaging (a box filter sized to the scale: sharp enough for text at 0.5x) with
+/// `fast_image_resize`'s SIMD kernels: a fraction of a full frame's encode, where `image`'s
+/// `thumbnail` cost more than the encode it saved.
+fn downscale(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    use fast_image_resize as fr;
+    let resized =
+        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+            .ok()
+            .and_then(|src| {
+                let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
+                let options = fr::ResizeOptions::new()
+                    .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Box));
+                fr::Resizer::new().resize(&src, &mut dst, &options).ok()?;
+                RgbImage::from_raw(w, h, dst.into_vec())
+            });
+    // (Only a buffer that does not match its size fails; the slow path stays correct.)
+    resized.unwrap_or_else(|| imageops::thumbnail(img, w, h))
 }
 
 fn encode(img: &RgbImage) -> Result<Encoded, DisplayError> {

@@ -94,6 +94,7 @@ raw_commands! {
     MigrateSetParameters = "migrate-set-parameters",
     MigrateSetCapabilities = "migrate-set-capabilities",
     MigrateIncoming = "migrate-incoming",
+    ChangeBackingFile = "change-backing-file",
     BlockdevAdd = "blockdev-add",
     BlockdevSnapshot = "blockdev-snapshot",
 }
@@ -203,10 +204,10 @@ impl Qmp {
     }
 
     /// `x-ignore-shared`: RAM in a shared file is left out of saved states (and expected out of
-    /// loaded ones). It stays on for this QEMU process.
-    pub async fn ignore_shared_memory(&self) -> Result<(), QmpError> {
+    /// loaded ones) while on.
+    pub async fn ignore_shared_memory(&self, on: bool) -> Result<(), QmpError> {
         self.execute(Raw::<MigrateSetCapabilities>::new(serde_json::json!({
-            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+            "capabilities": [{ "capability": "x-ignore-shared", "state": on }]
         })))
         .await
         .map(drop)
@@ -215,7 +216,7 @@ impl Qmp {
     /// Loads a state into a VM started with `-incoming defer`, with `x-ignore-shared` on (a
     /// template clone; no command-line switch sets the capability).
     pub async fn load_deferred(&self, path: &Path) -> Result<(), QmpError> {
-        self.ignore_shared_memory().await?;
+        self.ignore_shared_memory(true).await?;
         self.execute(Raw::<MigrateIncoming>::new(serde_json::json!({
             "uri": format!("file:{}", path.display())
         })))
@@ -357,6 +358,18 @@ impl Qmp {
         self.execute(Raw::<BlockdevSnapshot>::new(serde_json::json!({
             "node": DISK_DEVICE,
             "overlay": node,
+        })))
+        .await
+        .map(drop)
+    }
+
+    /// Rewrites the backing file named in the header of layer `node` of the session disk
+    /// (QEMU keeps the open chain as it is).
+    pub async fn change_backing_file(&self, node: &str, backing: &Path) -> Result<(), QmpError> {
+        self.execute(Raw::<ChangeBackingFile>::new(serde_json::json!({
+            "device": DISK_DEVICE,
+            "image-node-name": node,
+            "backing-file": backing.to_string_lossy(),
         })))
         .await
         .map(drop)

@@ -25,7 +25,8 @@ struct Saved {
 pub(super) fn scan(layout: &Layout, current: &Current, req: &Request, scan: &mut Scan) {
     let mut saved = Vec::new();
     for dir in entries(&layout.checkpoints()) {
-        if is_work(&dir) {
+        // Being written (checkpoint.json comes last), or left half-written by a dead writer.
+        if is_work(&dir) || !dir.join("checkpoint.json").exists() {
             build_work(&dir, req, scan);
             continue;
         }
@@ -35,7 +36,7 @@ pub(super) fn scan(layout: &Layout, current: &Current, req: &Request, scan: &mut
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         else {
-            scan.skip(dir.display().to_string(), "not a complete checkpoint");
+            scan.skip(dir.display().to_string(), "unreadable checkpoint.json");
             continue;
         };
         saved.push(Saved {

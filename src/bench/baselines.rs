@@ -1,0 +1,228 @@
+//! Baselines beside deskvm in the same run: the physical limit (raw QMP on a VM resumed from the
+//! same ready state: no MCP, no PNG) and the peers' usual stack (an X server on the host with
+//! `xdotool` for input and ImageMagick's `import` for screenshots, as Anthropic's computer-use
+//! demo and E2B Desktop do it). Ratios are computed against this run's own deskvm figures.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use serde_json::json;
+
+use super::{ms, pct, record, summary};
+use crate::backend::local::LocalBackend;
+use crate::image::ready::ReadyState;
+use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::session::{boot, machine_spec, DEFAULT_MEMORY_MB};
+use crate::storage::{self, Layout, Owner};
+use crate::vm::spec::{Accel, RuntimeFiles};
+
+fn p50(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    pct(&v, 0.5)
+}
+
+/// QMP `query-status` and `screendump` (PPM, not read back) on a local VM of the ready state.
+pub async fn raw_qmp(n: usize, accel: &str) -> Result<(f64, f64)> {
+    let layout = Layout::from_env();
+    let image = GuestImage::locate(&layout, DEFAULT_IMAGE)?;
+    let local = LocalBackend::new().await?;
+    let qemu = crate::backend::Backend::qemu_version(&local).to_string();
+    // The sessions' accelerator: a ready state of the other would measure another machine.
+    let accel: Accel = accel.parse().map_err(anyhow::Error::msg)?;
+    let spec = machine_spec(&image, accel, DEFAULT_MEMORY_MB, false);
+    let ready = ReadyState::find(&image, &qemu, &spec)
+        .context("no ready state for the local QEMU (run `deskvm setup`)")?;
+    let files = RuntimeFiles {
+        dir: layout
+            .sessions()
+            .join(format!("bench-raw-{}", std::process::id())),
+    };
+    storage::owned_dir(&files.dir, &Owner::me("session", Some("bench-raw")))?;
+    let booted = boot::start_vm(&local, "bench-raw", &image, spec, Some(&ready), &files).await;
+    let result = async {
+        let mut b = booted?;
+        let qmp = b.vm.qmp();
+        let (mut status, mut dump) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let t = Instant::now();
+            qmp.status().await?;
+            status.push(ms(t.elapsed()));
+        }
+        for _ in 0..n {
+            let t = Instant::now();
+            qmp.screendump(&files.screen()).await?;
+            dump.push(ms(t.elapsed()));
+        }
+        b.instance.stop().await;
+        summary("limit: QMP query-status round trip", status.clone());
+        summary("limit: QMP screendump to PPM", dump.clone());
+        Ok::<_, anyhow::Error>((p50(status), p50(dump)))
+    }
+    .await;
+    let _ = storage::remove_owned_dir(&files.dir);
+    result
+}
+
+/// An X server for the peers' stack; everything it started dies with it.
+struct Display {
+    name: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_display(width: u32, height: u32) -> Result<Display> {
+    let n = (90..120)
+        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+        .context("no free X display number")?;
+    let name = format!(":{n}");
+    let mut d = Display {
+        name: name.clone(),
+        children: Vec::new(),
+    };
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    let mut xvfb = Command::new("Xvfb");
+    xvfb.args([
+        &name,
+        "-screen",
+        "0",
+        &format!("{width}x{height}x24"),
+        "-nolisten",
+        "tcp",
+    ]);
+    quiet(&mut xvfb);
+    d.children.push(xvfb.spawn().context("starting Xvfb")?);
+    let socket = format!("/tmp/.X11-unix/X{n}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&socket).exists() {
+        if Instant::now() > deadline {
+            bail!("Xvfb {name} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The demo's stack: a window manager, then a terminal to type into.
+    for argv in [vec!["openbox"], vec!["xterm", "-geometry", "80x24+100+100"]] {
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]).env("DISPLAY", &name);
+        quiet(&mut c);
+        d.children
+            .push(c.spawn().with_context(|| format!("starting {}", argv[0]))?);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    Ok(d)
+}
+
+fn run(display: &Display, argv: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("DISPLAY", &display.name)
+        .output()
+        .with_context(|| format!("running {}", argv[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// The peers' stack timed the way deskvm is: screenshot, click, typing; each against deskvm's
+/// p50 from this run (`ours_*`). The 2 s the demo sleeps after each action before its
+/// screenshot is added as documented, not slept.
+pub fn peers(n: usize, chars: usize, ours_shot: f64, ours_click: f64, ours_cps: f64) -> Result<()> {
+    let tools = ["Xvfb", "xdotool", "import", "xterm", "openbox"];
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        println!(
+            "{:<38} not measured: {} missing (`sudo deskvm setup` installs xvfb, xdotool, imagemagick, xterm, openbox)",
+            "peers' stack (Xvfb + xdotool + import)",
+            missing.join(", ")
+        );
+        record("peers' stack", json!({ "missing": missing }));
+        return Ok(());
+    }
+    let d = start_display(1280, 800)?;
+    let (mut shots, mut bytes) = (Vec::new(), 0usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        bytes += run(&d, &["import", "-window", "root", "png:-"])?.len();
+        shots.push(ms(t.elapsed()));
+    }
+    let mut clicks = Vec::new();
+    for i in 0..n {
+        let (x, y) = (300 + (i % 20) as u32 * 10, 300);
+        let t = Instant::now();
+        run(
+            &d,
+            &[
+                "xdotool",
+                "mousemove",
+                &x.to_string(),
+                &y.to_string(),
+                "click",
+                "1",
+            ],
+        )?;
+        clicks.push(ms(t.elapsed()));
+    }
+    let mut rng = rand::rng();
+    let text: String = (0..chars)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
+    let t = Instant::now();
+    run(&d, &["xdotool", "type", "--delay", "12", &text])?;
+    let cps = chars as f64 / t.elapsed().as_secs_f64();
+    let (shot, click) = (p50(shots.clone()), p50(clicks.clone()));
+    summary("peers: import -window root (PNG)", shots);
+    summary("peers: xdotool mousemove+click", clicks);
+    println!(
+        "{:<38} {:.1} chars/s (xdotool type --delay 12, the demo's setting); {} KiB per screenshot",
+        "peers: typing",
+        cps,
+        bytes / n.max(1) / 1024
+    );
+    let wait = 2000.0;
+    println!(
+        "{:<38} screenshot {:.1}x, click {:.1}x, typing {:.1}x; with the demo's 2 s wait after an action, click then screenshot {:.0} ms vs deskvm's {:.0} ms ({:.1}x)",
+        "ratio peers / deskvm (p50)",
+        shot / ours_shot,
+        click / ours_click,
+        ours_cps / cps,
+        click + wait + shot,
+        ours_click + ours_shot,
+        (click + wait + shot) / (ours_click + ours_shot)
+    );
+    record(
+        "peers' stack",
+        json!({
+            "screenshot_p50_ms": shot, "click_p50_ms": click, "type_chars_per_s": cps,
+            "screenshot_kib": bytes / n.max(1) / 1024,
+            "ratio_screenshot": shot / ours_shot, "ratio_click": click / ours_click,
+            "ratio_typing_deskvm_over_peers": ours_cps / cps,
+            "with_wait_click_then_screenshot_ms": click + wait + shot,
+            "ratio_with_wait": (click + wait + shot) / (ours_click + ours_shot),
+        }),
+    );
+    Ok(())
+}
