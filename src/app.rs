@@ -61,6 +61,14 @@ const HOST_TOOLS: &[(&str, &str)] = &[
 
 /// Not needed to run deskvm: the headless browser the test suite renders review viewers with.
 const TEST_TOOLS: &[(&str, &str)] = &[("chromium", "chromium")];
+/// The peers' stack `deskvm bench` measures beside deskvm (Xvfb + xdotool + ImageMagick).
+const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("Xvfb", "xvfb"),
+    ("xdotool", "xdotool"),
+    ("import", "imagemagick"),
+    ("xterm", "xterm"),
+    ("openbox", "openbox"),
+];
 
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
     missing_of(HOST_TOOLS)
@@ -92,6 +100,7 @@ fn qemu_major(version: &str) -> Option<u32> {
 pub async fn install_host_packages() -> Result<()> {
     let mut missing = missing_tools();
     missing.extend(missing_of(TEST_TOOLS));
+    missing.extend(missing_of(BENCH_TOOLS));
     let old_qemu = match crate::backend::local::qemu_version(Path::new(QEMU)).await {
         Ok(v) => qemu_major(&v).is_some_and(|m| m < 8),
         Err(_) => false,

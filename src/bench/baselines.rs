@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use rand::Rng;
 use serde_json::json;
 
-use super::{ms, pct, record, summary};
+use super::{metric, ms, pct, record, summary, METRICS};
 use crate::backend::local::LocalBackend;
 use crate::image::ready::ReadyState;
 use crate::image::{GuestImage, DEFAULT_IMAGE};
@@ -225,4 +225,38 @@ pub fn peers(n: usize, chars: usize, ours_shot: f64, ours_click: f64, ours_cps: 
         }),
     );
     Ok(())
+}
+
+/// The baselines, against this run's own figures.
+pub async fn measure(o: &super::Options) -> Result<()> {
+    let accel = METRICS
+        .lock()
+        .expect("metrics poisoned")
+        .iter()
+        .find(|m| m["name"] == "session")
+        .and_then(|m| m["accelerator"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "tcg".into());
+    let (status, dump) = raw_qmp(o.shots.max(10), &accel).await?;
+    let ours_shot = metric("screenshot 1280x800 PNG", "p50").unwrap_or(f64::NAN);
+    let ours_click = metric("click, after 2 s idle", "p50").unwrap_or(f64::NAN);
+    let ours_cps = metric("type (random printable ASCII)", "value").unwrap_or(f64::NAN);
+    println!(
+        "{:<38} screenshot {:.1}x the bare screendump ({:.1} ms), a QMP round trip is {:.2} ms",
+        "ratio deskvm / limit (p50)",
+        ours_shot / dump,
+        dump,
+        status
+    );
+    record(
+        "limit",
+        json!({ "qmp_round_trip_p50_ms": status, "screendump_p50_ms": dump,
+                "ratio_screenshot_over_screendump": ours_shot / dump }),
+    );
+    peers(
+        o.shots.max(10),
+        o.chars.max(100),
+        ours_shot,
+        ours_click,
+        ours_cps,
+    )
 }

@@ -5,8 +5,11 @@ mod baselines;
 mod checkpoint;
 mod density;
 mod disk;
+mod report;
 mod transport;
 mod typing;
+
+pub(crate) use report::{metric, ms, pct, record, summary, METRICS};
 
 use std::time::{Duration, Instant};
 
@@ -16,90 +19,6 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::session::boot::TERMINAL_POINT;
-
-pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx]
-}
-
-/// Every figure this run printed, for `--json`.
-static METRICS: std::sync::Mutex<Vec<serde_json::Value>> = std::sync::Mutex::new(Vec::new());
-
-/// Adds a figure to the run's JSON (`name` plus its values).
-pub(crate) fn record(name: &str, mut values: serde_json::Value) {
-    if let Some(o) = values.as_object_mut() {
-        o.insert("name".into(), json!(name));
-    }
-    METRICS.lock().expect("metrics poisoned").push(values);
-}
-
-/// A figure recorded earlier in this run.
-fn metric(name: &str, field: &str) -> Option<f64> {
-    METRICS
-        .lock()
-        .expect("metrics poisoned")
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m[field].as_f64())
-}
-
-/// The baselines, against this run's own figures.
-async fn baselines(o: &Options) -> Result<()> {
-    let accel = METRICS
-        .lock()
-        .expect("metrics poisoned")
-        .iter()
-        .find(|m| m["name"] == "session")
-        .and_then(|m| m["accelerator"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "tcg".into());
-    let (status, dump) = baselines::raw_qmp(o.shots.max(10), &accel).await?;
-    let ours_shot = metric("screenshot 1280x800 PNG", "p50").unwrap_or(f64::NAN);
-    let ours_click = metric("click, after 2 s idle", "p50").unwrap_or(f64::NAN);
-    let ours_cps = metric("type (random printable ASCII)", "value").unwrap_or(f64::NAN);
-    println!(
-        "{:<38} screenshot {:.1}x the bare screendump ({:.1} ms), a QMP round trip is {:.2} ms",
-        "ratio deskvm / limit (p50)",
-        ours_shot / dump,
-        dump,
-        status
-    );
-    record(
-        "limit",
-        json!({ "qmp_round_trip_p50_ms": status, "screendump_p50_ms": dump,
-                "ratio_screenshot_over_screendump": ours_shot / dump }),
-    );
-    baselines::peers(
-        o.shots.max(10),
-        o.chars.max(100),
-        ours_shot,
-        ours_click,
-        ours_cps,
-    )
-}
-
-pub(crate) fn summary(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    record(
-        name,
-        json!({ "unit": "ms", "n": ms.len(), "p50": pct(&ms, 0.5), "p95": pct(&ms, 0.95),
-                "min": ms.first(), "max": ms.last() }),
-    );
-    println!(
-        "{name:<38} n={:<3} p50={:>8.1} ms  p95={:>8.1} ms  min={:>8.1} ms  max={:>8.1} ms",
-        ms.len(),
-        pct(&ms, 0.5),
-        pct(&ms, 0.95),
-        ms[0],
-        ms[ms.len() - 1]
-    );
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 pub struct Options {
     pub starts: usize,
@@ -148,7 +67,7 @@ pub async fn run(o: Options) -> Result<()> {
     if result.is_ok() {
         // Beside the main figures, not instead of them: a host without a local QEMU or X
         // tools still gets the rest.
-        if let Err(e) = baselines(&o).await {
+        if let Err(e) = baselines::measure(&o).await {
             println!("{:<38} not measured: {e:#}", "baselines");
             record("baselines", json!({ "error": format!("{e:#}") }));
         }

@@ -7,16 +7,12 @@
 //! disk), outlive sessions and servers, and are restored in place or forked into new sessions.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::SessionError;
-use super::Session;
 use crate::image::ready::ReadyState;
 use crate::storage::{self, Layout, Owner};
-use crate::vm::VmError;
 
 /// What a checkpoint is and what it needs to run again.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -58,7 +54,7 @@ pub fn dir(layout: &Layout, name: &str) -> PathBuf {
     layout.checkpoints().join(name)
 }
 
-fn meta_path(dir: &Path) -> PathBuf {
+pub(super) fn meta_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.json")
 }
 
@@ -95,14 +91,21 @@ pub fn list(layout: &Layout) -> Vec<CheckpointInfo> {
         .collect();
     for c in &mut out {
         let mut chain = Vec::new();
+        let mut lowest = c.name.clone();
         let mut at = c.parent.clone();
         // (Bounded: a cycle cannot be made, but a hand-edited file could claim one.)
         while let Some(p) = at.filter(|_| chain.len() < parents.len()) {
             at = parents.get(&p).cloned().flatten();
             chain.push(format!("checkpoint {p}"));
+            lowest = p;
         }
-        let root = Owner::read(&dir(layout, &c.name))
-            .and_then(|o| o.uses.into_iter().find(|u| storage::is_ready_dir(u)));
+        // The ready state is what the lowest checkpoint's session ran on (a fork's own
+        // marker names the checkpoint it started from instead).
+        let root = Owner::read(&dir(layout, &lowest)).and_then(|o| {
+            o.uses
+                .into_iter()
+                .find(|u| u.starts_with(layout.images()) && storage::is_ready_dir(u))
+        });
         chain.extend(root.map(|r| format!("ready state {}", r.display())));
         chain.reverse();
         c.depends_on = chain;
@@ -167,7 +170,7 @@ pub fn delete(layout: &Layout, name: &str) -> Result<u64, SessionError> {
 }
 
 /// The checkpoint a disk layer sits on, from its qcow2 backing file.
-async fn parent_of(layout: &Layout, disk: &Path) -> Option<String> {
+pub(super) async fn parent_of(layout: &Layout, disk: &Path) -> Option<String> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(disk)
@@ -180,238 +183,4 @@ async fn parent_of(layout: &Layout, disk: &Path) -> Option<String> {
     (parent.parent()? == layout.checkpoints())
         .then(|| parent.file_name()?.to_str().map(str::to_string))
         .flatten()
-}
-
-/// Puts a frozen file into a checkpoint: a hard link where both are on one filesystem (QEMU
-/// goes on reading the runtime dir's name, which must stay), else a copy.
-fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to)?;
-    }
-    Ok(())
-}
-
-/// Moves a file, copying when it crosses filesystems (the runtime dir is often a tmpfs).
-fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::rename(from, to).is_err() {
-        std::fs::copy(from, to)?;
-        std::fs::remove_file(from)?;
-    }
-    Ok(())
-}
-
-/// A disk's virtual size in bytes (a new layer above it has the same).
-async fn virtual_size(disk: &Path) -> Result<u64, SessionError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(disk)
-        .output()
-        .await?;
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["virtual-size"].as_u64())
-        .ok_or_else(|| {
-            SessionError::Setup(format!(
-                "qemu-img info {} failed: {}",
-                disk.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        })
-}
-
-/// A new qcow2 layer whose header names `backing` without opening it (it does not exist yet:
-/// it is where the running layer goes once frozen).
-async fn new_layer(backing: &Path, size: u64, layer: &Path) -> Result<(), SessionError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b"])
-        .arg(backing)
-        .arg(layer)
-        .arg(size.to_string())
-        .output()
-        .await?;
-    if !out.status.success() {
-        return Err(SessionError::Setup(format!(
-            "qemu-img create failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-impl Session {
-    /// Adds (or removes) `dir` in what this session's marker says it runs on.
-    fn mark_uses(&self, dir: &Path, on: bool) -> std::io::Result<()> {
-        let mut owner = Owner::read(&self.files.dir)
-            .ok_or_else(|| std::io::Error::other("the session's owner marker is unreadable"))?;
-        owner.uses.retain(|u| u != dir);
-        if on {
-            owner.uses.push(dir.to_path_buf());
-        }
-        owner.write(&self.files.dir)
-    }
-}
-
-/// A checkpoint that is not completed must not be named by the session's new layer: its header
-/// names the frozen layer where QEMU opened it instead.
-async fn unlink_header(qmp: &crate::vm::qmp::Qmp, node: &str, frozen: &Path) {
-    if let Err(e) = qmp.change_backing_file(node, frozen).await {
-        tracing::error!(error = %e, "a failed checkpoint's layer still names it as its backing file");
-    }
-}
-
-/// Block node names must be unique within a QEMU process; one counter serves them all.
-static LAYERS: AtomicU64 = AtomicU64::new(1);
-
-impl Session {
-    /// Saves the running machine as checkpoint `name`; the session keeps running. The guest is
-    /// paused only for the end of the memory save and the disk switch.
-    pub(super) async fn checkpoint(
-        &self,
-        layout: &Layout,
-        name: &str,
-        qemu_version: &str,
-        backend: &str,
-    ) -> Result<CheckpointInfo, SessionError> {
-        let target = dir(layout, name);
-        self.check_alive()?;
-        self.finish_capture().await;
-        let mut lane = self.lane.lock().await;
-        // The name is taken atomically: a concurrent checkpoint of the same name fails here,
-        // before any layer's header can name this directory.
-        match std::fs::create_dir(&target) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(SessionError::InvalidName {
-                    field: "checkpoint",
-                    value: name.to_string(),
-                    why: "a checkpoint of that name exists; delete it or choose another".into(),
-                })
-            }
-            r => r?,
-        }
-        // A checkpoint's files are a ready state's. What the session runs on (image, ready
-        // state, the checkpoint below) is what this checkpoint needs too: reclaim keeps it.
-        // Until checkpoint.json is written it is work in progress of this process.
-        let files = ReadyState {
-            dir: target.clone(),
-        };
-        let below = Owner::read(&self.files.dir)
-            .map(|o| o.uses)
-            .unwrap_or_default();
-        let marked = Owner::me("checkpoint", Some(&self.info.session_id))
-            .uses(below)
-            .write(&target)
-            .and_then(|()| self.mark_uses(&target, true));
-        // QEMU writes where it can (a container sees the runtime dir read-write, the cache
-        // read-only); the files go into the checkpoint afterwards.
-        let state = self.files.dir.join("checkpoint.state");
-        let node = format!("layer{}", LAYERS.fetch_add(1, Ordering::Relaxed));
-        let next = self.files.dir.join(format!("disk-{node}.qcow2"));
-        let after_switch = |e: SessionError| {
-            let _ = std::fs::remove_dir_all(&target);
-            let _ = std::fs::remove_file(&state);
-            let _ = self.mark_uses(&target, false);
-            Err(e)
-        };
-        let cleanup = |e: SessionError| {
-            let _ = std::fs::remove_file(&next);
-            after_switch(e)
-        };
-        if let Err(e) = marked {
-            return cleanup(e.into());
-        }
-        let frozen = lane.disk.clone();
-        // The header of the new layer names the checkpoint's path: what a restart or a later
-        // checkpoint of this session opens below it.
-        let prepared = async {
-            let size = virtual_size(&lane.disk).await?;
-            new_layer(&files.disk(), size, &next).await
-        };
-        if let Err(e) = prepared.await {
-            return cleanup(e);
-        }
-        let qmp = lane.vm.qmp();
-        // Every page goes into a checkpoint, a template clone's too: it then loads into any
-        // machine of this configuration (the capability would leave shared RAM out and mark
-        // the stream so only a machine with it on could read it).
-        let saved = match qmp.ignore_shared_memory(false).await {
-            Ok(()) => {
-                qmp.save_state_live(&state, Duration::from_secs(5), Duration::from_secs(120))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        // The guest is stopped and its disk flushed: freeze the layer of this instant.
-        let switched = match &saved {
-            Ok(_) => qmp.snapshot_disk(&next, &node).await,
-            Err(_) => Ok(()),
-        };
-        let resumed = qmp.cont().await;
-        let done = Instant::now();
-        if let (Ok(_), Ok(())) = (&saved, &switched) {
-            // The guest writes to the new layer from here on, whatever else fails.
-            lane.disk = next.clone();
-        }
-        let switched_ok = lane.disk == next;
-        let save = match saved.and_then(|s| switched.and(resumed).map(|()| s)) {
-            Ok(s) => s,
-            Err(e) if switched_ok => {
-                unlink_header(lane.vm.qmp(), &node, &frozen).await;
-                return after_switch(VmError::from(e).into());
-            }
-            Err(e) => return cleanup(VmError::from(e).into()),
-        };
-        let pause_ms = done
-            .duration_since(save.stopped_no_earlier_than)
-            .as_millis() as u64;
-        lane.changed_since_frame = true;
-        let pointer = lane.pointer;
-        // The frozen layer is read-only to QEMU now, and stays where QEMU opened it: the
-        // checkpoint gets a link to it.
-        let moved =
-            link_or_copy(&frozen, &files.disk()).and_then(|()| move_file(&state, &files.state()));
-        if let Err(e) = moved {
-            unlink_header(lane.vm.qmp(), &node, &frozen).await;
-            return after_switch(e.into());
-        }
-        drop(lane);
-        let _ = files.seal();
-        let info = CheckpointInfo {
-            name: name.to_string(),
-            source_session: self.info.session_id.clone(),
-            created_at: storage::owner::unix_now(),
-            qemu_version: qemu_version.to_string(),
-            image: self.info.image.clone(),
-            width: self.info.width,
-            height: self.info.height,
-            memory_mb: self.info.memory_mb,
-            network: self.info.network,
-            bytes: storage::usage::disk_bytes(&target),
-            layer_bytes: storage::usage::disk_bytes(&files.disk()),
-            pause_ms,
-            parent: parent_of(layout, &files.disk()).await,
-            pointer,
-            backend: backend.to_string(),
-            depends_on: Vec::new(),
-        };
-        tracing::debug!(
-            name,
-            pause_ms,
-            downtime_ms = save.downtime_ms,
-            forced = save.forced_stop,
-            "checkpoint saved"
-        );
-        // Written last, and whole (a reader sees no checkpoint.json or a complete one).
-        let tmp = target.join(".checkpoint.json.tmp");
-        let written = serde_json::to_vec_pretty(&info)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, meta_path(&target)));
-        if let Err(e) = written {
-            // The layer is frozen and linked; only the metadata is missing. The session's
-            // new layer must not name a checkpoint that will not exist.
-            unlink_header(self.lane.lock().await.vm.qmp(), &node, &frozen).await;
-            return after_switch(e.into());
-        }
-        Ok(info)
-    }
 }

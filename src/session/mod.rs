@@ -16,6 +16,7 @@ mod reclaim;
 mod record;
 mod restore;
 mod run;
+mod save;
 mod start;
 pub mod template;
 
