@@ -47,6 +47,19 @@ impl ReadyState {
         Ok(())
     }
 
+    /// Finishes a state saved in this (partial) directory: writes its metadata last, then
+    /// puts the directory where `target` goes, replacing an older save.
+    pub fn publish(&self, target: &ReadyState, meta: &serde_json::Value) -> std::io::Result<()> {
+        std::fs::write(
+            self.meta(),
+            serde_json::to_vec_pretty(meta).unwrap_or_default(),
+        )?;
+        if target.dir.exists() {
+            std::fs::remove_dir_all(&target.dir)?;
+        }
+        std::fs::rename(&self.dir, &target.dir)
+    }
+
     pub fn key(qemu_version: &str, spec: &VmSpec) -> String {
         let mut h = Sha256::new();
         h.update(FORMAT.as_bytes());
@@ -112,7 +125,7 @@ impl ReadyState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::spec::{Accel, VmSpec};
+    use crate::vm::spec::VmSpec;
 
     fn write(r: &ReadyState, meta: serde_json::Value, template: bool) {
         std::fs::create_dir_all(&r.dir).unwrap();
@@ -131,19 +144,7 @@ mod tests {
             name: "x".into(),
             dir: root.clone(),
         };
-        let spec = VmSpec {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            memory_mb: 1024,
-            cpus: 2,
-            width: 1280,
-            height: 800,
-            accel: Accel::Tcg,
-            network: false,
-            memory: crate::vm::spec::Memory::Private,
-            incoming: None,
-            paused: false,
-        };
+        let spec = VmSpec::for_tests();
         let private = ReadyState::path_for(&image, "q", &spec);
         write(&private, serde_json::json!({ "saved_at_unix": 1 }), false);
         let t = ReadyState::template_path(&image, "q", &spec);

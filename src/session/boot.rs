@@ -240,14 +240,7 @@ pub async fn make_ready_state(
         "saved_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "boot_seconds": started.elapsed().as_secs_f64(),
     });
-    std::fs::write(
-        partial.meta(),
-        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-    )?;
-    if target.dir.exists() {
-        std::fs::remove_dir_all(&target.dir)?;
-    }
-    std::fs::rename(&tmp, &target.dir)?;
+    partial.publish(&target, &meta)?;
     progress(&format!("ready state saved: {}", target.dir.display()));
     Ok(target)
 }

@@ -173,14 +173,7 @@ async fn place(
         "from_stamp": private.stamp(),
         "saved_at_unix": storage::owner::unix_now(),
     });
-    std::fs::write(
-        partial.meta(),
-        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-    )?;
-    if target.dir.exists() {
-        std::fs::remove_dir_all(&target.dir)?;
-    }
-    std::fs::rename(&partial.dir, &target.dir)?;
+    partial.publish(target, &meta)?;
     Ok(target.clone())
 }
 

@@ -242,16 +242,22 @@ impl Qmp {
         Ok(())
     }
 
-    /// Stops the guest and writes its whole state to `path`.
-    pub async fn save_state(&self, path: &Path, timeout: Duration) -> Result<(), QmpError> {
-        self.execute(qmp::stop {}).await?;
+    /// Starts writing the machine's state to the file `path`.
+    async fn migrate_to(&self, path: &Path) -> Result<(), QmpError> {
         self.execute(qmp::migrate {
             uri: Some(format!("file:{}", path.display())),
             channels: None,
             detach: None,
             resume: None,
         })
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// Stops the guest and writes its whole state to `path`.
+    pub async fn save_state(&self, path: &Path, timeout: Duration) -> Result<(), QmpError> {
+        self.execute(qmp::stop {}).await?;
+        self.migrate_to(path).await?;
         let deadline = Instant::now() + timeout;
         loop {
             let info = self.execute(qmp::query_migrate {}).await?;
@@ -292,13 +298,7 @@ impl Qmp {
             "downtime-limit": LIVE_DOWNTIME_MS,
         })))
         .await?;
-        self.execute(qmp::migrate {
-            uri: Some(format!("file:{}", path.display())),
-            channels: None,
-            detach: None,
-            resume: None,
-        })
-        .await?;
+        self.migrate_to(path).await?;
         let started = Instant::now();
         let mut stop_sent: Option<Instant> = None;
         let mut last_active = started;

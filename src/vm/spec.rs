@@ -249,18 +249,25 @@ mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
-        VmSpec {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            memory_mb: 1024,
-            cpus: 2,
-            width: 1280,
-            height: 800,
-            accel: Accel::Tcg,
-            network: false,
-            memory: Memory::Private,
-            incoming: None,
-            paused: false,
+        VmSpec::for_tests()
+    }
+
+    impl VmSpec {
+        /// The default machine with made-up paths.
+        pub(crate) fn for_tests() -> VmSpec {
+            VmSpec {
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                memory_mb: 1024,
+                cpus: 2,
+                width: 1280,
+                height: 800,
+                accel: Accel::Tcg,
+                network: false,
+                memory: Memory::Private,
+                incoming: None,
+                paused: false,
+            }
         }
     }
 
