@@ -271,9 +271,17 @@ impl Session {
         }
         .await;
         // A VM error is most often the VM dying mid-call: say that rather than "broken pipe".
+        // A lost connection is seen before the backend reports the exit (a container's takes
+        // its engine a while): wait for the exit reason a little longer then.
         let result = match ran {
             Err(SessionError::Vm(e)) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let wait = if e.is_connection_lost() {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_millis(50)
+                };
+                let mut exited = self.exited();
+                let _ = tokio::time::timeout(wait, exited.wait_for(Option::is_some)).await;
                 self.check_alive().and(Err(SessionError::Vm(e)))
             }
             other => other,

@@ -39,6 +39,16 @@ pub enum VmError {
     Keymap(String),
 }
 
+impl VmError {
+    /// The QMP or guest-agent connection broke: QEMU is most likely gone.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            VmError::Qmp(QmpError::Lost { .. }) | VmError::Qga(QgaError::Lost { .. })
+        )
+    }
+}
+
 /// Input pacing. QEMU's emulated keyboard and tablet queues are short and drop what does not
 /// fit, and a guest under TCG drains them slowly: unpaced key bursts were lost whole (field
 /// notes). Every batch of events is therefore followed by a pause; with these values 1000
