@@ -153,16 +153,21 @@ insym && /^};/ { for (k in todo) print "    key " k " { [ " sym[k] ", " sym[k] "
 END { for (c in code) if (!(c in found)) { print "keycode " c " has no name in the keymap" > "/dev/stderr"; exit 1 } }
 "#;
 
-/// Waits (at most 5 s) until the window manager's CPU time has stood still for two samples in a
-/// row. Every keymap change
-/// makes it re-read the keymap and grab its key bindings again: openbox spends ~0.5 s of CPU on
-/// that under TCG, and a drag that starts meanwhile is lost (measured: with xmodmap, one change
-/// per key, drags failed for seconds after typing).
+/// Waits (at most 5 s) until the window manager has taken a keymap change in: its CPU time has
+/// moved (it is handling the change) and then stood still for two samples in a row. Every
+/// keymap change makes it re-read the keymap and grab its bindings again: openbox spends ~0.5 s
+/// of CPU on that under TCG, and a drag that starts meanwhile is lost (measured: with xmodmap,
+/// one change per key, drags failed for seconds after typing). Stillness alone is not enough:
+/// on busy vCPUs the window manager may not have run yet. One that never moves is taken as done
+/// after 1.5 s of stillness.
 const WM_IDLE: &str =
     "p=$(pgrep -x -d ' ' 'openbox|xfwm4|mutter|marco|metacity|kwin_x11|fluxbox|icewm'); \
-    [ -z \"$p\" ] || { a=; same=0; end=$(($(date +%s) + 5)); while [ $(date +%s) -lt $end ]; do \
+    [ -z \"$p\" ] || { a=; same=0; moved=0; t0=$(date +%s%N); end=$(($(date +%s) + 5)); \
+    while [ $(date +%s) -lt $end ]; do \
     b=$(cat $(for q in $p; do echo /proc/$q/stat; done) | awk '{t += $14 + $15} END {print t}'); \
-    if [ \"$a\" = \"$b\" ]; then same=$((same + 1)); [ $same -ge 2 ] && break; else same=0; fi; \
+    if [ \"$a\" = \"$b\" ]; then same=$((same + 1)); else [ -n \"$a\" ] && moved=1; same=0; fi; \
+    waited=$((($(date +%s%N) - t0) / 1000000)); \
+    [ $same -ge 2 ] && { [ $moved = 1 ] || [ $waited -ge 1500 ]; } && break; \
     a=$b; sleep 0.15; done; }";
 
 /// The guest command that maps a generation's characters onto their spare keys, in one keymap
