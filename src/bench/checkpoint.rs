@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use super::{ms, summary};
@@ -13,10 +13,7 @@ use crate::session::boot::TERMINAL_POINT;
 
 pub async fn measure(client: &Client, n: usize) -> Result<()> {
     let info = client.call_ok("session_start", json!({})).await?;
-    let sid = info["session_id"]
-        .as_str()
-        .context("no session_id")?
-        .to_string();
+    let sid = super::session_id(&info)?;
     // A short session: the terminal clicked, a command typed, the screen looked at.
     let (x, y) = TERMINAL_POINT;
     client
@@ -79,10 +76,7 @@ pub async fn measure(client: &Client, n: usize) -> Result<()> {
         let f = client
             .call_ok("session_start", json!({ "from_checkpoint": names[0] }))
             .await?;
-        let fid = f["session_id"]
-            .as_str()
-            .context("no session_id")?
-            .to_string();
+        let fid = super::session_id(&f)?;
         fork_call.push(ms(t.elapsed()));
         client.screenshot(&fid, json!({})).await?;
         fork.push(ms(t.elapsed()));

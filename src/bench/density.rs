@@ -23,7 +23,7 @@ struct Usage {
 
 /// The QEMU process of a session: the one whose command line names it (both backends: a
 /// container's processes are the host's too).
-fn qemu_pid(session_id: &str) -> Option<u32> {
+pub(super) fn qemu_pid(session_id: &str) -> Option<u32> {
     let needle = format!("deskvm-{session_id}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
@@ -85,10 +85,7 @@ pub async fn idle_sessions(client: &Client, max: usize, budget_mib: u64) -> Resu
         while ids.len() < max && total_kib < budget_mib * 1024 {
             let t = Instant::now();
             let info = client.call_ok("session_start", json!({})).await?;
-            let sid = info["session_id"]
-                .as_str()
-                .context("no session_id")?
-                .to_string();
+            let sid = super::session_id(&info)?;
             ids.push(sid.clone());
             client.screenshot(&sid, json!({})).await?;
             start_ms.push(ms(t.elapsed()));

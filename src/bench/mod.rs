@@ -129,10 +129,7 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
     for _ in 0..o.starts {
         let t = Instant::now();
         let info = client.call_ok("session_start", json!({})).await?;
-        let sid = info["session_id"]
-            .as_str()
-            .context("no session_id")?
-            .to_string();
+        let sid = session_id(&info)?;
         if info["startup"] != "ready_state" {
             bail!(
                 "session did not start from a ready state ({}); run `deskvm setup` first",
@@ -153,10 +150,7 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
         let info = client
             .call_ok("session_start", json!({ "memory_mb": 1536 }))
             .await?;
-        let sid = info["session_id"]
-            .as_str()
-            .context("no session_id")?
-            .to_string();
+        let sid = session_id(&info)?;
         client.screenshot(&sid, json!({})).await?;
         summary(
             &format!(
@@ -171,10 +165,7 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
     }
 
     let info = client.call_ok("session_start", json!({})).await?;
-    let sid = info["session_id"]
-        .as_str()
-        .context("no session_id")?
-        .to_string();
+    let sid = session_id(&info)?;
     record(
         "session",
         json!({ "backend": info["backend"], "accelerator": info["accelerator"], "memory": info["memory"] }),
@@ -346,31 +337,27 @@ async fn run_with(client: &Client, o: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Resident memory of the session's QEMU process (found by its `-name deskvm-<id>`).
+/// Resident memory of the session's QEMU process.
 fn qemu_rss_kib(session_id: &str) -> Option<u64> {
-    let needle = format!("deskvm-{session_id}");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == needle.as_bytes())
-        {
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            return line.split_whitespace().nth(1)?.parse().ok();
-        }
-    }
-    None
+    let pid = density::qemu_pid(session_id)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The id of a session `session_start` answered with.
+pub(crate) fn session_id(info: &serde_json::Value) -> Result<String> {
+    Ok(info["session_id"]
+        .as_str()
+        .context("no session_id")?
+        .to_string())
 }
 
 /// The review ledger's cost over a scripted session of `n` actions, `pause` apart (none is the
 /// worst case for capture: the next call always interrupts the previous action's after-frame).
 async fn ledger_cost(client: &Client, n: usize, pause: Duration) -> Result<()> {
     let info = client.call_ok("session_start", json!({})).await?;
-    let sid = info["session_id"]
-        .as_str()
-        .context("no session_id")?
-        .to_string();
+    let sid = session_id(&info)?;
     let (tx, ty) = TERMINAL_POINT;
     for i in 0..n {
         let (tool, args) = match i % 10 {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use super::{ms, pct, summary};
@@ -11,10 +11,7 @@ use crate::client::{Client, HttpServer};
 
 async fn session(client: &Client) -> Result<String> {
     let info = client.call_ok("session_start", json!({})).await?;
-    Ok(info["session_id"]
-        .as_str()
-        .context("no session_id")?
-        .to_string())
+    super::session_id(&info)
 }
 
 async fn shots(client: &Client, sid: &str, n: usize) -> Result<Vec<f64>> {

@@ -168,19 +168,3 @@ pub fn delete(layout: &Layout, name: &str) -> Result<u64, SessionError> {
     }
     Ok(bytes)
 }
-
-/// The checkpoint a disk layer sits on, from its qcow2 backing file.
-pub(super) async fn parent_of(layout: &Layout, disk: &Path) -> Option<String> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(disk)
-        .output()
-        .await
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let backing = PathBuf::from(v["full-backing-filename"].as_str()?);
-    let parent = backing.parent()?;
-    (parent.parent()? == layout.checkpoints())
-        .then(|| parent.file_name()?.to_str().map(str::to_string))
-        .flatten()
-}

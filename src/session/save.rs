@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{dir, meta_path, parent_of, CheckpointInfo};
+use super::checkpoint::{dir, meta_path, CheckpointInfo};
 use super::error::SessionError;
 use super::Session;
 use crate::image::ready::ReadyState;
@@ -30,23 +30,31 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A disk's virtual size in bytes (a new layer above it has the same).
-async fn virtual_size(disk: &Path) -> Result<u64, SessionError> {
+/// What a running layer is: its virtual size in bytes (a new layer above it has the same) and
+/// the checkpoint it sits on (from its qcow2 backing file; None: a ready state's disk). One
+/// `qemu-img info`, before the guest is paused: the layer's header does not change when it
+/// is frozen.
+async fn layer_info(layout: &Layout, disk: &Path) -> Result<(u64, Option<String>), SessionError> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "--output=json", "-U"])
         .arg(disk)
         .output()
         .await?;
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["virtual-size"].as_u64())
-        .ok_or_else(|| {
-            SessionError::Setup(format!(
-                "qemu-img info {} failed: {}",
-                disk.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        })
+    let v = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
+    let size = v["virtual-size"].as_u64().ok_or_else(|| {
+        SessionError::Setup(format!(
+            "qemu-img info {} failed: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let parent = v["full-backing-filename"]
+        .as_str()
+        .map(Path::new)
+        .and_then(Path::parent)
+        .filter(|d| d.parent() == Some(layout.checkpoints().as_path()))
+        .and_then(|d| d.file_name()?.to_str().map(str::to_string));
+    Ok((size, parent))
 }
 
 /// A new qcow2 layer whose header names `backing` without opening it (it does not exist yet:
@@ -153,12 +161,13 @@ impl Session {
         // The header of the new layer names the checkpoint's path: what a restart or a later
         // checkpoint of this session opens below it.
         let prepared = async {
-            let size = virtual_size(&lane.disk).await?;
-            new_layer(&files.disk(), size, &next).await
+            let (size, parent) = layer_info(layout, &lane.disk).await?;
+            new_layer(&files.disk(), size, &next).await.map(|()| parent)
         };
-        if let Err(e) = prepared.await {
-            return cleanup(e);
-        }
+        let parent = match prepared.await {
+            Ok(parent) => parent,
+            Err(e) => return cleanup(e),
+        };
         let qmp = lane.vm.qmp();
         // Every page goes into a checkpoint, a template clone's too: it then loads into any
         // machine of this configuration (the capability would leave shared RAM out and mark
@@ -218,7 +227,7 @@ impl Session {
             bytes: storage::usage::disk_bytes(&target),
             layer_bytes: storage::usage::disk_bytes(&files.disk()),
             pause_ms,
-            parent: parent_of(layout, &files.disk()).await,
+            parent,
             pointer,
             backend: backend.to_string(),
             depends_on: Vec::new(),
