@@ -7,6 +7,7 @@ pub mod keynames;
 pub mod qga;
 pub mod qmp;
 pub mod spec;
+pub mod typing;
 pub mod unicode;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use display::{DisplayError, Frame};
-use input::{bursts, QCode, Stroke};
+use input::QCode;
 use qga::{ExecOutput, Qga, QgaError};
 use qmp::{Qmp, QmpError};
 use spec::RuntimeFiles;
@@ -37,6 +38,12 @@ pub enum VmError {
     ScreenFile(#[source] std::io::Error),
     #[error("could not map characters onto spare keys in the guest keymap: {0}")]
     Keymap(String),
+    #[error("the guest took no key for {}s: {typed} of {total} characters were typed, the rest were not sent", .waited.as_secs())]
+    KeyboardStalled {
+        typed: usize,
+        total: usize,
+        waited: Duration,
+    },
 }
 
 impl VmError {
@@ -57,10 +64,6 @@ impl VmError {
 pub struct Pacing {
     pub key_hold: Duration,
     pub key_gap: Duration,
-    /// Scancode bytes typed back to back before a pause of `type_pause`: QEMU's PS/2 keyboard
-    /// queue holds 16 and drops what does not fit.
-    pub type_burst_bytes: usize,
-    pub type_pause: Duration,
     pub pointer_hold: Duration,
     pub pointer_gap: Duration,
 }
@@ -70,8 +73,7 @@ impl Default for Pacing {
         Pacing {
             key_hold: Duration::from_millis(8),
             key_gap: Duration::from_millis(8),
-            type_burst_bytes: 16,
-            type_pause: Duration::from_millis(30),
+
             pointer_hold: Duration::from_millis(20),
             pointer_gap: Duration::from_millis(20),
         }
@@ -124,7 +126,7 @@ fn qcode(name: QCode) -> QKeyCode {
         .unwrap_or_else(|_| panic!("input tables name an unknown qcode {name}"))
 }
 
-fn key_event(name: QCode, down: bool) -> InputEvent {
+pub(crate) fn key_event(name: QCode, down: bool) -> InputEvent {
     InputEvent::key(
         InputKeyEvent {
             down,
@@ -378,29 +380,6 @@ impl Vm {
         self.hold(keys, true).await?;
         tokio::time::sleep(hold.max(self.pacing.key_hold)).await;
         self.hold(keys, false).await
-    }
-
-    /// Types strokes in bursts that fit the guest's PS/2 keyboard queue (16 bytes; QEMU drops
-    /// what does not fit), one QMP call per burst, each followed by a pause that lets the guest
-    /// drain the queue. Bursts of 8 characters whatever their size overflowed it: shifted
-    /// characters take 4 bytes, and a run like `${#pw} >` lost keys in about 1 of 6 test runs.
-    pub async fn type_strokes(&self, strokes: &[Stroke]) -> Result<(), VmError> {
-        for burst in bursts(strokes, self.pacing.type_burst_bytes) {
-            let mut events = Vec::with_capacity(burst.len() * 4);
-            for s in burst {
-                if s.shift {
-                    events.push(key_event("shift", true));
-                }
-                events.push(key_event(s.key, true));
-                events.push(key_event(s.key, false));
-                if s.shift {
-                    events.push(key_event("shift", false));
-                }
-            }
-            self.qmp.send_events(events).await?;
-            tokio::time::sleep(self.pacing.type_pause).await;
-        }
-        Ok(())
     }
 
     /// Waits until `needed` consecutive frames, `interval` apart, differ by fewer than the settle

@@ -125,6 +125,8 @@ impl VmSpec {
             "-device".into(),
             "virtio-tablet-pci".into(),
             "-device".into(),
+            "virtio-keyboard-pci,id=kbd0".into(),
+            "-device".into(),
             "virtio-serial-pci".into(),
             "-device".into(),
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
