@@ -248,14 +248,16 @@ pub async fn manager(
         tracing::warn!(error = %e, "could not record this server in the cache (a reclaim elsewhere cannot see what it uses)");
     }
     tracing::info!(accel = probe.accel.as_str(), reason = %probe.reason, backend = backend.name(), why = %why, qemu = backend.qemu_version(), "serving");
-    Ok(Arc::new(SessionManager::new(ManagerConfig {
+    let mgr = Arc::new(SessionManager::new(ManagerConfig {
         layout,
         backend,
         accel: probe.accel,
         max_sessions,
         idle_timeout,
         shared_memory,
-    })))
+    }));
+    mgr.keep_warm();
+    Ok(mgr)
 }
 
 fn say(line: &str) {

@@ -118,7 +118,8 @@ enum Cmd {
         shots: usize,
         #[arg(long, default_value_t = 30)]
         clicks: usize,
-        #[arg(long, default_value_t = 400)]
+        /// Random printable characters typed and read back, by one guest and by two at once
+        #[arg(long, default_value_t = 10_000)]
         chars: usize,
         /// Also measure one cold boot (about a minute under TCG).
         #[arg(long)]

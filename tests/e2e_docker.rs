@@ -148,3 +148,87 @@ async fn docker_kill_fails_the_session_and_others_keep_serving() -> Result<()> {
         .await?;
     s.client.close().await
 }
+
+/// Containers of a server instance (`deskvm.instance` label), running or not, with their
+/// session label.
+fn containers_of_instance(instance: &str) -> Result<Vec<(String, String)>> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=deskvm.instance={instance}"),
+            "--format",
+            "{{.Names}} {{.Label \"deskvm.session\"}}",
+        ])
+        .output()
+        .context("running docker ps")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect())
+}
+
+/// A Docker server keeps the next session's container started ahead (QEMU's command line
+/// handed over at `session_start`), the next start uses it, and nothing of it outlives the
+/// server.
+#[tokio::test]
+async fn the_next_sessions_container_is_started_ahead_and_removed_with_the_server() -> Result<()> {
+    let s = docker_server().await?;
+    let c = &s.client;
+    let first = start_docker_session(c).await?;
+    let marker = std::fs::read_to_string(s.runtime.join("s").join(&first).join(".deskvm-owned"))?;
+    let instance = serde_json::from_str::<serde_json::Value>(&marker)?["instance"]
+        .as_str()
+        .context("the marker names its instance")?
+        .to_string();
+    // Beside the first session's container, one more of this server's: prepared, no QEMU yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let prepared = loop {
+        let others: Vec<_> = containers_of_instance(&instance)?
+            .into_iter()
+            .filter(|(_, sid)| *sid != first)
+            .collect();
+        if let [(_, sid)] = others.as_slice() {
+            break sid.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no container prepared for the next session: {others:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        s.runtime.join("s").join(&prepared).is_dir(),
+        "the prepared container's runtime dir exists"
+    );
+    let second = start_docker_session(c).await?;
+    assert_eq!(
+        second, prepared,
+        "the next session runs in the prepared container"
+    );
+    first_click_and_typing(c, &second).await?;
+    c.call_ok("session_stop", json!({ "session_id": second }))
+        .await?;
+    assert!(containers_of(&second)?.is_empty(), "stop removes it");
+
+    let runtime = s.runtime.clone();
+    s.client.close().await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = containers_of_instance(&instance)?;
+        let dirs: Vec<_> = std::fs::read_dir(runtime.join("s"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() && dirs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a stopped server left containers {left:?} and runtime dirs {dirs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

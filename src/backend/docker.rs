@@ -17,6 +17,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
+mod warm;
+
 use super::{Backend, BackendError, Instance};
 use crate::storage::Owner;
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
@@ -158,6 +160,8 @@ pub struct DockerBackend {
     version: String,
     accel: Accel,
     cache_dir: PathBuf,
+    /// Containers started ahead for the next sessions (`warm`).
+    warm: warm::Pool,
 }
 
 impl DockerBackend {
@@ -173,23 +177,31 @@ impl DockerBackend {
             version,
             accel,
             cache_dir: cache_dir.to_path_buf(),
+            warm: warm::Pool::default(),
         })
     }
 
-    fn container_config(
-        &self,
-        session_id: &str,
-        spec: &VmSpec,
-        files: &RuntimeFiles,
-    ) -> ContainerCreateBody {
-        let rt = files.dir.display().to_string();
-        let cache = self.cache_dir.display().to_string();
+    /// QEMU's command line for a session.
+    fn qemu_argv(session_id: &str, spec: &VmSpec, files: &RuntimeFiles) -> Vec<String> {
         let mut cmd = vec![
             "qemu-system-x86_64".to_string(),
             "-name".into(),
             format!("deskvm-{session_id}"),
         ];
         cmd.extend(spec.argv(files));
+        cmd
+    }
+
+    /// A session container running `cmd`; what it may use depends only on [`warm::Key`].
+    fn container_config(
+        &self,
+        session_id: &str,
+        spec: &VmSpec,
+        files: &RuntimeFiles,
+        cmd: Vec<String>,
+    ) -> ContainerCreateBody {
+        let rt = files.dir.display().to_string();
+        let cache = self.cache_dir.display().to_string();
         let mut labels = Owner::me("session", Some(session_id)).labels();
         labels.insert(
             LABEL_VERSION.to_string(),
@@ -270,45 +282,76 @@ impl Backend for DockerBackend {
     ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>> {
         async move {
             let name = format!("deskvm-{session_id}");
+            let argv = Self::qemu_argv(session_id, spec, files);
+            if self.launch_warm(session_id, &argv, files).await {
+                return Ok(self.supervise(name));
+            }
             let opts = CreateContainerOptionsBuilder::new().name(&name).build();
             self.docker
-                .create_container(Some(opts), self.container_config(session_id, spec, files))
+                .create_container(
+                    Some(opts),
+                    self.container_config(session_id, spec, files, argv),
+                )
                 .await
                 .map_err(|e| docker_err("creating the session container", e))?;
             if let Err(e) = self.docker.start_container(&name, None).await {
                 Self::remove(&self.docker, &name).await;
                 return Err(docker_err("starting the session container", e));
             }
-            let (instance, supervisor) = super::supervised();
-            let docker = self.docker.clone();
-            tokio::spawn(async move {
-                let mut wait = docker.wait_container(&name, None);
-                let reason = tokio::select! {
-                    r = wait.next() => {
-                        // A non-zero exit comes back as an error carrying the code.
-                        let code = match r {
-                            Some(Ok(w)) => format!("exit code {}", w.status_code),
-                            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => format!("exit code {code}"),
-                            Some(Err(e)) => e.to_string(),
-                            None => "gone".into(),
-                        };
-                        let tail = Self::log_tail(&docker, &name).await;
-                        if tail.is_empty() {
-                            format!("container {name} exited ({code})")
-                        } else {
-                            format!("container {name} exited ({code}): {tail}")
-                        }
-                    }
-                    _ = supervisor.kill => {
-                        let _ = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
-                        "stopped".to_string()
-                    }
-                };
-                Self::remove(&docker, &name).await;
-                let _ = supervisor.exit.send(Some(reason));
-            });
-            Ok(Box::new(instance) as Box<dyn Instance>)
+            Ok(self.supervise(name))
         }
         .boxed()
+    }
+
+    fn prepares_ahead(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, session_id: String, spec: &VmSpec, files: RuntimeFiles) {
+        self.prepare_warm(session_id, spec, files);
+    }
+
+    fn take_prepared(&self, spec: &VmSpec) -> Option<String> {
+        self.warm.take(spec)
+    }
+
+    fn discard_prepared(&self) -> BoxFuture<'_, ()> {
+        self.discard_warm().boxed()
+    }
+}
+
+impl DockerBackend {
+    /// Watches a started session container: publishes its exit, kills it on request, and
+    /// removes it either way.
+    fn supervise(&self, name: String) -> Box<dyn Instance> {
+        let (instance, supervisor) = super::supervised();
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let mut wait = docker.wait_container(&name, None);
+            let reason = tokio::select! {
+                r = wait.next() => {
+                    // A non-zero exit comes back as an error carrying the code.
+                    let code = match r {
+                        Some(Ok(w)) => format!("exit code {}", w.status_code),
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => format!("exit code {code}"),
+                        Some(Err(e)) => e.to_string(),
+                        None => "gone".into(),
+                    };
+                    let tail = Self::log_tail(&docker, &name).await;
+                    if tail.is_empty() {
+                        format!("container {name} exited ({code})")
+                    } else {
+                        format!("container {name} exited ({code}): {tail}")
+                    }
+                }
+                _ = supervisor.kill => {
+                    let _ = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                    "stopped".to_string()
+                }
+            };
+            Self::remove(&docker, &name).await;
+            let _ = supervisor.exit.send(Some(reason));
+        });
+        Box::new(instance)
     }
 }

@@ -39,6 +39,22 @@ pub trait Backend: Send + Sync {
         spec: &'a VmSpec,
         files: &'a RuntimeFiles,
     ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>>;
+    /// Whether [`Backend::prepare`] makes starts faster here (Docker: a started container
+    /// waiting for QEMU's command line); the local backend has nothing to prepare.
+    fn prepares_ahead(&self) -> bool {
+        false
+    }
+    /// Prepares, in the background, what a later `launch` of session `session_id` with a spec
+    /// like `spec` needs, in `files` (a runtime dir made for it). Replaces the last prepared one.
+    fn prepare(&self, _session_id: String, _spec: &VmSpec, _files: RuntimeFiles) {}
+    /// The id of a session prepared for a spec like `spec`, taken: its next `launch` uses it.
+    fn take_prepared(&self, _spec: &VmSpec) -> Option<String> {
+        None
+    }
+    /// Removes whatever was prepared and not taken (with its runtime dir).
+    fn discard_prepared(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
 }
 
 /// A running VM. Dropping it kills the VM.

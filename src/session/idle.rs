@@ -67,5 +67,7 @@ impl SessionManager {
         for id in ids {
             let _ = Caller::system().scope(self.stop(&id)).await;
         }
+        self.warm.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cfg.backend.discard_prepared().await;
     }
 }

@@ -149,6 +149,8 @@ pub struct SessionManager {
     server_ledger: std::sync::OnceLock<Option<Arc<Ledger>>>,
     /// Sessions the idle timeout stopped, and after how long: their next call says so.
     stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
+    /// Keep a VM prepared for the next session where the backend gains from it ([`SessionManager::keep_warm`]).
+    warm: std::sync::atomic::AtomicBool,
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
@@ -213,6 +215,7 @@ impl SessionManager {
             starting: AtomicUsize::new(0),
             server_ledger: std::sync::OnceLock::new(),
             stopped_idle: std::sync::Mutex::new(HashMap::new()),
+            warm: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

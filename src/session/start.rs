@@ -70,7 +70,10 @@ impl SessionManager {
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
-        let id = new_id();
+        // A container the backend started ahead for a session like this one, if any.
+        let backend = self.cfg.backend.as_ref();
+        let id = backend.take_prepared(&spec).unwrap_or_else(new_id);
+        let next = spec.clone();
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),
         };
@@ -87,7 +90,6 @@ impl SessionManager {
             MemoryMode::Private
         };
         let private_spec = self.machine_spec(&image, memory_mb, req.network);
-        let backend = self.cfg.backend.as_ref();
         let mut booted = boot::start_vm(backend, &id, &image, spec, ready.as_ref(), &files).await;
         if let (Err(e), MemoryMode::Shared, Some(private)) = (&booted, memory, &beneath) {
             // The private path works wherever the template does not (a host that cannot map
@@ -173,6 +175,35 @@ impl SessionManager {
         });
         self.sessions.write().await.insert(id.clone(), session);
         tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, "session started");
+        self.prepare_next(&next);
         Ok(info)
+    }
+
+    /// From now on keeps a VM prepared for the next session where the backend gains from it
+    /// (Docker), starting with one like a default `session_start`'s. Servers do; one-off
+    /// managers (image builds) do not, so nothing is left prepared behind them.
+    pub fn keep_warm(&self) {
+        self.warm.store(true, Ordering::SeqCst);
+        if let Ok(image) = GuestImage::locate(&self.cfg.layout, DEFAULT_IMAGE) {
+            self.prepare_next(&self.machine_spec(&image, DEFAULT_MEMORY_MB, false));
+        }
+    }
+
+    /// Has the backend prepare a VM for a next session like `spec`, in a runtime dir of its
+    /// own (marked `warm`, so `doctor` does not list it as a session and reclaim removes it
+    /// once this server is gone).
+    fn prepare_next(&self, spec: &VmSpec) {
+        let backend = self.cfg.backend.as_ref();
+        if !self.warm.load(Ordering::SeqCst) || !backend.prepares_ahead() {
+            return;
+        }
+        let id = new_id();
+        let files = RuntimeFiles {
+            dir: self.cfg.layout.sessions().join(&id),
+        };
+        match storage::owned_dir(&files.dir, &storage::Owner::me("warm", Some(&id))) {
+            Ok(()) => backend.prepare(id, spec, files),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare a VM for the next session"),
+        }
     }
 }

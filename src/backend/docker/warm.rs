@@ -1,0 +1,226 @@
+//! Containers started ahead of the sessions that will use them.
+//!
+//! Creating and starting a container costs the engine ~200 ms, most of what a Docker start
+//! adds to a local one. So the next session's container is created and started while nobody
+//! waits, with its runtime dir bound as usual, running a shim that blocks on a FIFO there; a
+//! start writes QEMU's command line into the FIFO (well under a millisecond) and the shim
+//! execs QEMU, which then runs as the container's first process exactly as in a container
+//! made on demand. A session takes the prepared container only if it needs the same limits
+//! ([`Key`]); anything else, or a prepared container that died, falls back to creating one.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::CreateContainerOptionsBuilder;
+use bollard::Docker;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::DockerBackend;
+use crate::storage;
+use crate::vm::spec::{RuntimeFiles, VmSpec};
+
+/// The FIFO in the runtime dir the shim reads QEMU's command line from (NUL-separated).
+const FIFO: &str = "qemu-argv";
+/// Reads the command line, then becomes QEMU.
+const SHIM: &str = r#"mapfile -d '' -t argv < "$0" && exec "${argv[@]}""#;
+/// How long a start waits for the shim to open the FIFO (it may still be starting).
+const SHIM_WAIT: Duration = Duration::from_millis(500);
+
+/// What a session container's limits depend on: a prepared container fits a session with the
+/// same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    memory_mb: u32,
+    cpus: u32,
+    network: bool,
+}
+
+impl Key {
+    fn of(spec: &VmSpec) -> Self {
+        Key {
+            memory_mb: spec.memory_mb,
+            cpus: spec.cpus,
+            network: spec.network,
+        }
+    }
+}
+
+struct Warm {
+    key: Key,
+    files: RuntimeFiles,
+    /// Resolves once the container runs (or could not be made to).
+    started: Shared<BoxFuture<'static, Result<(), String>>>,
+}
+
+#[derive(Default)]
+pub(super) struct Pool {
+    /// Prepared, not yet taken.
+    next: Mutex<Option<(String, Warm)>>,
+    /// Taken by a session start that has not launched yet.
+    taken: Mutex<HashMap<String, Warm>>,
+}
+
+impl Pool {
+    pub(super) fn take(&self, spec: &VmSpec) -> Option<String> {
+        let mut next = self.next.lock().expect("warm pool poisoned");
+        if next.as_ref().is_none_or(|(_, w)| w.key != Key::of(spec)) {
+            return None;
+        }
+        let (id, warm) = next.take()?;
+        self.taken
+            .lock()
+            .expect("warm pool poisoned")
+            .insert(id.clone(), warm);
+        Some(id)
+    }
+}
+
+impl DockerBackend {
+    /// Creates and starts session `id`'s container in the background, waiting for QEMU's
+    /// command line; replaces (and removes) the one prepared before.
+    pub(super) fn prepare_warm(&self, id: String, spec: &VmSpec, files: RuntimeFiles) {
+        if let Err(e) = mkfifo(&files.dir.join(FIFO)) {
+            tracing::warn!(error = %e, "cannot prepare a container ahead");
+            let _ = storage::remove_owned_dir(&files.dir);
+            return;
+        }
+        let fifo = files.dir.join(FIFO).display().to_string();
+        let shim = ["/bin/bash", "-c", SHIM, &fifo].map(String::from).to_vec();
+        let config = self.container_config(&id, spec, &files, shim);
+        let docker = self.docker.clone();
+        let name = format!("deskvm-{id}");
+        let started = async move {
+            let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+            docker
+                .create_container(Some(opts), config)
+                .await
+                .map_err(|e| e.to_string())?;
+            docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+        .shared();
+        // Driven now, not when a start first awaits it.
+        tokio::spawn(started.clone());
+        let warm = Warm {
+            key: Key::of(spec),
+            files,
+            started,
+        };
+        let old = self
+            .warm
+            .next
+            .lock()
+            .expect("warm pool poisoned")
+            .replace((id, warm));
+        if let Some((id, old)) = old {
+            let docker = self.docker.clone();
+            tokio::spawn(async move { discard(&docker, &id, old, true).await });
+        }
+    }
+
+    /// Hands QEMU's command line to the container prepared for `session_id`, if it was taken
+    /// and runs: true when QEMU is starting in it.
+    pub(super) async fn launch_warm(
+        &self,
+        session_id: &str,
+        argv: &[String],
+        files: &RuntimeFiles,
+    ) -> bool {
+        let warm = self
+            .warm
+            .taken
+            .lock()
+            .expect("warm pool poisoned")
+            .remove(session_id);
+        let Some(warm) = warm else {
+            return false;
+        };
+        let handed = match warm.started.await {
+            Ok(()) => hand_over(&files.dir.join(FIFO), argv).await,
+            Err(e) => Err(e),
+        };
+        match handed {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, session = session_id, "the container prepared for this session is not usable; creating another");
+                Self::remove(&self.docker, &format!("deskvm-{session_id}")).await;
+                false
+            }
+        }
+    }
+
+    /// Removes the prepared containers no session used (and the runtime dir of the one not
+    /// taken; a taken one's belongs to its session).
+    pub(super) async fn discard_warm(&self) {
+        let taken: Vec<_> = self
+            .warm
+            .taken
+            .lock()
+            .expect("warm pool poisoned")
+            .drain()
+            .collect();
+        let next = self.warm.next.lock().expect("warm pool poisoned").take();
+        for (id, warm) in taken {
+            discard(&self.docker, &id, warm, false).await;
+        }
+        if let Some((id, warm)) = next {
+            discard(&self.docker, &id, warm, true).await;
+        }
+    }
+}
+
+async fn discard(docker: &Docker, id: &str, warm: Warm, with_dir: bool) {
+    // A create still in flight would land after the removal.
+    let _ = warm.started.await;
+    DockerBackend::remove(docker, &format!("deskvm-{id}")).await;
+    if with_dir {
+        let _ = storage::remove_owned_dir(&warm.files.dir);
+    }
+}
+
+/// Writes `argv` NUL-separated into the FIFO once the shim has it open for reading.
+async fn hand_over(fifo: &Path, argv: &[String]) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    for a in argv {
+        bytes.extend_from_slice(a.as_bytes());
+        bytes.push(0);
+    }
+    let start = Instant::now();
+    loop {
+        // Non-blocking: with no reader this fails (ENXIO) instead of waiting forever.
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo);
+        match opened {
+            // A pipe holds 64 KiB; a command line is a few: one write, no partial one.
+            Ok(mut f) => {
+                return f
+                    .write_all(&bytes)
+                    .map_err(|e| format!("writing {}: {e}", fifo.display()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && start.elapsed() < SHIM_WAIT => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => return Err(format!("opening {}: {e}", fifo.display())),
+        }
+    }
+}
+
+fn mkfifo(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
