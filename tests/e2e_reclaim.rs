@@ -66,6 +66,15 @@ async fn orphan_is_reported_then_removed(backend: &str) -> Result<()> {
         )
         .await?;
     let rt_dir = s.runtime.join("s").join(&sid);
+    // Screendumps go to the session's companion dir on tmpfs (this machine's /dev/shm is one).
+    s.client.screenshot(&sid, json!({})).await?;
+    // SAFETY: getuid cannot fail.
+    let shm = Path::new(&format!("/dev/shm/deskvm-{}", unsafe { libc::getuid() })).join(&sid);
+    assert!(
+        shm.join("screen.ppm").is_file(),
+        "the screendump is in {}",
+        shm.display()
+    );
     let container = format!("deskvm-{sid}");
     let pid = owner_pid(&s.runtime, &sid)?;
     kill_9(pid);
@@ -107,6 +116,7 @@ async fn orphan_is_reported_then_removed(backend: &str) -> Result<()> {
         "{applied:#}"
     );
     assert!(!rt_dir.exists(), "the runtime dir is gone");
+    assert!(!shm.exists(), "its screendump dir on tmpfs is gone");
     assert!(!container_exists(&container)?, "no container of it remains");
     assert!(!qemu_running(&sid), "no QEMU of it remains");
 

@@ -202,6 +202,12 @@ impl DockerBackend {
     ) -> ContainerCreateBody {
         let rt = files.dir.display().to_string();
         let cache = self.cache_dir.display().to_string();
+        let mut binds = vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")];
+        // Screendumps go to the session's tmpfs companion dir when it has one.
+        if let Some(shm) = files.shm_dir().filter(|d| d.is_dir()) {
+            let shm = shm.display();
+            binds.push(format!("{shm}:{shm}:rw"));
+        }
         let mut labels = Owner::me("session", Some(session_id)).labels();
         labels.insert(
             LABEL_VERSION.to_string(),
@@ -221,7 +227,7 @@ impl DockerBackend {
             cmd: Some(cmd),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")]),
+                binds: Some(binds),
                 network_mode: Some(if spec.network {
                     "bridge".into()
                 } else {

@@ -40,7 +40,7 @@ pub async fn raw_qmp(n: usize, accel: &str) -> Result<(f64, f64)> {
             .sessions()
             .join(format!("bench-raw-{}", std::process::id())),
     };
-    storage::owned_dir(&files.dir, &Owner::me("session", Some("bench-raw")))?;
+    storage::session_dirs(&files, &Owner::me("session", Some("bench-raw")))?;
     let booted = boot::start_vm(&local, "bench-raw", &image, spec, Some(&ready), &files).await;
     let result = async {
         let mut b = booted?;
@@ -62,7 +62,7 @@ pub async fn raw_qmp(n: usize, accel: &str) -> Result<(f64, f64)> {
         Ok::<_, anyhow::Error>((p50(status), p50(dump)))
     }
     .await;
-    let _ = storage::remove_owned_dir(&files.dir);
+    let _ = storage::remove_session_dirs(&files);
     result
 }
 

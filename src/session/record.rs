@@ -158,7 +158,7 @@ impl Session {
         let mut lane = self.lane.lock().await;
         lane.vm.qmp().quit().await;
         lane.instance.stop().await;
-        crate::storage::remove_owned_dir(&self.files.dir)
+        crate::storage::remove_session_dirs(&self.files)
     }
 
     /// After the last event: frames on disk, the ledger's state final.

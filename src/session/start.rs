@@ -82,7 +82,7 @@ impl SessionManager {
             .chain(beneath.as_ref().map(|r| r.dir.clone()));
         let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
         owner.images.extend(self.cfg.backend.runtime_image());
-        storage::owned_dir(&files.dir, &owner)?;
+        storage::session_dirs(&files, &owner)?;
         drop(cache_lock);
         let mut memory = if spec.shares_memory() {
             MemoryMode::Shared
@@ -102,7 +102,7 @@ impl SessionManager {
         let mut booted = match booted {
             Ok(b) => b,
             Err(e) => {
-                let _ = storage::remove_owned_dir(&files.dir);
+                let _ = storage::remove_session_dirs(&files);
                 return Err(e);
             }
         };
@@ -129,7 +129,7 @@ impl SessionManager {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 booted.instance.stop().await;
-                let _ = storage::remove_owned_dir(&files.dir);
+                let _ = storage::remove_session_dirs(&files);
                 return Err(e);
             }
         };
@@ -201,7 +201,7 @@ impl SessionManager {
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),
         };
-        match storage::owned_dir(&files.dir, &storage::Owner::me("warm", Some(&id))) {
+        match storage::session_dirs(&files, &storage::Owner::me("warm", Some(&id))) {
             Ok(()) => backend.prepare(id, spec, files),
             Err(e) => tracing::warn!(error = %e, "cannot prepare a VM for the next session"),
         }

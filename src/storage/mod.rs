@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::vm::spec::RuntimeFiles;
+
 pub mod janitor;
 pub mod owner;
 pub mod reclaim;
@@ -119,6 +121,26 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 pub fn owned_dir(path: &Path, owner: &Owner) -> io::Result<()> {
     private_dir(path)?;
     owner.write(path)
+}
+
+/// A session's runtime dir and its tmpfs companion for screendumps, both marked with `owner`.
+/// Without the companion (no tmpfs, or it could not be made) screendumps go to the runtime dir.
+pub fn session_dirs(files: &RuntimeFiles, owner: &Owner) -> io::Result<()> {
+    owned_dir(&files.dir, owner)?;
+    if let (Some(root), Some(shm)) = (crate::vm::spec::shm_root(), files.shm_dir()) {
+        if let Err(e) = private_dir(root).and_then(|()| owned_dir(&shm, owner)) {
+            tracing::warn!(error = %e, dir = %shm.display(), "screendumps stay in the runtime dir");
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`session_dirs`] made.
+pub fn remove_session_dirs(files: &RuntimeFiles) -> io::Result<()> {
+    if let Some(shm) = files.shm_dir() {
+        remove_owned_dir(&shm)?;
+    }
+    remove_owned_dir(&files.dir)
 }
 
 /// Records this server (`owner`: what it runs from) in the cache until [`unregister_instance`].

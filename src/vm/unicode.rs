@@ -4,9 +4,11 @@
 //! is pressed through QMP; the guest's own mapping is put back after every call.
 //!
 //! The spare keys are keys a desktop without Japanese input or media keys does not use, among
-//! those that really reach the guest: of QEMU's F13..F24 only F13..F15 arrive through its PS/2
-//! keyboard (measured with the guest's evdev device), and neither do lang1/lang2 or the
+//! those that really reach the guest: of QEMU's F13..F24 only F13..F15 arrived through its PS/2
+//! keyboard (measured with the guest's evdev device), and neither did lang1/lang2 or the
 //! Sun-style keys (again, props, undo, copy, paste...). So 16 distinct characters per mapping.
+//! Keys now go to a virtio keyboard (`vm::typing`); the same 16 arrive as the same X keycodes
+//! there (tests/e2e_unicode.rs).
 //! Measured in the default guest (xterm in C.UTF-8): "ü東😀" mapped onto spare keys arrived as
 //! the exact UTF-8 bytes `c3 bc e6 9d b1 f0 9f 98 80`.
 

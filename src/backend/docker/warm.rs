@@ -86,7 +86,7 @@ impl DockerBackend {
     pub(super) fn prepare_warm(&self, id: String, spec: &VmSpec, files: RuntimeFiles) {
         if let Err(e) = mkfifo(&files.dir.join(FIFO)) {
             tracing::warn!(error = %e, "cannot prepare a container ahead");
-            let _ = storage::remove_owned_dir(&files.dir);
+            let _ = storage::remove_session_dirs(&files);
             return;
         }
         let fifo = files.dir.join(FIFO).display().to_string();
@@ -182,7 +182,7 @@ async fn discard(docker: &Docker, id: &str, warm: Warm, with_dir: bool) {
     let _ = warm.started.await;
     DockerBackend::remove(docker, &format!("deskvm-{id}")).await;
     if with_dir {
-        let _ = storage::remove_owned_dir(&warm.files.dir);
+        let _ = storage::remove_session_dirs(&warm.files);
     }
 }
 

@@ -12,6 +12,7 @@ use super::engine::{container_gone, image_gone};
 use super::{Candidate, Failed, Kind, Removed};
 use crate::storage::owner::{Liveness, Owner, ProcessRef};
 use crate::storage::usage::{disk_bytes, exists};
+use crate::vm::spec::RuntimeFiles;
 
 pub(super) async fn all(
     docker: Option<&Docker>,
@@ -91,7 +92,13 @@ async fn one(docker: Option<&Docker>, item: &Candidate) -> Vec<String> {
             }
         }
     }
-    if let Some(path) = &item.path {
+    // A session's screendumps live in a companion dir on tmpfs; it goes with the session.
+    let companion = (item.kind == Kind::OrphanSession)
+        .then_some(item.path.as_ref())
+        .flatten()
+        .and_then(|dir| RuntimeFiles { dir: dir.clone() }.shm_dir())
+        .filter(|shm| Some(shm) != item.path.as_ref() && exists(shm));
+    for path in companion.iter().chain(item.path.as_ref()) {
         let p = path.clone();
         let result = tokio::task::spawn_blocking(move || remove_tree(&p))
             .await
