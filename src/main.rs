@@ -112,7 +112,8 @@ enum Cmd {
     },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
-        #[arg(long, default_value_t = 5)]
+        /// Session starts measured (1 s apart), on the Docker backend too when it is there
+        #[arg(long, default_value_t = 10)]
         starts: usize,
         #[arg(long, default_value_t = 50)]
         shots: usize,

@@ -360,9 +360,26 @@ async fn builds_in_progress_stay_and_dead_builds_go() -> Result<()> {
 
 /// A checkpoint made by `checkpoint`, as far as reclaim reads it: metadata and marker.
 fn saved(dir: &Path, qemu: &str, parent: Option<&str>, uses: &[&Path]) -> Result<()> {
+    saved_on(
+        dir,
+        qemu,
+        parent,
+        uses,
+        deskvm::vm::spec::MACHINE_GENERATION,
+    )
+}
+
+/// The same, on a given virtual hardware generation.
+fn saved_on(
+    dir: &Path,
+    qemu: &str,
+    parent: Option<&str>,
+    uses: &[&Path],
+    machine: u32,
+) -> Result<()> {
     write(&dir.join("state.bin"), 64 << 10)?;
     write(&dir.join("disk.qcow2"), 16 << 10)?;
-    let meta = serde_json::json!({ "name": dir.file_name().unwrap().to_string_lossy(), "qemu_version": qemu, "parent": parent });
+    let meta = serde_json::json!({ "name": dir.file_name().unwrap().to_string_lossy(), "qemu_version": qemu, "parent": parent, "machine": machine });
     std::fs::write(dir.join("checkpoint.json"), meta.to_string())?;
     Owner::me("checkpoint", Some("00000000000000c0"))
         .uses(uses.iter().map(|p| p.to_path_buf()))
@@ -396,6 +413,9 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     saved(&fresh, &qemu, None, &[&img, &other_config])?;
     let alone = ck.join("old-alone");
     saved(&alone, old_qemu, None, &[&img, &old_ready])?;
+    // The QEMU build sessions run, but virtual hardware of an older deskvm.
+    let gen1 = ck.join("old-hardware");
+    saved_on(&gen1, &qemu, None, &[&img, &other_config], 1)?;
     let (base, used) = (ck.join("old-base"), ck.join("old-used"));
     saved(&base, old_qemu, None, &[&img, &old_ready_used])?;
     saved(
@@ -420,7 +440,7 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         paths(&r["candidates"], "checkpoint"),
-        vec![s(&alone)],
+        vec![s(&alone), s(&gen1)],
         "{r:#}"
     );
     assert_eq!(
@@ -433,15 +453,23 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
         vec![s(&half)],
         "{r:#}"
     );
-    assert_eq!(r["usage"]["checkpoints"]["count"], 4, "{r:#}");
-    let why = r["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "checkpoint")
-        .unwrap()["why"]
-        .to_string();
-    assert!(why.contains("0.1") && why.contains("cannot load"), "{why}");
+    assert_eq!(r["usage"]["checkpoints"]["count"], 5, "{r:#}");
+    let why = |p: &Path| {
+        r["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == s(p))
+            .unwrap()["why"]
+            .to_string()
+    };
+    let old = why(&alone);
+    assert!(old.contains("0.1") && old.contains("cannot load"), "{old}");
+    let hw = why(&gen1);
+    assert!(
+        hw.contains("generation 1") && hw.contains("cannot load"),
+        "{hw}"
+    );
     let kept = r["not_touched"].to_string();
     assert!(
         kept.contains(&s(&used)) && kept.contains(&s(&base)),
@@ -461,8 +489,8 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     ];
     let (code, r, err) = cli(&args, &env(&d))?;
     assert_eq!(code, 0, "{err}\n{r:#}");
-    assert_eq!(r["removed"].as_array().map(Vec::len), Some(3), "{r:#}");
-    for gone in [&alone, &old_ready, &half] {
+    assert_eq!(r["removed"].as_array().map(Vec::len), Some(4), "{r:#}");
+    for gone in [&alone, &gen1, &old_ready, &half] {
         assert!(!gone.exists(), "{} should be gone", gone.display());
     }
     for kept in [&fresh, &base, &used, &other_config, &old_ready_used, &img] {

@@ -1,8 +1,9 @@
 //! QEMU inside one Docker container per session, through the Docker Engine API (bollard).
 //!
-//! The container sees the session's runtime directory and the image cache at the same paths as
-//! the host (qcow2 backing-file paths and QMP socket paths stay valid on both sides); the
-//! sockets never leave that 0700 directory and no port is ever published.
+//! The container sees the session's runtime directory, its screendump dir on tmpfs and the
+//! image cache at the same paths as the host (qcow2 backing-file paths and QMP socket paths
+//! stay valid on both sides); the sockets never leave that 0700 directory and no port is ever
+//! published.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -204,7 +205,7 @@ impl DockerBackend {
         let cache = self.cache_dir.display().to_string();
         let mut binds = vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")];
         // Screendumps go to the session's tmpfs companion dir when it has one.
-        if let Some(shm) = files.shm_dir().filter(|d| d.is_dir()) {
+        if let Some(shm) = files.shm_dir().filter(|_| files.shm_in_use()) {
             let shm = shm.display();
             binds.push(format!("{shm}:{shm}:rw"));
         }
@@ -319,6 +320,10 @@ impl Backend for DockerBackend {
 
     fn take_prepared(&self, spec: &VmSpec) -> Option<String> {
         self.warm.take(spec)
+    }
+
+    fn release(&self, session_id: &str) {
+        self.release_warm(session_id);
     }
 
     fn discard_prepared(&self) -> BoxFuture<'_, ()> {

@@ -51,7 +51,9 @@ pub trait Backend: Send + Sync {
     fn take_prepared(&self, _spec: &VmSpec) -> Option<String> {
         None
     }
-    /// Removes whatever was prepared and not taken (with its runtime dir).
+    /// Gives up a prepared session taken by a start that failed before `launch`.
+    fn release(&self, _session_id: &str) {}
+    /// Removes whatever was prepared and not launched, and prepares nothing more.
     fn discard_prepared(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()
     }

@@ -70,7 +70,13 @@ pub async fn run(o: Options) -> Result<()> {
             ("DESKVM_DATA_DIR", &*data_env),
             ("DESKVM_RUNTIME_DIR", &*rt_env),
         ];
-        result = starts::docker_beside(&exe, &env, o.starts).await;
+        result = match starts::docker_beside(&exe, &env, o.starts, o.chars).await {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(anyhow::anyhow!(
+                "typed text was not read back exactly on the Docker backend: {n} characters missing, extra or out of place"
+            )),
+            Err(e) => Err(e),
+        };
     }
     if result.is_ok() {
         // Beside the main figures, not instead of them: a host without a local QEMU or X

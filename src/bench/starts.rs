@@ -1,6 +1,6 @@
 //! Session starts, ready state → first screenshot: on the bench server's backend and, when
 //! that is local and a Docker engine with the runtime image answers, on Docker in the same
-//! run, as a ratio.
+//! run, as a ratio (with typing there too, so both backends' typing is in one run).
 //!
 //! Starts are 1 s apart, as an agent's are at the quickest: a Docker server prepares the next
 //! session's container in the background after each start (~200 ms of the engine's time), and
@@ -42,15 +42,21 @@ pub async fn measure(client: &Client, n: usize, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The same starts on a Docker server beside the local one, when there is an engine.
-pub async fn docker_beside(exe: &std::path::Path, env: &[(&str, &str)], n: usize) -> Result<()> {
+/// The same starts, and `chars` typed, on a Docker server beside the local one, when there is
+/// an engine.
+pub async fn docker_beside(
+    exe: &std::path::Path,
+    env: &[(&str, &str)],
+    n: usize,
+    chars: usize,
+) -> Result<usize> {
     let local = METRICS
         .lock()
         .expect("metrics poisoned")
         .iter()
         .any(|m| m["name"] == "session" && m["backend"] == "local");
     if !local || n == 0 {
-        return Ok(());
+        return Ok(0);
     }
     use crate::backend::docker;
     let image = match docker::connect().await {
@@ -59,12 +65,27 @@ pub async fn docker_beside(exe: &std::path::Path, env: &[(&str, &str)], n: usize
     };
     if image.is_none() {
         println!("{DOCKER:<38} not measured: no Docker engine with the runtime image");
-        return Ok(());
+        return Ok(0);
     }
     let client = Client::spawn(exe, &["--backend", "docker", "--max-sessions", "4"], env).await?;
-    let measured = measure(&client, n, DOCKER).await;
+    let measured = async {
+        measure(&client, n, DOCKER).await?;
+        if chars == 0 {
+            return Ok(0);
+        }
+        let info = client.call_ok("session_start", json!({})).await?;
+        let sid = session_id(&info)?;
+        let typed = super::typing::ascii(&client, &sid, chars).await?;
+        let mismatched = typed.mismatched;
+        super::typing::report("type on the Docker backend", &[typed]);
+        client
+            .call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
+        Ok::<_, anyhow::Error>(mismatched)
+    }
+    .await;
     client.close().await?;
-    measured?;
+    let mismatched = measured?;
     let p50 = |name: &str| super::metric(name, "p50").unwrap_or(f64::NAN);
     let ratio = p50(DOCKER) / p50(NAME);
     record(
@@ -72,5 +93,5 @@ pub async fn docker_beside(exe: &std::path::Path, env: &[(&str, &str)], n: usize
         json!({ "unit": "x", "value": ratio }),
     );
     println!("{:<38} {ratio:.2}x", "ratio docker / local start (p50)");
-    Ok(())
+    Ok(mismatched)
 }

@@ -20,13 +20,14 @@ pub enum Transport {
 pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result<()> {
     let server = DeskvmServer::new(manager.clone());
     let result = match transport {
-        Transport::Stdio => {
-            let service = server.serve(rmcp::transport::stdio()).await?;
-            tokio::select! {
+        // A failed handshake still ends in the shutdown below (it removes prepared VMs).
+        Transport::Stdio => match server.serve(rmcp::transport::stdio()).await {
+            Ok(service) => tokio::select! {
                 r = service.waiting() => r.map(|_| ()).map_err(anyhow::Error::from),
                 _ = shutdown_signal() => Ok(()),
-            }
-        }
+            },
+            Err(e) => Err(e.into()),
+        },
         Transport::Http(o) => {
             let ct = CancellationToken::new();
             let stop = ct.clone();

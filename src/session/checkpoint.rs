@@ -44,10 +44,18 @@ pub struct CheckpointInfo {
     /// it when its QEMU build is the same.
     #[serde(default)]
     pub backend: String,
+    /// The virtual hardware it was saved on ([`crate::vm::spec::MACHINE_GENERATION`]); absent
+    /// in checkpoints of generation 1.
+    #[serde(default = "generation_1")]
+    pub machine: u32,
     /// The layers it needs, oldest first: the ready state's directory, then each checkpoint
     /// below it (filled in when listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+}
+
+fn generation_1() -> u32 {
+    1
 }
 
 pub fn dir(layout: &Layout, name: &str) -> PathBuf {

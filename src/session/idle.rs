@@ -63,11 +63,12 @@ impl SessionManager {
     }
 
     pub async fn shutdown(&self) {
+        // First, so no start finishing meanwhile prepares another VM.
+        self.warm.store(false, std::sync::atomic::Ordering::SeqCst);
         let ids: Vec<String> = self.sessions.read().await.keys().cloned().collect();
         for id in ids {
             let _ = Caller::system().scope(self.stop(&id)).await;
         }
-        self.warm.store(false, std::sync::atomic::Ordering::SeqCst);
         self.cfg.backend.discard_prepared().await;
     }
 }

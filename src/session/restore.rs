@@ -45,6 +45,16 @@ impl SessionManager {
     fn usable(&self, name: &str) -> Result<(CheckpointInfo, ReadyState), SessionError> {
         let (info, ready) = checkpoint::load(&self.cfg.layout, name)?;
         let here = self.cfg.backend.qemu_version();
+        let generation = crate::vm::spec::MACHINE_GENERATION;
+        if info.machine != generation {
+            return Err(SessionError::Incompatible {
+                name: name.to_string(),
+                why: format!(
+                    "it was saved on deskvm's virtual hardware generation {}, this server runs generation {generation} (other devices); delete it with checkpoint_delete",
+                    info.machine
+                ),
+            });
+        }
         if info.qemu_version != here {
             return Err(SessionError::Incompatible {
                 name: name.to_string(),

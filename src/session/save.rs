@@ -230,6 +230,7 @@ impl Session {
             parent,
             pointer,
             backend: backend.to_string(),
+            machine: crate::vm::spec::MACHINE_GENERATION,
             depends_on: Vec::new(),
         };
         tracing::debug!(

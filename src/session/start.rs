@@ -9,6 +9,16 @@ use tokio::sync::Mutex;
 
 use super::*;
 
+/// Gives a prepared VM back to the backend if the start did not launch it (a no-op once it
+/// did).
+struct Release<'a>(&'a dyn crate::backend::Backend, &'a str);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
 /// Releases a start's place in [`SessionManager::starting`] however the start ends.
 struct Reservation<'a>(&'a AtomicUsize);
 
@@ -73,6 +83,8 @@ impl SessionManager {
         // A container the backend started ahead for a session like this one, if any.
         let backend = self.cfg.backend.as_ref();
         let id = backend.take_prepared(&spec).unwrap_or_else(new_id);
+        // A start that fails before launching gives the prepared container back.
+        let _release = Release(backend, &id);
         let next = spec.clone();
         let files = RuntimeFiles {
             dir: self.cfg.layout.sessions().join(&id),

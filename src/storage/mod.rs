@@ -128,19 +128,45 @@ pub fn owned_dir(path: &Path, owner: &Owner) -> io::Result<()> {
 pub fn session_dirs(files: &RuntimeFiles, owner: &Owner) -> io::Result<()> {
     owned_dir(&files.dir, owner)?;
     if let (Some(root), Some(shm)) = (crate::vm::spec::shm_root(), files.shm_dir()) {
-        if let Err(e) = private_dir(root).and_then(|()| owned_dir(&shm, owner)) {
+        // Made, never chmod-ed: a chmod would follow a planted symlink.
+        let root_made = match fs::DirBuilder::new().mode(0o700).create(root) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => mine(root),
+        };
+        let made = root_made.and_then(|()| owned_dir(&shm, owner));
+        if let Err(e) = made {
             tracing::warn!(error = %e, dir = %shm.display(), "screendumps stay in the runtime dir");
+            // Unmarked, it would be used by nothing and removed by nothing.
+            if shm.is_dir() && !files.shm_in_use() {
+                let _ = fs::remove_dir_all(&shm);
+            }
         }
     }
     Ok(())
 }
 
-/// Removes what [`session_dirs`] made.
-pub fn remove_session_dirs(files: &RuntimeFiles) -> io::Result<()> {
-    if let Some(shm) = files.shm_dir() {
-        remove_owned_dir(&shm)?;
+/// `dir` is a real directory of this user, mode 0700: /dev/shm is shared by every user, and a
+/// symlink or someone else's directory planted at deskvm's name must not be used.
+fn mine(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(dir)?;
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a private directory of uid {uid}",
+            dir.display()
+        )))
     }
-    remove_owned_dir(&files.dir)
+}
+
+/// Removes what [`session_dirs`] made (both, even if one fails; the first error is returned).
+pub fn remove_session_dirs(files: &RuntimeFiles) -> io::Result<()> {
+    let shm = files.shm_dir().map_or(Ok(()), |d| remove_owned_dir(&d));
+    let dir = remove_owned_dir(&files.dir);
+    shm.and(dir)
 }
 
 /// Records this server (`owner`: what it runs from) in the cache until [`unregister_instance`].

@@ -6,6 +6,7 @@ pub mod input;
 pub mod keynames;
 pub mod qga;
 pub mod qmp;
+pub mod rings;
 pub mod spec;
 pub mod typing;
 pub mod unicode;
@@ -38,7 +39,7 @@ pub enum VmError {
     ScreenFile(#[source] std::io::Error),
     #[error("could not map characters onto spare keys in the guest keymap: {0}")]
     Keymap(String),
-    #[error("the guest took no key for {}s: {typed} of {total} characters were typed, the rest were not sent", .waited.as_secs())]
+    #[error("the guest took no key for {}s: {typed} of {total} keys were typed, the rest were not sent", .waited.as_secs())]
     KeyboardStalled {
         typed: usize,
         total: usize,
@@ -56,10 +57,10 @@ impl VmError {
     }
 }
 
-/// Input pacing. QEMU's emulated keyboard and tablet queues are short and drop what does not
-/// fit, and a guest under TCG drains them slowly: unpaced key bursts were lost whole (field
-/// notes). Every batch of events is therefore followed by a pause; with these values 1000
-/// random characters and bursts of 30 clicks arrived complete (`deskvm bench`, tests).
+/// Pacing of key combinations and pointer input. QEMU's emulated input queues are short and
+/// drop what does not fit, and a guest under TCG drains them slowly: each press and release is
+/// followed by a pause; with these values bursts of 30 clicks arrived complete (tests). Typed
+/// text is paced by the guest itself instead (`vm::typing`).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     pub key_hold: Duration,
@@ -73,7 +74,6 @@ impl Default for Pacing {
         Pacing {
             key_hold: Duration::from_millis(8),
             key_gap: Duration::from_millis(8),
-
             pointer_hold: Duration::from_millis(20),
             pointer_gap: Duration::from_millis(20),
         }
@@ -106,6 +106,8 @@ pub struct Vm {
     /// Shared so the agent can be connected in the background while the session takes calls.
     qga: Arc<OnceCell<Qga>>,
     pub pacing: Pacing,
+    /// Typing state kept across calls (`vm::typing`).
+    keyboard: tokio::sync::Mutex<typing::Keyboard>,
     /// Guest screen size in pixels, refreshed by every screendump.
     pub width: u32,
     pub height: u32,
@@ -153,6 +155,7 @@ impl Vm {
             qmp,
             qga: Arc::new(OnceCell::new()),
             pacing: Pacing::default(),
+            keyboard: Default::default(),
             width,
             height,
         })

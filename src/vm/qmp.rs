@@ -56,19 +56,19 @@ pub struct LiveSave {
 
 /// QMP commands whose arguments the `qapi` crate's schema types make awkward (unions with
 /// `null`, structs of twenty optional fields): their name as a type, their arguments as JSON.
-trait RawName {
+pub(super) trait RawName {
     const NAME: &'static str;
 }
 
 #[derive(serde::Serialize)]
 #[serde(transparent)]
-struct Raw<N>(
+pub(super) struct Raw<N>(
     serde_json::Value,
     #[serde(skip)] std::marker::PhantomData<N>,
 );
 
 impl<N> Raw<N> {
-    fn new(args: serde_json::Value) -> Self {
+    pub(super) fn new(args: serde_json::Value) -> Self {
         Raw(args, std::marker::PhantomData)
     }
 }
@@ -83,7 +83,7 @@ impl<N: RawName + Send + Sync> qmp::QmpCommand for Raw<N> {}
 
 macro_rules! raw_commands {
     ($($ty:ident = $name:literal),* $(,)?) => {$(
-        struct $ty;
+        pub(super) struct $ty;
         impl RawName for $ty {
             const NAME: &'static str = $name;
         }
@@ -98,14 +98,6 @@ raw_commands! {
     BlockdevAdd = "blockdev-add",
     BlockdevSnapshot = "blockdev-snapshot",
     VirtioQueueElement = "x-query-virtio-queue-element",
-}
-
-/// A virtio ring's free-running indices: buffers the guest has made available, and those the
-/// device has used (both wrap at 2^16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingIndex {
-    pub avail: u16,
-    pub used: u16,
 }
 
 pub struct Qmp {
@@ -128,7 +120,8 @@ impl Qmp {
                 Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     tracing::trace!(error = %e, "QMP not up yet");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // A failed connect costs a syscall; QEMU is up ~50 ms after exec.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(source) => {
                     return Err(QmpError::Connect {
@@ -187,25 +180,6 @@ impl Qmp {
         })
         .await
         .map(drop)
-    }
-
-    /// A virtio queue's ring indices as the guest and device last wrote them (read from guest
-    /// memory by the command). `device` is a QOM path such as
-    /// `/machine/peripheral/kbd0/virtio-backend`.
-    pub async fn virtio_ring(&self, device: &str, queue: u16) -> Result<RingIndex, QmpError> {
-        let el = self
-            .execute(Raw::<VirtioQueueElement>::new(
-                serde_json::json!({ "path": device, "queue": queue }),
-            ))
-            .await?;
-        let idx = |part: &str| el[part]["idx"].as_u64().map(|i| i as u16);
-        match (idx("avail"), idx("used")) {
-            (Some(avail), Some(used)) => Ok(RingIndex { avail, used }),
-            _ => Err(QmpError::Command {
-                command: VirtioQueueElement::NAME,
-                message: format!("no avail/used index in the reply: {el}"),
-            }),
-        }
     }
 
     pub async fn status(&self) -> Result<qmp::RunState, QmpError> {

@@ -59,12 +59,18 @@ impl RuntimeFiles {
     pub fn shm_dir(&self) -> Option<PathBuf> {
         Some(shm_root()?.join(self.dir.file_name()?))
     }
+    /// The companion dir exists and is deskvm's (carries its owner marker).
+    pub fn shm_in_use(&self) -> bool {
+        self.shm_dir()
+            .is_some_and(|d| d.join(crate::storage::owner::MARKER).is_file())
+    }
     /// Where screendumps go: the tmpfs companion dir when it was made, else the runtime dir.
     pub fn screen(&self) -> PathBuf {
-        self.shm_dir()
-            .filter(|d| d.is_dir())
-            .unwrap_or_else(|| self.dir.clone())
-            .join("screen.ppm")
+        match self.shm_dir() {
+            Some(d) if self.shm_in_use() => d,
+            _ => self.dir.clone(),
+        }
+        .join("screen.ppm")
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.qcow2")
@@ -95,6 +101,12 @@ pub fn shm_root() -> Option<&'static Path> {
     })
     .as_deref()
 }
+
+/// The generation of the virtual hardware `machine_args` builds. Saved states load only into
+/// the same devices: bump it whenever a device is added, removed or moved, so checkpoints of an
+/// older generation are refused by name (and reclaimed) instead of failing to load. 2: the
+/// virtio keyboard (`kbd0`) typing goes to.
+pub const MACHINE_GENERATION: u32 = 2;
 
 pub const KERNEL_CMDLINE: &str =
     "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 mitigations=off init_on_free=1";

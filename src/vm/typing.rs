@@ -14,15 +14,18 @@
 //! the guest sends back on the keyboard's status queue; QMP reads that queue's index
 //! (`x-query-virtio-queue-element`, ~1 ms). The next burst goes only then, so neither queue
 //! ever holds more than one burst. An odd number of taps gets one more at the end, leaving
-//! Num Lock as it was (it changes only the keypad, which typing never uses).
+//! Num Lock as it was (it changes only the keypad, which typing never uses). What a call
+//! leaves unconfirmed (it failed, or its request was cancelled) the next call waits for first.
 //!
-//! Where X sends no LED (another keymap or X driver), typing falls back to waiting for the
-//! guest to take back the receive buffers of the last burst, with smaller bursts and a gap.
+//! Fallbacks, remembered per VM: a guest whose X never sets the LED (another keymap or X
+//! driver) gets smaller bursts, each sent once the guest kernel has taken back every receive
+//! buffer, plus a gap for X; a QEMU that cannot read the rings (before 7.2) gets fixed pauses.
 
 use std::time::{Duration, Instant};
 
 use super::input::{bursts, Stroke};
-use super::qmp::RingIndex;
+use super::qmp::QmpError;
+use super::rings::RingIndex;
 use super::{key_event, Vm, VmError};
 
 /// The virtio keyboard's QOM path (`-device virtio-keyboard-pci,id=kbd0`).
@@ -37,129 +40,229 @@ pub const BURST_EVENTS: usize = 44;
 const UNCONFIRMED_BURST_EVENTS: usize = 24;
 /// Pause after an unconfirmed burst, for X's input thread.
 const UNCONFIRMED_GAP: Duration = Duration::from_millis(5);
+/// Pause after each burst when the rings cannot be read: what typed without loss on PS/2.
+const BLIND_PAUSE: Duration = Duration::from_millis(30);
 
 const POLL: Duration = Duration::from_millis(2);
-/// How long the first burst's LED may take before typing goes on unconfirmed.
-const FIRST_ECHO: Duration = Duration::from_secs(2);
 /// A guest that takes no key for this long has stopped: typing fails instead of dropping keys.
 const STALL: Duration = Duration::from_secs(10);
 
-enum Flow {
-    /// X confirms each burst; `taps` Num Lock taps sent since `base` (the status queue's used
-    /// index before the first).
-    Confirmed { base: u16, taps: u16 },
-    /// The guest kernel confirms each burst (all receive buffers back); X does not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No LED change seen yet in this VM.
+    #[default]
+    Unknown,
+    /// X confirms each burst through the Num Lock LED.
+    Confirmed,
+    /// X sets no LED: the guest kernel's receive buffers pace typing.
     Received,
+    /// The rings cannot be read over QMP: fixed pauses.
+    Blind,
+}
+
+/// A VM's typing state, kept across calls.
+#[derive(Debug, Default)]
+pub struct Keyboard {
+    mode: Mode,
+    /// The status queue's used index once X has handled every tap sent.
+    expected: Option<u16>,
+    /// An odd number of taps sent: Num Lock is toggled until one more.
+    odd: bool,
+    /// Receive buffers the guest posts when idle (the most seen free).
+    ring: u16,
+}
+
+impl Keyboard {
+    fn tapped(&mut self) {
+        self.odd = !self.odd;
+        self.expected = self.expected.map(|e| e.wrapping_add(1));
+    }
+
+    fn taps(&self) -> bool {
+        matches!(self.mode, Mode::Unknown | Mode::Confirmed)
+    }
+}
+
+/// `index` has reached `target` (free-running u16 indices).
+fn reached(index: u16, target: u16) -> bool {
+    index.wrapping_sub(target) as i16 >= 0
 }
 
 impl Vm {
     /// Types strokes, each burst once X (or at least the guest kernel) took the last one.
     pub async fn type_strokes(&self, strokes: &[Stroke]) -> Result<(), VmError> {
-        let base = self.qmp.virtio_ring(KEYBOARD, STATUS_QUEUE).await?.used;
-        let mut flow = Flow::Confirmed { base, taps: 0 };
+        let mut kb = self.keyboard.lock().await;
+        let total = strokes.len();
+        let stalled = |typed| VmError::KeyboardStalled {
+            typed,
+            total,
+            waited: STALL,
+        };
+        self.catch_up(&mut kb).await.map_err(|e| e.or(stalled(0)))?;
         let mut typed = 0;
         let mut rest = strokes;
         while !rest.is_empty() {
-            let budget = match flow {
-                Flow::Confirmed { .. } => BURST_EVENTS,
-                Flow::Received => UNCONFIRMED_BURST_EVENTS,
+            let budget = if kb.taps() {
+                BURST_EVENTS
+            } else {
+                UNCONFIRMED_BURST_EVENTS
             };
             let burst = bursts(rest, budget)[0];
             let mut events = key_events(burst);
-            if let Flow::Confirmed { .. } = flow {
+            let tapping = kb.taps();
+            if tapping {
                 events.extend(tap());
             }
             self.qmp.send_events(events).await?;
+            if tapping {
+                kb.tapped();
+            }
             typed += burst.len();
             rest = &rest[burst.len()..];
-            let progress = Progress {
-                typed,
-                total: strokes.len(),
-            };
-            match &mut flow {
-                Flow::Confirmed { base, taps } => {
-                    *taps = taps.wrapping_add(1);
-                    let first = *taps == 1;
-                    let wait = if first { FIRST_ECHO } else { STALL };
-                    if !self.echoed(*base, *taps, wait).await? {
-                        if !first {
-                            return Err(progress.stalled());
-                        }
-                        tracing::warn!(
-                            "X does not set the keyboard LEDs; typing without its confirmation"
-                        );
-                        flow = Flow::Received;
-                    }
-                }
-                Flow::Received => {
-                    self.received(progress).await?;
-                    tokio::time::sleep(UNCONFIRMED_GAP).await;
-                }
-            }
+            self.after_burst(&mut kb)
+                .await
+                .map_err(|e| e.or(stalled(typed)))?;
         }
-        if let Flow::Confirmed { base, taps } = flow {
-            if taps % 2 == 1 {
-                self.qmp.send_events(tap().to_vec()).await?;
-                if !self.echoed(base, taps.wrapping_add(1), STALL).await? {
-                    return Err(Progress {
-                        typed,
-                        total: strokes.len(),
-                    }
-                    .stalled());
-                }
+        self.even_out(&mut kb)
+            .await
+            .map_err(|e| e.or(stalled(typed)))
+    }
+
+    /// Before a call: what earlier calls sent is handled, and the indices are current.
+    async fn catch_up(&self, kb: &mut Keyboard) -> Result<(), Stall> {
+        if kb.mode == Mode::Blind {
+            return Ok(());
+        }
+        let Some(status) = self.ring(kb, STATUS_QUEUE).await? else {
+            return Ok(());
+        };
+        let used = match kb.expected {
+            Some(target) if !reached(status.used, target) => {
+                self.echo(kb, target).await?;
+                self.ring(kb, STATUS_QUEUE)
+                    .await?
+                    .map_or(target, |r| r.used)
+            }
+            _ => status.used,
+        };
+        // LED changes of keys pressed since (Caps Lock, say) are not ours to wait for.
+        kb.expected = Some(used);
+        if kb.mode == Mode::Received {
+            if let Some(events) = self.ring(kb, EVENT_QUEUE).await? {
+                kb.ring = kb.ring.max(events.avail.wrapping_sub(events.used));
             }
         }
         Ok(())
     }
 
-    /// Waits until the status queue shows `taps` LED changes since `base`; false after `wait`.
-    async fn echoed(&self, base: u16, taps: u16, wait: Duration) -> Result<bool, VmError> {
+    async fn after_burst(&self, kb: &mut Keyboard) -> Result<(), Stall> {
+        match kb.mode {
+            Mode::Unknown | Mode::Confirmed => {
+                let target = kb.expected.expect("catch_up reads the status queue");
+                match self.echo(kb, target).await {
+                    Ok(()) => kb.mode = Mode::Confirmed,
+                    Err(Stall::Timeout) if kb.mode == Mode::Unknown => {
+                        tracing::warn!("X sets no keyboard LED; typing without its confirmation");
+                        // Whatever X did with the tap, one more puts Num Lock back.
+                        if kb.odd {
+                            self.qmp.send_events(tap().to_vec()).await?;
+                            kb.odd = false;
+                        }
+                        kb.mode = Mode::Received;
+                        kb.expected = None;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Mode::Received => {
+                self.received(kb).await?;
+                tokio::time::sleep(UNCONFIRMED_GAP).await;
+            }
+            Mode::Blind => tokio::time::sleep(BLIND_PAUSE).await,
+        }
+        Ok(())
+    }
+
+    /// One more tap when an odd number left Num Lock toggled.
+    async fn even_out(&self, kb: &mut Keyboard) -> Result<(), Stall> {
+        if !kb.odd {
+            return Ok(());
+        }
+        self.qmp.send_events(tap().to_vec()).await?;
+        kb.tapped();
+        match (kb.taps(), kb.expected) {
+            (true, Some(target)) => self.echo(kb, target).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until the status queue's used index reaches `target`.
+    async fn echo(&self, kb: &mut Keyboard, target: u16) -> Result<(), Stall> {
         let start = Instant::now();
         loop {
-            let RingIndex { used, .. } = self.qmp.virtio_ring(KEYBOARD, STATUS_QUEUE).await?;
-            if used.wrapping_sub(base) >= taps {
-                return Ok(true);
+            match self.ring(kb, STATUS_QUEUE).await? {
+                Some(r) if !reached(r.used, target) => {}
+                _ => return Ok(()),
             }
-            if start.elapsed() > wait {
-                return Ok(false);
+            if start.elapsed() > STALL {
+                return Err(Stall::Timeout);
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
-    /// Waits until the guest has posted every receive buffer again (the most seen free).
-    async fn received(&self, progress: Progress) -> Result<(), VmError> {
+    /// Waits until the guest has posted every receive buffer again.
+    async fn received(&self, kb: &mut Keyboard) -> Result<(), Stall> {
         let start = Instant::now();
-        let mut full = 0;
         loop {
-            let ring = self.qmp.virtio_ring(KEYBOARD, EVENT_QUEUE).await?;
-            let free = ring.avail.wrapping_sub(ring.used);
-            // A ring this full has room for a burst; the guest posts 64 when idle.
-            full = full.max(free);
-            if free >= full && usize::from(free) > UNCONFIRMED_BURST_EVENTS {
+            let Some(r) = self.ring(kb, EVENT_QUEUE).await? else {
+                return Ok(());
+            };
+            let free = r.avail.wrapping_sub(r.used);
+            if free >= kb.ring.max(UNCONFIRMED_BURST_EVENTS as u16 + 1) {
                 return Ok(());
             }
             if start.elapsed() > STALL {
-                return Err(progress.stalled());
+                return Err(Stall::Timeout);
             }
             tokio::time::sleep(POLL).await;
         }
     }
-}
 
-#[derive(Clone, Copy)]
-struct Progress {
-    typed: usize,
-    total: usize,
-}
-
-impl Progress {
-    fn stalled(self) -> VmError {
-        VmError::KeyboardStalled {
-            typed: self.typed,
-            total: self.total,
-            waited: STALL,
+    /// A queue's indices; None (and typing blind from now on) when QEMU cannot read them.
+    async fn ring(&self, kb: &mut Keyboard, queue: u16) -> Result<Option<RingIndex>, Stall> {
+        match self.qmp.virtio_ring(KEYBOARD, queue).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e @ QmpError::Command { .. }) => {
+                tracing::warn!(error = %e, "cannot read the keyboard's rings; typing with fixed pauses");
+                kb.mode = Mode::Blind;
+                kb.expected = None;
+                Ok(None)
+            }
+            Err(e) => Err(Stall::Vm(e.into())),
         }
+    }
+}
+
+/// Why typing stopped: the guest took no key for [`STALL`], or the VM failed.
+enum Stall {
+    Timeout,
+    Vm(VmError),
+}
+
+impl Stall {
+    /// The VM's error, or `timeout` for a stall.
+    fn or(self, timeout: VmError) -> VmError {
+        match self {
+            Stall::Timeout => timeout,
+            Stall::Vm(e) => e,
+        }
+    }
+}
+
+impl From<QmpError> for Stall {
+    fn from(e: QmpError) -> Self {
+        Stall::Vm(e.into())
     }
 }
 
@@ -180,4 +283,18 @@ fn key_events(burst: &[Stroke]) -> Vec<qapi::qmp::InputEvent> {
 
 fn tap() -> [qapi::qmp::InputEvent; 2] {
     [key_event("num_lock", true), key_event("num_lock", false)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reached;
+
+    #[test]
+    fn indices_wrap() {
+        assert!(reached(5, 5));
+        assert!(reached(6, 5));
+        assert!(!reached(4, 5));
+        assert!(reached(2, 65_534));
+        assert!(!reached(65_534, 2));
+    }
 }

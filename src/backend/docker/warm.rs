@@ -31,21 +31,27 @@ const SHIM: &str = r#"mapfile -d '' -t argv < "$0" && exec "${argv[@]}""#;
 /// How long a start waits for the shim to open the FIFO (it may still be starting).
 const SHIM_WAIT: Duration = Duration::from_millis(500);
 
-/// What a session container's limits depend on: a prepared container fits a session with the
-/// same.
+/// What a session container depends on: its limits, and whether its screendump dir on tmpfs
+/// is bound. A prepared container fits a session with the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     memory_mb: u32,
     cpus: u32,
     network: bool,
+    shm: bool,
 }
 
 impl Key {
-    fn of(spec: &VmSpec) -> Self {
+    /// A session like `spec` whose runtime dir is `files` (made), or is yet to be made.
+    fn of(spec: &VmSpec, files: Option<&RuntimeFiles>) -> Self {
         Key {
             memory_mb: spec.memory_mb,
             cpus: spec.cpus,
             network: spec.network,
+            shm: match files {
+                Some(f) => f.shm_in_use(),
+                None => crate::vm::spec::shm_root().is_some(),
+            },
         }
     }
 }
@@ -59,19 +65,22 @@ struct Warm {
 
 #[derive(Default)]
 pub(super) struct Pool {
-    /// Prepared, not yet taken.
-    next: Mutex<Option<(String, Warm)>>,
+    /// Prepared, not yet taken; and whether the pool is closed (its server is stopping).
+    next: Mutex<(Option<(String, Warm)>, bool)>,
     /// Taken by a session start that has not launched yet.
     taken: Mutex<HashMap<String, Warm>>,
+    /// Removals under way, awaited when the pool closes.
+    discarding: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pool {
     pub(super) fn take(&self, spec: &VmSpec) -> Option<String> {
         let mut next = self.next.lock().expect("warm pool poisoned");
-        if next.as_ref().is_none_or(|(_, w)| w.key != Key::of(spec)) {
+        let wanted = Key::of(spec, None);
+        if next.0.as_ref().is_none_or(|(_, w)| w.key != wanted) {
             return None;
         }
-        let (id, warm) = next.take()?;
+        let (id, warm) = next.0.take()?;
         self.taken
             .lock()
             .expect("warm pool poisoned")
@@ -110,20 +119,44 @@ impl DockerBackend {
         // Driven now, not when a start first awaits it.
         tokio::spawn(started.clone());
         let warm = Warm {
-            key: Key::of(spec),
+            key: Key::of(spec, Some(&files)),
             files,
             started,
         };
-        let old = self
+        let old = {
+            let mut next = self.warm.next.lock().expect("warm pool poisoned");
+            if next.1 {
+                // Closed while this was being prepared: it goes at once.
+                Some((id, warm))
+            } else {
+                next.0.replace((id, warm))
+            }
+        };
+        if let Some((id, old)) = old {
+            self.discard_later(id, old, true);
+        }
+    }
+
+    /// A start that took `session_id` failed before launching it: its container goes (its
+    /// runtime dir is the start's to remove).
+    pub(super) fn release_warm(&self, session_id: &str) {
+        let warm = self
             .warm
-            .next
+            .taken
             .lock()
             .expect("warm pool poisoned")
-            .replace((id, warm));
-        if let Some((id, old)) = old {
-            let docker = self.docker.clone();
-            tokio::spawn(async move { discard(&docker, &id, old, true).await });
+            .remove(session_id);
+        if let Some(warm) = warm {
+            self.discard_later(session_id.to_string(), warm, false);
         }
+    }
+
+    fn discard_later(&self, id: String, warm: Warm, with_dir: bool) {
+        let docker = self.docker.clone();
+        let task = tokio::spawn(async move { discard(&docker, &id, warm, with_dir).await });
+        let mut pending = self.warm.discarding.lock().expect("warm pool poisoned");
+        pending.retain(|t| !t.is_finished());
+        pending.push(task);
     }
 
     /// Hands QEMU's command line to the container prepared for `session_id`, if it was taken
@@ -157,9 +190,15 @@ impl DockerBackend {
         }
     }
 
-    /// Removes the prepared containers no session used (and the runtime dir of the one not
-    /// taken; a taken one's belongs to its session).
+    /// Closes the pool and removes the prepared containers no session used (and the runtime
+    /// dir of the one not taken; a taken one's belongs to its session), awaiting removals
+    /// already under way.
     pub(super) async fn discard_warm(&self) {
+        let next = {
+            let mut next = self.warm.next.lock().expect("warm pool poisoned");
+            next.1 = true;
+            next.0.take()
+        };
         let taken: Vec<_> = self
             .warm
             .taken
@@ -167,12 +206,21 @@ impl DockerBackend {
             .expect("warm pool poisoned")
             .drain()
             .collect();
-        let next = self.warm.next.lock().expect("warm pool poisoned").take();
         for (id, warm) in taken {
             discard(&self.docker, &id, warm, false).await;
         }
         if let Some((id, warm)) = next {
             discard(&self.docker, &id, warm, true).await;
+        }
+        let pending: Vec<_> = self
+            .warm
+            .discarding
+            .lock()
+            .expect("warm pool poisoned")
+            .drain(..)
+            .collect();
+        for task in pending {
+            let _ = task.await;
         }
     }
 }

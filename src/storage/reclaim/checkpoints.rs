@@ -14,6 +14,7 @@ use crate::storage::Layout;
 struct Saved {
     dir: PathBuf,
     qemu: String,
+    machine: u64,
     parent: Option<String>,
     owner: Option<Owner>,
     bytes: u64,
@@ -41,13 +42,18 @@ pub(super) fn scan(layout: &Layout, current: &Current, req: &Request, scan: &mut
         };
         saved.push(Saved {
             qemu: meta["qemu_version"].as_str().unwrap_or("").to_string(),
+            machine: meta["machine"].as_u64().unwrap_or(1),
             parent: meta["parent"].as_str().map(str::to_string),
             owner: Owner::read(&dir),
             dir,
             bytes,
         });
     }
-    let loadable = |s: &Saved| !current.builds_known || current.qemu_builds.contains(&s.qemu);
+    // Of an older virtual hardware generation, no server of this version loads it.
+    let loadable = |s: &Saved| {
+        s.machine == u64::from(crate::vm::spec::MACHINE_GENERATION)
+            && (!current.builds_known || current.qemu_builds.contains(&s.qemu))
+    };
     let mut keep: HashSet<PathBuf> = saved
         .iter()
         .filter(|s| loadable(s) || scan.in_use.contains(&s.dir))
@@ -88,11 +94,19 @@ pub(super) fn scan(layout: &Layout, current: &Current, req: &Request, scan: &mut
             scan.skip(s.dir.display().to_string(), "no deskvm owner marker");
             continue;
         };
-        let why = format!(
-            "saved by {}; sessions now run on {} and cannot load it",
-            s.qemu,
-            current.qemu_builds.join(" and ")
-        );
+        let generation = crate::vm::spec::MACHINE_GENERATION;
+        let why = if s.machine != u64::from(generation) {
+            format!(
+                "saved on virtual hardware generation {}; this deskvm runs generation {generation} and cannot load it",
+                s.machine
+            )
+        } else {
+            format!(
+                "saved by {}; sessions now run on {} and cannot load it",
+                s.qemu,
+                current.qemu_builds.join(" and ")
+            )
+        };
         scan.candidates.push(candidate(
             Kind::Checkpoint,
             &s.dir,

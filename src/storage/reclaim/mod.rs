@@ -10,6 +10,7 @@ mod checkpoints;
 mod engine;
 mod remove;
 mod scan;
+mod shm;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ pub(super) fn filesystem(layout: &Layout, current: &Current, req: &Request) -> S
     let mut scan = Scan::default();
     instances(layout, &mut scan);
     sessions(layout, req, &mut scan);
-    shm_leftovers(layout, req, &mut scan);
+    super::shm::leftovers(layout, req, &mut scan);
     for dir in entries(&layout.work()) {
         build_work(&dir, req, &mut scan);
     }
@@ -37,7 +37,7 @@ pub(super) fn entries(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn name(p: &Path) -> &str {
+pub(super) fn name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
 
@@ -63,7 +63,7 @@ pub(super) fn candidate(
 }
 
 /// The marker of `dir` when its owner is gone; records why anything else is left alone.
-fn dead_owner(dir: &Path, scan: &mut Scan) -> Option<(Owner, String)> {
+pub(super) fn dead_owner(dir: &Path, scan: &mut Scan) -> Option<(Owner, String)> {
     let Some(owner) = Owner::read(dir) else {
         scan.skip(dir.display().to_string(), "no deskvm owner marker");
         return None;
@@ -133,34 +133,6 @@ fn sessions(layout: &Layout, req: &Request, scan: &mut Scan) {
         let mut c = candidate(kind, &dir, bytes, why, Some(owner.clone()));
         c.session = (!building).then(|| owner.session.unwrap_or_else(|| name(&dir).into()));
         c.process = process;
-        scan.candidates.push(c);
-    }
-}
-
-/// Screendump dirs on tmpfs whose session's runtime dir is not here (removed by hand, or under
-/// another runtime root) and whose server is gone. The others go with their runtime dir.
-fn shm_leftovers(layout: &Layout, req: &Request, scan: &mut Scan) {
-    let Some(root) = crate::vm::spec::shm_root() else {
-        return;
-    };
-    if !req.wants(Kind::OrphanSession) {
-        return;
-    }
-    for dir in entries(root) {
-        if layout.sessions().join(name(&dir)).exists() {
-            continue;
-        }
-        let Some((owner, why)) = dead_owner(&dir, scan) else {
-            continue;
-        };
-        let mut c = candidate(
-            Kind::OrphanSession,
-            &dir,
-            disk_bytes(&dir),
-            format!("screendumps of a session: {why}"),
-            Some(owner.clone()),
-        );
-        c.session = Some(owner.session.unwrap_or_else(|| name(&dir).into()));
         scan.candidates.push(c);
     }
 }
