@@ -26,7 +26,10 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
         .await?;
     let answered = 6; // session_started + 5 calls
 
-    kill_9(owner_pid(&s.runtime, &sid)?);
+    let pid = owner_pid(&s.runtime, &sid)?;
+    kill_9(pid);
+    // SIGKILL takes effect asynchronously: the next steps must see a dead server.
+    wait_dead(pid).await;
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .args(["review", "export", &sid, "--name", "after-crash"])

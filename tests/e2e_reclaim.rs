@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::*;
@@ -41,18 +40,6 @@ fn qemu_running(sid: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// Waits until a killed process is gone (or a zombie), so the next step judges a dead server.
-async fn wait_dead(pid: i32) {
-    for _ in 0..100 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z") {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("process {pid} survived kill -9");
 }
 
 async fn orphan_is_reported_then_removed(backend: &str) -> Result<()> {

@@ -158,9 +158,13 @@ impl Vm {
     async fn after_burst(&self, kb: &mut Keyboard) -> Result<(), Stall> {
         match kb.mode {
             Mode::Unknown | Mode::Confirmed => {
-                let target = kb.expected.expect("catch_up reads the status queue");
+                // None: the rings just became unreadable, and typing goes on blind.
+                let Some(target) = kb.expected else {
+                    return Ok(());
+                };
                 match self.echo(kb, target).await {
-                    Ok(()) => kb.mode = Mode::Confirmed,
+                    Ok(()) if kb.mode == Mode::Unknown => kb.mode = Mode::Confirmed,
+                    Ok(()) => {}
                     Err(Stall::Timeout) if kb.mode == Mode::Unknown => {
                         tracing::warn!("X sets no keyboard LED; typing without its confirmation");
                         // Whatever X did with the tap, one more puts Num Lock back.
@@ -170,6 +174,10 @@ impl Vm {
                         }
                         kb.mode = Mode::Received;
                         kb.expected = None;
+                        // The guest has had 10 s to take the burst back: a full ring.
+                        if let Some(r) = self.ring(kb, EVENT_QUEUE).await? {
+                            kb.ring = kb.ring.max(r.avail.wrapping_sub(r.used));
+                        }
                     }
                     Err(e) => return Err(e),
                 }

@@ -92,6 +92,18 @@ pub fn kill_9(pid: i32) {
     );
 }
 
+/// Waits until a killed process is gone (or a zombie), so the next step judges a dead server.
+pub async fn wait_dead(pid: i32) {
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("process {pid} survived kill -9");
+}
+
 /// Runs `deskvm <args>` with the given directories, returns its exit code and parsed stdout
 /// (JSON when `--json` is among the args).
 pub fn cli(args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, Value, String)> {

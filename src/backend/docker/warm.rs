@@ -87,6 +87,11 @@ impl Pool {
             .insert(id.clone(), warm);
         Some(id)
     }
+
+    /// The taken session `id`'s prepared container, no longer taken.
+    fn untake(&self, id: &str) -> Option<Warm> {
+        self.taken.lock().expect("warm pool poisoned").remove(id)
+    }
 }
 
 impl DockerBackend {
@@ -140,13 +145,7 @@ impl DockerBackend {
     /// A start that took `session_id` failed before launching it: its container goes (its
     /// runtime dir is the start's to remove).
     pub(super) fn release_warm(&self, session_id: &str) {
-        let warm = self
-            .warm
-            .taken
-            .lock()
-            .expect("warm pool poisoned")
-            .remove(session_id);
-        if let Some(warm) = warm {
+        if let Some(warm) = self.warm.untake(session_id) {
             self.discard_later(session_id.to_string(), warm, false);
         }
     }
@@ -167,13 +166,7 @@ impl DockerBackend {
         argv: &[String],
         files: &RuntimeFiles,
     ) -> bool {
-        let warm = self
-            .warm
-            .taken
-            .lock()
-            .expect("warm pool poisoned")
-            .remove(session_id);
-        let Some(warm) = warm else {
+        let Some(warm) = self.warm.untake(session_id) else {
             return false;
         };
         let handed = match warm.started.await {

@@ -32,4 +32,3 @@ pub(super) fn leftovers(layout: &Layout, req: &Request, scan: &mut Scan) {
         scan.candidates.push(c);
     }
 }
-
