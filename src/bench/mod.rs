@@ -53,30 +53,16 @@ pub async fn run(o: Options) -> Result<()> {
     let data = std::env::temp_dir().join(format!("deskvm-bench-{}", std::process::id()));
     let runtime = std::env::temp_dir().join(format!("deskvm-bench-rt-{}", std::process::id()));
     let (data_env, rt_env) = (data.to_string_lossy(), runtime.to_string_lossy());
-    let client = Client::spawn(
-        &exe,
-        &args,
-        &[
-            ("RUST_LOG", "warn,qapi=error"),
-            ("DESKVM_DATA_DIR", &data_env),
-            ("DESKVM_RUNTIME_DIR", &rt_env),
-        ],
-    )
-    .await?;
+    // Every server of the run (the main one and those compared beside it) uses these.
+    let env = [
+        ("RUST_LOG", "warn,qapi=error"),
+        ("DESKVM_DATA_DIR", &*data_env),
+        ("DESKVM_RUNTIME_DIR", &*rt_env),
+    ];
+    let client = Client::spawn(&exe, &args, &env).await?;
     let mut result = run_with(&client, &o).await;
     if result.is_ok() {
-        let env = [
-            ("RUST_LOG", "warn,qapi=error"),
-            ("DESKVM_DATA_DIR", &*data_env),
-            ("DESKVM_RUNTIME_DIR", &*rt_env),
-        ];
-        result = match starts::docker_beside(&exe, &env, o.starts, o.chars).await {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(anyhow::anyhow!(
-                "typed text was not read back exactly on the Docker backend: {n} characters missing, extra or out of place"
-            )),
-            Err(e) => Err(e),
-        };
+        result = starts::docker_beside(&exe, &env, o.starts, o.chars).await;
     }
     if result.is_ok() {
         // Beside the main figures, not instead of them: a host without a local QEMU or X
@@ -93,11 +79,6 @@ pub async fn run(o: Options) -> Result<()> {
         result = checkpoint::measure(&client, o.checkpoints).await;
     }
     if result.is_ok() && o.density > 0 {
-        let env = [
-            ("RUST_LOG", "warn,qapi=error"),
-            ("DESKVM_DATA_DIR", &*data_env),
-            ("DESKVM_RUNTIME_DIR", &*rt_env),
-        ];
         let base: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
         let budget = density::cap_budget(o.budget_gib * 1024);
         result = density::compare(&client, &exe, &base, &env, o.density, budget)
@@ -105,11 +86,6 @@ pub async fn run(o: Options) -> Result<()> {
             .map(|(shared, private)| density::print(&shared, &private, o.density, budget));
     }
     if let (Ok(()), Some(clients)) = (&result, o.http_clients) {
-        let env = [
-            ("RUST_LOG", "warn,qapi=error"),
-            ("DESKVM_DATA_DIR", &*data_env),
-            ("DESKVM_RUNTIME_DIR", &*rt_env),
-        ];
         result = transport::compare(&client, &args, &env, o.shots.max(10), clients).await;
     }
     client.close().await?;

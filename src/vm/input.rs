@@ -53,21 +53,27 @@ impl Stroke {
     }
 }
 
-/// Splits strokes into runs of at most `budget` key events (a stroke bigger than the budget
-/// goes alone).
+/// The first run of `strokes` of at most `budget` key events (a stroke bigger than the budget
+/// goes alone); typing takes one at a time, since its budget can change between bursts.
+pub fn burst(strokes: &[Stroke], budget: usize) -> &[Stroke] {
+    let mut events = 0;
+    for (i, s) in strokes.iter().enumerate() {
+        events += s.events();
+        if i > 0 && events > budget {
+            return &strokes[..i];
+        }
+    }
+    strokes
+}
+
+/// Splits strokes into runs of at most `budget` key events, as typing sends them.
 pub fn bursts(strokes: &[Stroke], budget: usize) -> Vec<&[Stroke]> {
     let mut out = Vec::new();
-    let (mut start, mut events) = (0, 0);
-    for (i, s) in strokes.iter().enumerate() {
-        let n = s.events();
-        if i > start && events + n > budget {
-            out.push(&strokes[start..i]);
-            (start, events) = (i, 0);
-        }
-        events += n;
-    }
-    if start < strokes.len() {
-        out.push(&strokes[start..]);
+    let mut rest = strokes;
+    while !rest.is_empty() {
+        let b = burst(rest, budget);
+        out.push(b);
+        rest = &rest[b.len()..];
     }
     out
 }

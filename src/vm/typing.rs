@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::input::{bursts, Stroke};
+use super::input::{burst, Stroke};
 use super::qmp::QmpError;
 use super::rings::RingIndex;
 use super::{key_event, Vm, VmError};
@@ -102,14 +102,14 @@ impl Vm {
         let mut typed = 0;
         let mut rest = strokes;
         while !rest.is_empty() {
-            let budget = if kb.taps() {
+            let tapping = kb.taps();
+            let budget = if tapping {
                 BURST_EVENTS
             } else {
                 UNCONFIRMED_BURST_EVENTS
             };
-            let burst = bursts(rest, budget)[0];
+            let burst = burst(rest, budget);
             let mut events = key_events(burst);
-            let tapping = kb.taps();
             if tapping {
                 events.extend(tap());
             }
