@@ -59,8 +59,15 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("dockerd", "docker.io"),
 ];
 
-/// Not needed to run deskvm: the headless browser the test suite renders review viewers with.
-const TEST_TOOLS: &[(&str, &str)] = &[("chromium", "chromium")];
+/// Not needed to run deskvm: the headless browser the test suite renders review viewers with,
+/// and what `tools/test-engine.sh` makes a second, TLS-only Docker engine in its own network
+/// namespace with (the remote-engine tests).
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("chromium", "chromium"),
+    ("openssl", "openssl"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+];
 /// The peers' stack `deskvm bench` measures beside deskvm (Xvfb + xdotool + ImageMagick).
 const BENCH_TOOLS: &[(&str, &str)] = &[
     ("Xvfb", "xvfb"),
@@ -213,6 +220,8 @@ pub async fn manager(
     max_sessions: usize,
     idle_timeout: Option<std::time::Duration>,
     shared_memory: bool,
+    engines: &[String],
+    insecure_engine: bool,
 ) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
@@ -224,7 +233,20 @@ pub async fn manager(
     }
     let local = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &local, accel).await;
-    let (backend, why) = select_backend(&layout, backend, probe.accel, local).await?;
+    let (backend, why, pool) = if engines.is_empty() {
+        let (b, why) = select_backend(&layout, backend, probe.accel, local).await?;
+        (b, why, None)
+    } else {
+        if backend == BackendChoice::Local {
+            anyhow::bail!("--engine pools Docker engines; it does not go with --backend local");
+        }
+        let pool = crate::engines::pool(engines, insecure_engine, &layout, probe.accel).await?;
+        for remote in pool.remote() {
+            storage::janitor::run_on_engine(remote.docker(), &remote.engine().name).await;
+        }
+        let why = format!("--engine: {}", pool.names().join(", "));
+        (pool.first() as Arc<dyn Backend>, why, Some(pool))
+    };
     let mut me = storage::Owner::me("server", None);
     me.serving = Some("stdio".into());
     me.images.extend(backend.runtime_image());
@@ -255,6 +277,7 @@ pub async fn manager(
         max_sessions,
         idle_timeout,
         shared_memory,
+        engines: pool,
     }));
     mgr.keep_warm();
     Ok(mgr)
@@ -279,6 +302,7 @@ async fn ensure_ready_state(
         max_sessions: 1,
         idle_timeout: None,
         shared_memory: true,
+        engines: None,
     });
     let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
@@ -403,7 +427,7 @@ pub async fn setup(choice: AccelChoice) -> Result<()> {
 }
 
 /// Prints what deskvm sees on this host, with a fix for each problem; false if any.
-pub async fn doctor(choice: AccelChoice) -> bool {
+pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bool) -> bool {
     let layout = Layout::from_env();
     let mut ok = true;
     let mut report = |good: bool, what: String, fix: &str| {
@@ -455,6 +479,7 @@ pub async fn doctor(choice: AccelChoice) -> bool {
                 max_sessions: 1,
                 idle_timeout: None,
                 shared_memory: true,
+                engines: None,
             });
             let spec = mgr.machine_spec(img, DEFAULT_MEMORY_MB, false);
             match ReadyState::find(img, b.qemu_version(), &spec) {
@@ -486,6 +511,14 @@ pub async fn doctor(choice: AccelChoice) -> bool {
             format!("Docker engine: {e}"),
             "sudo deskvm setup (installs docker.io and starts dockerd)",
         ),
+    }
+    if !engines.is_empty() {
+        let local = LocalBackend::new().await;
+        let accel = match &local {
+            Ok(l) => resolve_accel(&layout, l, choice).await.accel,
+            Err(_) => Accel::Tcg,
+        };
+        ok &= crate::engines::doctor(engines, insecure_engine, &layout, accel).await;
     }
     if let Ok(local) = LocalBackend::new().await {
         let probe = resolve_accel(&layout, &local, choice).await;

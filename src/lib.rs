@@ -17,5 +17,6 @@ pub mod app;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod engines;
 pub mod reclaim;
 pub mod review;

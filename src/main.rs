@@ -27,6 +27,20 @@ struct Cli {
     /// else local), docker or local.
     #[arg(long, global = true, env = "DESKVM_BACKEND", default_value = "auto")]
     backend: BackendChoice,
+    /// A Docker engine to run sessions on, repeatable (a pool: each session goes to the one
+    /// with the most free memory): `local`, `[NAME=]tcp://HOST:PORT[,tls=DIR]` (TLS; DIR holds
+    /// ca.pem, cert.pem, key.pem, default DOCKER_CERT_PATH) or `unix:///path`. Engines other
+    /// than this host's are reached through the Engine API only; `image push` loads them.
+    #[arg(
+        long = "engine",
+        global = true,
+        env = "DESKVM_ENGINE",
+        value_delimiter = ';'
+    )]
+    engines: Vec<String>,
+    /// Allow tcp:// engines without TLS (for tests on a private network only).
+    #[arg(long, global = true)]
+    insecure_engine: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -149,6 +163,10 @@ enum Cmd {
         transport: String,
         #[arg(long, default_value_t = 4)]
         http_clients: usize,
+        /// Also measure this engine (`--engine` syntax, e.g. from `tools/test-engine.sh start`)
+        /// beside this host's: image push, starts, screenshots, clicks, typing.
+        #[arg(long)]
+        remote_engine: Option<String>,
     },
 }
 
@@ -180,6 +198,10 @@ enum ImageCmd {
         #[arg(long)]
         runtime: bool,
     },
+    /// Build the guest as a Docker image (`deskvm-guest:<image>-<qemu build>`: the runtime image
+    /// plus the guest and its ready state) on this host's engine, and load it into each
+    /// `--engine` over the Engine API. Prints one JSON line per engine (bytes, seconds).
+    Push,
 }
 
 #[tokio::main]
@@ -194,12 +216,18 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
-    let server_args = vec![
+    let mut server_args = vec![
         "--accel".to_string(),
         cli.accel.to_string(),
         "--backend".to_string(),
         format!("{:?}", cli.backend).to_lowercase(),
     ];
+    for e in &cli.engines {
+        server_args.extend(["--engine".to_string(), e.clone()]);
+    }
+    if cli.insecure_engine {
+        server_args.push("--insecure-engine".into());
+    }
     match cli.cmd {
         Cmd::Serve {
             max_sessions,
@@ -232,7 +260,16 @@ async fn main() -> Result<()> {
             };
             let idle = (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s));
             let shared = guest_memory == GuestMemory::Shared;
-            let manager = app::manager(cli.accel, cli.backend, max_sessions, idle, shared).await?;
+            let manager = app::manager(
+                cli.accel,
+                cli.backend,
+                max_sessions,
+                idle,
+                shared,
+                &cli.engines,
+                cli.insecure_engine,
+            )
+            .await?;
             manager.spawn_idle_janitor();
             deskvm::mcp::serve(manager, transport).await?;
         }
@@ -247,6 +284,9 @@ async fn main() -> Result<()> {
         } => {
             app::build_image(cli.accel, force, !no_ready, runtime).await?;
         }
+        Cmd::Image {
+            cmd: ImageCmd::Push,
+        } => deskvm::engines::push(&cli.engines, cli.insecure_engine).await?,
         Cmd::Demo { out } => {
             app::setup(cli.accel).await?;
             deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &server_args).await?;
@@ -263,9 +303,17 @@ async fn main() -> Result<()> {
             include,
             older_than,
             json,
-        } => deskvm::reclaim::cli(apply, kinds, include, older_than, json).await?,
+        } => {
+            // Engines elsewhere first: the main report may exit the process on a failure.
+            if !cli.engines.is_empty()
+                && !deskvm::engines::reclaim(&cli.engines, cli.insecure_engine, apply).await?
+            {
+                std::process::exit(2);
+            }
+            deskvm::reclaim::cli(apply, kinds, include, older_than, json).await?
+        }
         Cmd::Doctor => {
-            if !app::doctor(cli.accel).await {
+            if !app::doctor(cli.accel, &cli.engines, cli.insecure_engine).await {
                 std::process::exit(1);
             }
         }
@@ -283,6 +331,7 @@ async fn main() -> Result<()> {
             json,
             transport,
             http_clients,
+            remote_engine,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
                 starts,
@@ -298,6 +347,8 @@ async fn main() -> Result<()> {
                 json,
                 http_clients: (transport == "http").then_some(http_clients),
                 server_args,
+                remote_engine,
+                insecure_engine: cli.insecure_engine,
             })
             .await?;
         }

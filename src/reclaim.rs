@@ -54,6 +54,10 @@ pub async fn current(layout: &Layout, docker: Option<&Docker>) -> Current {
                     .push(ReadyState::template_path(&image, build, &spec).dir);
             }
         }
+        for build in &cur.qemu_builds {
+            let dir = image.dir.file_name().unwrap_or_default().to_string_lossy();
+            cur.guest_tags.push(docker::guest::tag_for(&dir, build));
+        }
         cur.image_dirs.push(image.dir);
     }
     cur

@@ -1,11 +1,13 @@
 //! QEMU inside one Docker container per session, through the Docker Engine API (bollard).
 //!
-//! The container sees the session's runtime directory, its screendump dir on tmpfs and the
-//! image cache at the same paths as the host (qcow2 backing-file paths and QMP socket paths
-//! stay valid on both sides); the sockets never leave that 0700 directory and no port is ever
-//! published.
+//! On this host's engine the container sees the session's runtime directory, its screendump dir
+//! on tmpfs and the image cache at the same paths as the host (qcow2 backing-file paths and QMP
+//! socket paths stay valid on both sides); the sockets never leave that 0700 directory. On an
+//! engine elsewhere nothing is bound: the container runs the guest image (`guest`) and is
+//! reached through exec sessions (`exec`, `remote`). No port is ever published.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig};
@@ -18,10 +20,17 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 
+pub mod engine;
+pub mod exec;
+pub mod guest;
+mod remote;
 mod warm;
+
+pub use engine::EngineSpec;
 
 use super::{Backend, BackendError, Instance};
 use crate::storage::Owner;
+use crate::vm::link::{HostLink, Link};
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
 
 /// The deskvm version that made a container or runtime image; the owner's labels (instance,
@@ -39,24 +48,13 @@ pub fn runtime_image_tag() -> String {
         .unwrap_or_else(|_| format!("{IMAGE_REPO}:{}", hex(&Sha256::digest(RUNTIME_RECIPE)[..6])))
 }
 
-fn docker_err(what: &str, e: bollard::errors::Error) -> BackendError {
+pub(crate) fn docker_err(what: &str, e: bollard::errors::Error) -> BackendError {
     BackendError::Setup(format!("{what}: {e}"))
 }
 
-/// Connects to the engine (`DOCKER_HOST` is honoured) and checks that it answers.
+/// Connects to this host's engine (`DOCKER_HOST` is honoured) and checks that it answers.
 pub async fn connect() -> Result<Docker, BackendError> {
-    let docker = Docker::connect_with_defaults()
-        .map_err(|e| docker_err("cannot reach the Docker engine", e))?;
-    match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
-        Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(docker_err(
-            "the Docker engine did not answer (is dockerd running? `deskvm setup` starts it)",
-            e,
-        )),
-        Err(_) => Err(BackendError::Setup(
-            "the Docker engine did not answer within 3 s".into(),
-        )),
-    }
+    EngineSpec::local().connect(false).await
 }
 
 /// The QEMU version recorded on the runtime image, or None when the image is missing.
@@ -157,28 +155,62 @@ pub async fn build_runtime_image(
 
 pub struct DockerBackend {
     docker: Docker,
+    engine: EngineSpec,
+    /// QEMU does not see this host's files: sessions run the guest image, over exec channels.
+    remote: bool,
+    /// The runtime image (this host's engine) sessions run from.
     image: String,
-    version: String,
+    /// The QEMU build sessions run (a remote engine's: that of its guest images, once it has one).
+    version: std::sync::OnceLock<String>,
     accel: Accel,
     cache_dir: PathBuf,
     /// Containers started ahead for the next sessions (`warm`).
     warm: warm::Pool,
+    /// The engine's memory (placement), asked once.
+    memory_total: std::sync::OnceLock<u64>,
+    /// Guest images (and ready states) seen on a remote engine.
+    guest_checked: std::sync::Mutex<std::collections::HashSet<(String, Option<PathBuf>)>>,
 }
 
 impl DockerBackend {
     pub async fn new(cache_dir: &Path, accel: Accel) -> Result<Self, BackendError> {
-        let docker = connect().await?;
+        Self::on(EngineSpec::local(), false, cache_dir, accel).await
+    }
+
+    /// The backend of one engine: this host's (runtime image, bind mounts) or one elsewhere
+    /// (guest image, exec channels; its QEMU build is the one its guest images were made with).
+    pub async fn on(
+        engine: EngineSpec,
+        insecure: bool,
+        cache_dir: &Path,
+        accel: Accel,
+    ) -> Result<Self, BackendError> {
+        let docker = engine.connect(insecure).await?;
+        let remote = !engine.is_local() || std::env::var_os("DESKVM_DOCKER_EXEC_CHANNEL").is_some();
         let image = runtime_image_tag();
-        let version = image_qemu_version(&docker, &image).await.ok_or_else(|| {
-            BackendError::Setup(format!("runtime image {image} not found; build it with `deskvm setup` (or `deskvm image build --runtime`)"))
-        })?;
+        let version = std::sync::OnceLock::new();
+        if remote {
+            // Known once a guest image is there (`deskvm image push` may come later).
+            if let Some(v) = remote::guest_qemu_version(&docker).await {
+                let _ = version.set(v);
+            }
+        } else {
+            let v = image_qemu_version(&docker, &image).await.ok_or_else(|| {
+                BackendError::Setup(format!("runtime image {image} not found; build it with `deskvm setup` (or `deskvm image build --runtime`)"))
+            })?;
+            let _ = version.set(v);
+        }
         Ok(DockerBackend {
             docker,
+            engine,
+            remote,
             image,
             version,
             accel,
             cache_dir: cache_dir.to_path_buf(),
             warm: warm::Pool::default(),
+            memory_total: Default::default(),
+            guest_checked: Default::default(),
         })
     }
 
@@ -193,14 +225,16 @@ impl DockerBackend {
         cmd
     }
 
-    /// A session container running `cmd`; what it may use depends only on [`warm::Key`].
-    fn container_config(
-        &self,
-        session_id: &str,
-        spec: &VmSpec,
-        files: &RuntimeFiles,
-        cmd: Vec<String>,
-    ) -> ContainerCreateBody {
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn engine(&self) -> &EngineSpec {
+        &self.engine
+    }
+
+    /// The runtime dir, its tmpfs companion and the image cache, at the host's paths.
+    fn host_binds(&self, files: &RuntimeFiles) -> Vec<String> {
         let rt = files.dir.display().to_string();
         let cache = self.cache_dir.display().to_string();
         let mut binds = vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")];
@@ -209,10 +243,27 @@ impl DockerBackend {
             let shm = shm.display();
             binds.push(format!("{shm}:{shm}:rw"));
         }
+        binds
+    }
+
+    /// A session container running `cmd` from `image` with `binds`; what it may use depends
+    /// only on [`warm::Key`].
+    fn container_config(
+        &self,
+        session_id: &str,
+        spec: &VmSpec,
+        image: &str,
+        binds: Vec<String>,
+        cmd: Vec<String>,
+    ) -> ContainerCreateBody {
         let mut labels = Owner::me("session", Some(session_id)).labels();
         labels.insert(
             LABEL_VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
+        );
+        labels.insert(
+            super::pool::LABEL_MEMORY_MB.to_string(),
+            (spec.memory_mb + 768).to_string(),
         );
         let devices = (self.accel == Accel::Kvm).then(|| {
             vec![DeviceMapping {
@@ -224,11 +275,11 @@ impl DockerBackend {
         // Guest RAM plus QEMU's own overhead (TCG translation cache, device state).
         let memory = (i64::from(spec.memory_mb) + 768) * 1024 * 1024;
         ContainerCreateBody {
-            image: Some(self.image.clone()),
+            image: Some(image.to_string()),
             cmd: Some(cmd),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                binds: Some(binds),
+                binds: (!binds.is_empty()).then_some(binds),
                 network_mode: Some(if spec.network {
                     "bridge".into()
                 } else {
@@ -259,12 +310,14 @@ impl DockerBackend {
         lines.join(" | ")
     }
 
-    async fn remove(docker: &Docker, name: &str) {
+    pub(crate) async fn remove(docker: &Docker, name: &str) {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
-        let _ = docker.remove_container(name, Some(opts)).await;
+        // An engine that went away must not hold a session's stop for the request timeout.
+        let removed = docker.remove_container(name, Some(opts));
+        let _ = tokio::time::timeout(Duration::from_secs(15), removed).await;
     }
 }
 
@@ -274,11 +327,15 @@ impl Backend for DockerBackend {
     }
 
     fn qemu_version(&self) -> &str {
-        &self.version
+        self.version.get().map_or("", String::as_str)
     }
 
     fn runtime_image(&self) -> Option<String> {
-        Some(self.image.clone())
+        (!self.remote).then(|| self.image.clone())
+    }
+
+    fn files_on_host(&self) -> bool {
+        !self.remote
     }
 
     fn launch<'a>(
@@ -288,24 +345,19 @@ impl Backend for DockerBackend {
         files: &'a RuntimeFiles,
     ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>> {
         async move {
+            if self.remote {
+                return self.launch_remote(session_id, spec, files).await;
+            }
             let name = format!("deskvm-{session_id}");
             let argv = Self::qemu_argv(session_id, spec, files);
+            let link: Arc<dyn Link> = Arc::new(HostLink(files.clone()));
             if self.launch_warm(session_id, &argv, files).await {
-                return Ok(self.supervise(name));
+                return Ok(self.supervise(name, link));
             }
-            let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-            self.docker
-                .create_container(
-                    Some(opts),
-                    self.container_config(session_id, spec, files, argv),
-                )
-                .await
-                .map_err(|e| docker_err("creating the session container", e))?;
-            if let Err(e) = self.docker.start_container(&name, None).await {
-                Self::remove(&self.docker, &name).await;
-                return Err(docker_err("starting the session container", e));
-            }
-            Ok(self.supervise(name))
+            let config =
+                self.container_config(session_id, spec, &self.image, self.host_binds(files), argv);
+            self.create_and_start(&name, config).await?;
+            Ok(self.supervise(name, link))
         }
         .boxed()
     }
@@ -319,7 +371,7 @@ impl Backend for DockerBackend {
     }
 
     fn take_prepared(&self, spec: &VmSpec) -> Option<String> {
-        self.warm.take(spec)
+        self.warm.take(spec, self.remote)
     }
 
     fn release(&self, session_id: &str) {
@@ -332,10 +384,28 @@ impl Backend for DockerBackend {
 }
 
 impl DockerBackend {
+    async fn create_and_start(
+        &self,
+        name: &str,
+        config: ContainerCreateBody,
+    ) -> Result<(), BackendError> {
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        self.docker
+            .create_container(Some(opts), config)
+            .await
+            .map_err(|e| docker_err("creating the session container", e))?;
+        if let Err(e) = self.docker.start_container(name, None).await {
+            Self::remove(&self.docker, name).await;
+            return Err(docker_err("starting the session container", e));
+        }
+        Ok(())
+    }
+
     /// Watches a started session container: publishes its exit, kills it on request, and
     /// removes it either way.
-    fn supervise(&self, name: String) -> Box<dyn Instance> {
-        let (instance, supervisor) = super::supervised();
+    fn supervise(&self, name: String, link: Arc<dyn Link>) -> Box<dyn Instance> {
+        let (instance, supervisor) = super::supervised(link);
+        let engine = self.engine.name.clone();
         let docker = self.docker.clone();
         tokio::spawn(async move {
             let mut wait = docker.wait_container(&name, None);
@@ -345,10 +415,15 @@ impl DockerBackend {
                     let code = match r {
                         Some(Ok(w)) => format!("exit code {}", w.status_code),
                         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => format!("exit code {code}"),
-                        Some(Err(e)) => e.to_string(),
+                        // The engine itself is gone (killed, unreachable): say so, not "exited".
+                        Some(Err(e)) => {
+                            let _ = supervisor.exit.send(Some(format!("lost engine {engine} while container {name} ran: {e}")));
+                            Self::remove(&docker, &name).await;
+                            return;
+                        }
                         None => "gone".into(),
                     };
-                    let tail = Self::log_tail(&docker, &name).await;
+                    let tail = tokio::time::timeout(Duration::from_secs(5), Self::log_tail(&docker, &name)).await.unwrap_or_default();
                     if tail.is_empty() {
                         format!("container {name} exited ({code})")
                     } else {
@@ -356,7 +431,8 @@ impl DockerBackend {
                     }
                 }
                 _ = supervisor.kill => {
-                    let _ = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build())).await;
+                    let kill = docker.kill_container(&name, Some(KillContainerOptionsBuilder::new().signal("KILL").build()));
+                    let _ = tokio::time::timeout(Duration::from_secs(15), kill).await;
                     "stopped".to_string()
                 }
             };

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -91,7 +92,8 @@ impl Backend for LocalBackend {
                     serde_json::to_vec(&p).unwrap_or_default(),
                 );
             }
-            let (instance, supervisor) = super::supervised();
+            let link = Arc::new(crate::vm::link::HostLink(files.clone()));
+            let (instance, supervisor) = super::supervised(link);
             let log_path = files.qemu_log();
             tokio::spawn(async move {
                 let reason = tokio::select! {

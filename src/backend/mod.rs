@@ -3,12 +3,16 @@
 
 pub mod docker;
 pub mod local;
+pub mod pool;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
+use crate::vm::link::Link;
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 
 #[derive(Debug, Error)]
@@ -32,6 +36,12 @@ pub trait Backend: Send + Sync {
     /// The Docker image sessions run from, if any: reclaim keeps it while they do.
     fn runtime_image(&self) -> Option<String> {
         None
+    }
+    /// Whether QEMU sees this host's files: the runtime dir, the image cache, RAM templates.
+    /// Where it does not (a remote engine), the VM starts from what its image carries, makes its
+    /// disk overlay itself (over [`VmSpec::backing`]), and cannot save checkpoints on this host.
+    fn files_on_host(&self) -> bool {
+        true
     }
     fn launch<'a>(
         &'a self,
@@ -63,12 +73,15 @@ pub trait Backend: Send + Sync {
 pub trait Instance: Send + Sync {
     /// Becomes `Some(reason)` when the VM is gone, whoever ended it.
     fn exited(&self) -> watch::Receiver<Option<String>>;
+    /// How to reach the VM's QMP, guest agent and files.
+    fn link(&self) -> Arc<dyn Link>;
     fn stop(&mut self) -> BoxFuture<'_, ()>;
 }
 
 /// The [`Instance`] every backend hands out: the exit reason its supervising task publishes, and
 /// a kill switch that task listens on. Dropping it pulls the switch too.
 pub struct Supervised {
+    link: Arc<dyn Link>,
     exit: watch::Receiver<Option<String>>,
     kill: Option<oneshot::Sender<()>>,
 }
@@ -80,11 +93,12 @@ pub struct Supervisor {
     pub kill: oneshot::Receiver<()>,
 }
 
-pub fn supervised() -> (Supervised, Supervisor) {
+pub fn supervised(link: Arc<dyn Link>) -> (Supervised, Supervisor) {
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel();
     (
         Supervised {
+            link,
             exit: exit_rx,
             kill: Some(kill_tx),
         },
@@ -98,6 +112,10 @@ pub fn supervised() -> (Supervised, Supervisor) {
 impl Instance for Supervised {
     fn exited(&self) -> watch::Receiver<Option<String>> {
         self.exit.clone()
+    }
+
+    fn link(&self) -> Arc<dyn Link> {
+        self.link.clone()
     }
 
     fn stop(&mut self) -> BoxFuture<'_, ()> {

@@ -5,6 +5,7 @@ mod baselines;
 mod checkpoint;
 mod density;
 mod disk;
+mod remote;
 mod report;
 mod starts;
 mod transport;
@@ -39,6 +40,10 @@ pub struct Options {
     pub http_clients: Option<usize>,
     /// Passed on to `deskvm serve`.
     pub server_args: Vec<String>,
+    /// Also compare this engine (`--engine` syntax) with the local one: push, start,
+    /// screenshot, click, typing.
+    pub remote_engine: Option<String>,
+    pub insecure_engine: bool,
     /// Also write every figure as JSON here.
     pub json: Option<std::path::PathBuf>,
 }
@@ -71,6 +76,17 @@ pub async fn run(o: Options) -> Result<()> {
             println!("{:<38} not measured: {e:#}", "baselines");
             record("baselines", json!({ "error": format!("{e:#}") }));
         }
+    }
+    if let (Ok(()), Some(engine)) = (&result, &o.remote_engine) {
+        let r = remote::Remote {
+            engine,
+            insecure: o.insecure_engine,
+            starts: o.starts,
+            shots: o.shots,
+            clicks: o.clicks,
+            chars: o.chars.min(4000),
+        };
+        result = remote::compare(&exe, &env, &r).await;
     }
     if result.is_ok() && o.reclaim_runs > 0 {
         result = disk::reclaim_report_time(&client, o.reclaim_runs).await;

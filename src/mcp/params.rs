@@ -24,6 +24,9 @@ pub struct SessionStartArgs {
     /// Start as a fork of this checkpoint: its screen, files and memory as they were when it
     /// was saved (size, memory, image and network come from it).
     pub from_checkpoint: Option<String>,
+    /// Run on this engine of the server's pool (names in session_list's `engines`; default:
+    /// the one with the most free memory).
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -79,7 +79,7 @@ impl DeskvmServer {
 #[tool_router]
 impl DeskvmServer {
     #[tool(
-        description = "Start a desktop session (a Debian/Xorg desktop in a QEMU VM with a terminal open). Returns session_id, screen size, accelerator, backend and startup time.",
+        description = "Start a desktop session (a Debian/Xorg desktop in a QEMU VM with a terminal open). Returns session_id, screen size, accelerator, backend, engine (and why it was placed there) and startup time.",
         annotations(
             title = "Start desktop session",
             read_only_hint = false,
@@ -98,6 +98,7 @@ impl DeskvmServer {
             memory_mb: a.memory_mb,
             network: a.network,
             from_checkpoint: a.from_checkpoint,
+            engine: a.engine,
         };
         Ok(match self.manager.start(req).await {
             Ok(info) => structured(serde_json::to_value(info).unwrap_or_default()),
@@ -111,7 +112,26 @@ impl DeskvmServer {
     )]
     async fn session_list(&self) -> Result<CallToolResult, McpError> {
         let list = self.manager.list().await;
-        Ok(structured(json!({ "sessions": list })))
+        match self.manager.engines_status().await {
+            // With several engines: each one's health, capacity and sessions.
+            Some(engines) => {
+                let engines: Vec<serde_json::Value> = engines
+                    .into_iter()
+                    .map(|e| {
+                        let mine: Vec<&str> = list
+                            .iter()
+                            .filter(|s| s.engine.as_deref() == Some(e.name.as_str()))
+                            .map(|s| s.session_id.as_str())
+                            .collect();
+                        let mut v = serde_json::to_value(&e).unwrap_or_default();
+                        v["sessions"] = json!(mine);
+                        v
+                    })
+                    .collect();
+                Ok(structured(json!({ "sessions": list, "engines": engines })))
+            }
+            None => Ok(structured(json!({ "sessions": list }))),
+        }
     }
 
     #[tool(

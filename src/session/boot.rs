@@ -62,13 +62,17 @@ pub async fn start_vm(
 ) -> Result<Booted, SessionError> {
     let t = Instant::now();
     let backing: PathBuf = ready.map(|r| r.disk()).unwrap_or_else(|| image.base());
-    qemu_img_overlay(&backing, &files.disk()).await?;
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, "overlay created");
+    if backend.files_on_host() {
+        qemu_img_overlay(&backing, &files.disk()).await?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "overlay created");
+    } else {
+        spec.backing = Some(backing);
+    }
     spec.incoming = ready.map(|r| r.state());
     let (width, height) = (spec.width, spec.height);
     let instance = backend.launch(id, &spec, files).await?;
     let exited = instance.exited();
-    let attach = Vm::attach(files.clone(), width, height, Duration::from_secs(30));
+    let attach = Vm::attach(instance.link(), width, height, Duration::from_secs(30));
     let mut vm = tokio::select! {
         vm = attach => vm?,
         reason = exit_reason(exited.clone()) => {
@@ -126,8 +130,10 @@ pub async fn wait_for_desktop(
                 "the guest stopped while booting: {reason}"
             )));
         }
-        let serial = tokio::fs::read_to_string(vm.files.serial())
+        let serial = vm
+            .read_file(&vm.files.serial())
             .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         if serial.contains(READY_MARKER) {
             break;

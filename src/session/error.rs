@@ -46,6 +46,8 @@ pub enum SessionError {
     InUse { what: String, by: Vec<String> },
     #[error("checkpoint {name} cannot run here: {why}")]
     Incompatible { name: String, why: String },
+    #[error("{what} is not available on engine {engine}: checkpoints are files on this host, which that engine's containers do not see (pin a local engine with session_start's `engine`)")]
+    NotOnEngine { what: &'static str, engine: String },
     #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
     UnknownAction {
         format: &'static str,
@@ -100,6 +102,7 @@ impl SessionError {
             SessionError::UnknownCheckpoint { .. } => "unknown_checkpoint",
             SessionError::InUse { .. } => "in_use",
             SessionError::Incompatible { .. } => "incompatible_checkpoint",
+            SessionError::NotOnEngine { .. } => "not_on_engine",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",

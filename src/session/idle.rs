@@ -69,6 +69,8 @@ impl SessionManager {
         for id in ids {
             let _ = Caller::system().scope(self.stop(&id)).await;
         }
-        self.cfg.backend.discard_prepared().await;
+        for backend in self.backends() {
+            backend.discard_prepared().await;
+        }
     }
 }

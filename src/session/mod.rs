@@ -59,11 +59,13 @@ pub struct StartRequest {
     pub network: bool,
     /// Start as a fork of this checkpoint (its size, memory, image and network).
     pub from_checkpoint: Option<String>,
+    /// Run on this engine of the server's pool (`--engine`).
+    pub engine: Option<String>,
 }
 
 impl StartRequest {
     fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint })
+        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
     }
 }
 
@@ -100,6 +102,12 @@ pub struct SessionInfo {
     pub network: bool,
     pub accelerator: Accel,
     pub backend: String,
+    /// The engine of the server's pool it runs on (`--engine`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// Why it went there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
     pub startup: Startup,
     /// `shared`: its RAM is mapped copy-on-write from the shared-memory template.
     pub memory: MemoryMode,
@@ -121,6 +129,8 @@ pub struct Session {
     /// The VM's exit; replaced when a restore starts a new VM.
     exited: std::sync::Mutex<watch::Receiver<Option<String>>>,
     files: RuntimeFiles,
+    /// QEMU sees this host's files (not a remote engine): checkpoints and restores work.
+    on_host: bool,
     ledger: Arc<Ledger>,
     geometry: Arc<std::sync::Mutex<geometry::Geometry>>,
     /// The capture of the frame after the latest screen-changing action, while it runs.
@@ -138,6 +148,9 @@ pub struct ManagerConfig {
     pub idle_timeout: Option<Duration>,
     /// Start sessions from the shared-memory template when there is one.
     pub shared_memory: bool,
+    /// Several Docker engines (`--engine`): sessions are placed over them; `backend` is the
+    /// first that answered.
+    pub engines: Option<Arc<crate::backend::pool::Engines>>,
 }
 
 pub struct SessionManager {
@@ -167,6 +180,7 @@ pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: b
         memory: crate::vm::spec::Memory::Private,
         incoming: None,
         paused: false,
+        backing: None,
     }
 }
 
@@ -326,6 +340,11 @@ impl SessionManager {
             let args = json!({ "session_id": id, "args": args });
             self.record_server(tool, args, Err(e), started);
         })
+    }
+
+    /// Each engine's health and capacity, when the server pools several (`--engine`).
+    pub async fn engines_status(&self) -> Option<Vec<crate::backend::pool::EngineStatus>> {
+        Some(self.cfg.engines.as_ref()?.status().await)
     }
 
     pub async fn list(&self) -> Vec<SessionInfo> {

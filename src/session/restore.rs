@@ -78,6 +78,7 @@ impl SessionManager {
         let name = name.map(str::to_string).unwrap_or_else(|| default_name(id));
         let result = async {
             checkpoint::check_name(&name)?;
+            session.on_this_host("checkpoint")?;
             let backend = &self.cfg.backend;
             session
                 .checkpoint(
@@ -119,6 +120,7 @@ impl SessionManager {
         name: &str,
         started: Instant,
     ) -> Result<Value, SessionError> {
+        session.on_this_host("restore")?;
         // Held until the session's marker names the checkpoint, as a fork's start does.
         let layout = self.cfg.layout.clone();
         let cache_lock =
@@ -237,10 +239,13 @@ impl SessionManager {
         &self,
         image: &GuestImage,
         spec: VmSpec,
+        backend: &dyn crate::backend::Backend,
     ) -> (VmSpec, Option<ReadyState>, Option<ReadyState>) {
-        let qemu = self.cfg.backend.qemu_version();
+        let qemu = backend.qemu_version();
+        // A template's RAM file must be on QEMU's host.
+        let shared = self.cfg.shared_memory && backend.files_on_host();
         let template = ReadyState::find_template(image, qemu, &spec);
-        match template.filter(|_| self.cfg.shared_memory) {
+        match template.filter(|_| shared) {
             Some(t) => {
                 let beneath = ReadyState::find(image, qemu, &spec);
                 (spec.with_template(t.ram(), false), Some(t), beneath)

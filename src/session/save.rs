@@ -101,6 +101,19 @@ async fn unlink_header(qmp: &crate::vm::qmp::Qmp, node: &str, frozen: &Path) {
 static LAYERS: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
+    /// Refuses `what` (checkpoint, restore) for a session on an engine elsewhere.
+    pub(super) fn on_this_host(&self, what: &'static str) -> Result<(), SessionError> {
+        match self.on_host {
+            true => Ok(()),
+            false => Err(SessionError::NotOnEngine {
+                what,
+                engine: self.info.engine.clone().unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl Session {
     /// Saves the running machine as checkpoint `name`; the session keeps running. The guest is
     /// paused only for the end of the memory save and the disk switch.
     pub(super) async fn checkpoint(

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::Mutex;
 
 use super::*;
+use crate::backend::pool::Placement;
 
 /// Gives a prepared VM back to the backend if the start did not launch it (a no-op once it
 /// did).
@@ -64,6 +65,9 @@ impl SessionManager {
                 max: self.cfg.max_sessions,
             });
         }
+        // Which engine runs it (with several engines), before anything is made for it.
+        let (backend, placement) = self.place(&req, fork.is_some()).await?;
+        let backend = backend.as_ref();
         let spec = self.machine_spec(&image, memory_mb, req.network);
         // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
         // clicked (a cold boot puts it there).
@@ -75,13 +79,12 @@ impl SessionManager {
         let (spec, ready, beneath) = match fork {
             // A checkpoint holds every page: it loads into private memory.
             Some((checkpoint, _)) => (spec, Some(checkpoint), None),
-            None => self.resume_plan(&image, spec),
+            None => self.resume_plan(&image, spec, backend),
         };
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
         // A container the backend started ahead for a session like this one, if any.
-        let backend = self.cfg.backend.as_ref();
         let id = backend.take_prepared(&spec).unwrap_or_else(new_id);
         // A start that fails before launching gives the prepared container back.
         let _release = Release(backend, &id);
@@ -93,7 +96,7 @@ impl SessionManager {
             .chain(ready.as_ref().map(|r| r.dir.clone()))
             .chain(beneath.as_ref().map(|r| r.dir.clone()));
         let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
-        owner.images.extend(self.cfg.backend.runtime_image());
+        owner.images.extend(backend.runtime_image());
         storage::session_dirs(&files, &owner)?;
         drop(cache_lock);
         let mut memory = if spec.shares_memory() {
@@ -130,7 +133,7 @@ impl SessionManager {
             }
             let mut meta = ReviewMeta::new(&id, "session");
             meta.image = Some(image.name.clone());
-            meta.backend = Some(self.cfg.backend.name().to_string());
+            meta.backend = Some(backend.name().to_string());
             meta.accelerator = Some(self.cfg.accel.as_str().to_string());
             (meta.width, meta.height) = (Some(width), Some(height));
             meta.token = caller.principal.clone();
@@ -153,7 +156,9 @@ impl SessionManager {
             memory_mb,
             network: req.network,
             accelerator: self.cfg.accel,
-            backend: self.cfg.backend.name().to_string(),
+            backend: backend.name().to_string(),
+            engine: placement.as_ref().map(|p| p.engine.clone()),
+            placement: placement.as_ref().map(|p| p.reason.clone()),
             startup: booted.startup,
             memory,
             startup_ms: started.elapsed().as_millis() as u64,
@@ -181,14 +186,48 @@ impl SessionManager {
             geometry,
             exited: std::sync::Mutex::new(exited),
             files,
+            on_host: backend.files_on_host(),
             ledger,
             after: std::sync::Mutex::new(None),
             last_call: std::sync::Mutex::new(Instant::now()),
         });
         self.sessions.write().await.insert(id.clone(), session);
-        tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, "session started");
-        self.prepare_next(&next);
+        tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, engine = ?info.engine, "session started");
+        // On the engine this one went to: its next start there is the one to make faster.
+        self.prepare_next(backend, &next);
         Ok(info)
+    }
+
+    /// The engine a session goes to: the pool's choice or the one `engine` names; without a
+    /// pool, the one backend (and `engine` is refused by name).
+    async fn place(
+        &self,
+        req: &StartRequest,
+        fork: bool,
+    ) -> Result<(Arc<dyn crate::backend::Backend>, Option<Placement>), SessionError> {
+        let Some(engines) = &self.cfg.engines else {
+            if let Some(e) = &req.engine {
+                return Err(SessionError::InvalidParams(format!(
+                    "engine {e:?}: this server runs one backend ({}); start it with --engine to pool engines",
+                    self.cfg.backend.name()
+                )));
+            }
+            return Ok((self.cfg.backend.clone(), None));
+        };
+        let placed = engines
+            .place(req.engine.as_deref())
+            .await
+            .map_err(|e| match req.engine {
+                Some(_) => SessionError::InvalidParams(e.to_string()),
+                None => SessionError::Backend(e),
+            })?;
+        if fork && !placed.backend.files_on_host() {
+            return Err(SessionError::NotOnEngine {
+                what: "from_checkpoint",
+                engine: placed.engine,
+            });
+        }
+        Ok((placed.backend.clone(), Some(placed)))
     }
 
     /// From now on keeps a VM prepared for the next session where the backend gains from it
@@ -197,15 +236,29 @@ impl SessionManager {
     pub fn keep_warm(&self) {
         self.warm.store(true, Ordering::SeqCst);
         if let Ok(image) = GuestImage::locate(&self.cfg.layout, DEFAULT_IMAGE) {
-            self.prepare_next(&self.machine_spec(&image, DEFAULT_MEMORY_MB, false));
+            let spec = self.machine_spec(&image, DEFAULT_MEMORY_MB, false);
+            for backend in self.backends() {
+                self.prepare_next(backend.as_ref(), &spec);
+            }
+        }
+    }
+
+    /// Every backend sessions may run on: each engine of the pool, or the one backend.
+    pub(super) fn backends(&self) -> Vec<Arc<dyn crate::backend::Backend>> {
+        match &self.cfg.engines {
+            Some(pool) => pool
+                .up()
+                .into_iter()
+                .map(|b| b as Arc<dyn crate::backend::Backend>)
+                .collect(),
+            None => vec![self.cfg.backend.clone()],
         }
     }
 
     /// Has the backend prepare a VM for a next session like `spec`, in a runtime dir of its
     /// own (marked `warm`, so `doctor` does not list it as a session and reclaim removes it
     /// once this server is gone).
-    fn prepare_next(&self, spec: &VmSpec) {
-        let backend = self.cfg.backend.as_ref();
+    fn prepare_next(&self, backend: &dyn crate::backend::Backend, spec: &VmSpec) {
         if !self.warm.load(Ordering::SeqCst) || !backend.prepares_ahead() {
             return;
         }

@@ -110,7 +110,7 @@ async fn build_in(
     let mut instance = backend.launch("template", &builder, &files).await?;
     let saved = async {
         let vm = Vm::attach(
-            files.clone(),
+            instance.link(),
             spec.width,
             spec.height,
             Duration::from_secs(30),

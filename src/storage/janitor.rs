@@ -47,6 +47,23 @@ pub async fn run(layout: &Layout, docker: Option<&Docker>) -> std::io::Result<Re
     Ok(report)
 }
 
+/// The same rule on an engine elsewhere (`--engine`): session containers whose deskvm process
+/// on this machine is gone. Containers of other machines' deskvm are never judged here.
+pub async fn run_on_engine(docker: &Docker, engine: &str) {
+    let req = Request {
+        apply: true,
+        kinds: Some(vec![Kind::OrphanSession]),
+        ..Default::default()
+    };
+    let report = reclaim::run_engine(docker, &req).await;
+    for r in report.removed.iter().flatten() {
+        tracing::info!(engine, container = ?r.item.container, "janitor: removed a container a deskvm process that is gone left behind");
+    }
+    for f in report.failed.iter().flatten() {
+        tracing::warn!(engine, container = ?f.item.container, error = %f.error, "janitor: could not remove");
+    }
+}
+
 /// The latest janitor run's account, if any server has run one with this runtime dir.
 pub fn last(layout: &Layout) -> Option<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(layout.janitor_record()).ok()?).ok()

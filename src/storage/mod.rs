@@ -220,14 +220,24 @@ impl CacheLock {
         Self::take(layout, libc::LOCK_EX)
     }
 
+    /// One builder at a time of something made from the cache (`name`: a lock file of its
+    /// own, e.g. the guest Docker image: two pushes at once build it once).
+    pub fn builder(layout: &Layout, name: &str) -> io::Result<Self> {
+        Self::take_on(layout, name, libc::LOCK_EX)
+    }
+
     fn take(layout: &Layout, how: libc::c_int) -> io::Result<Self> {
+        Self::take_on(layout, ".lock", how)
+    }
+
+    fn take_on(layout: &Layout, name: &str, how: libc::c_int) -> io::Result<Self> {
         use std::os::fd::AsRawFd;
         private_dir(&layout.cache)?;
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(layout.cache.join(".lock"))?;
+            .open(layout.cache.join(name))?;
         // SAFETY: flock on a descriptor this function owns; it blocks at most while another
         // holder deletes or records, and returns an error code rather than touching memory.
         if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {

@@ -4,6 +4,7 @@
 pub mod display;
 pub mod input;
 pub mod keynames;
+pub mod link;
 pub mod qga;
 pub mod qmp;
 pub mod rings;
@@ -23,6 +24,7 @@ use tokio::sync::OnceCell;
 
 use display::{DisplayError, Frame};
 use input::QCode;
+use link::Link;
 use qga::{ExecOutput, Qga, QgaError};
 use qmp::{Qmp, QmpError};
 use spec::RuntimeFiles;
@@ -101,7 +103,9 @@ impl Button {
 }
 
 pub struct Vm {
+    /// The runtime files as QEMU sees them.
     pub files: RuntimeFiles,
+    link: Arc<dyn Link>,
     qmp: Qmp,
     /// Shared so the agent can be connected in the background while the session takes calls.
     qga: Arc<OnceCell<Qga>>,
@@ -115,11 +119,11 @@ pub struct Vm {
 
 async fn connect_agent(
     cell: &OnceCell<Qga>,
-    path: std::path::PathBuf,
+    link: Arc<dyn Link>,
     timeout: Duration,
 ) -> Result<&Qga, VmError> {
     Ok(cell
-        .get_or_try_init(|| async move { Qga::connect(&path, timeout).await })
+        .get_or_try_init(|| async move { Qga::connect(link.as_ref(), timeout).await })
         .await?)
 }
 
@@ -144,14 +148,15 @@ fn btn_event(button: InputButton, down: bool) -> InputEvent {
 
 impl Vm {
     pub async fn attach(
-        files: RuntimeFiles,
+        link: Arc<dyn Link>,
         width: u32,
         height: u32,
         timeout: Duration,
     ) -> Result<Self, VmError> {
-        let qmp = Qmp::connect(&files.qmp(), timeout).await?;
+        let qmp = Qmp::connect(link.as_ref(), timeout).await?;
         Ok(Vm {
-            files,
+            files: link.files().clone(),
+            link,
             qmp,
             qga: Arc::new(OnceCell::new()),
             pacing: Pacing::default(),
@@ -165,9 +170,19 @@ impl Vm {
         &self.qmp
     }
 
+    /// A file QEMU wrote (the serial log while booting), wherever QEMU runs.
+    pub async fn read_file(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        self.link.read(path).await
+    }
+
+    /// Whether QEMU's files are on this host (checkpoints write and read them there).
+    pub fn files_on_host(&self) -> bool {
+        self.link.kind() == "host"
+    }
+
     /// The guest agent, connected on first use (it starts a few seconds into a cold boot).
     pub async fn agent(&self, timeout: Duration) -> Result<&Qga, VmError> {
-        connect_agent(&self.qga, self.files.qga(), timeout).await
+        connect_agent(&self.qga, self.link.clone(), timeout).await
     }
 
     /// Connects the guest agent and sets the guest clock from the host's, without holding the
@@ -175,9 +190,9 @@ impl Vm {
     /// agent takes a second or two to answer after resume. Calls that need the agent meanwhile
     /// wait for this same connection (the agent's socket serves one client at a time).
     pub fn sync_clock_in_background(&self) {
-        let (cell, path) = (self.qga.clone(), self.files.qga());
+        let (cell, link) = (self.qga.clone(), self.link.clone());
         tokio::spawn(async move {
-            match connect_agent(&cell, path, Duration::from_secs(30)).await {
+            match connect_agent(&cell, link, Duration::from_secs(30)).await {
                 Ok(agent) => {
                     if let Err(e) = agent.sync_clock().await {
                         tracing::debug!(error = %e, "could not set the guest clock");
@@ -206,9 +221,9 @@ impl Vm {
     }
 
     pub async fn frame(&mut self) -> Result<Frame, VmError> {
-        let path = self.files.screen();
+        let path = self.link.screen();
         self.qmp.screendump(&path).await?;
-        let bytes = tokio::fs::read(&path).await.map_err(VmError::ScreenFile)?;
+        let bytes = self.link.read(&path).await.map_err(VmError::ScreenFile)?;
         let frame = Frame::from_ppm(&bytes)?;
         self.width = frame.width();
         self.height = frame.height();

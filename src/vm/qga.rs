@@ -2,7 +2,7 @@
 //! guest network.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qapi::futures::{QapiService, QgaStreamTokio};
@@ -10,9 +10,10 @@ use qapi::qga;
 use qapi::ExecuteError;
 use thiserror::Error;
 use tokio::io::WriteHalf;
-use tokio::net::UnixStream;
 
-type Writer = QgaStreamTokio<WriteHalf<UnixStream>>;
+use super::link::{Conn, Link, Socket};
+
+type Writer = QgaStreamTokio<WriteHalf<Conn>>;
 
 #[derive(Debug, Error)]
 pub enum QgaError {
@@ -58,15 +59,15 @@ pub struct ExecOutput {
 impl Qga {
     /// Connects and synchronizes (guest-sync flushes anything a previous client left behind).
     /// The agent may not be up yet while the guest boots, so this retries until `timeout`.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QgaError> {
+    pub async fn connect(link: &dyn Link, timeout: Duration) -> Result<Self, QgaError> {
         let deadline = Instant::now() + timeout;
         let unreachable = || QgaError::Unreachable {
-            path: path.into(),
+            path: Socket::Qga.path(link.files()),
             secs: timeout.as_secs(),
         };
         loop {
-            if let Ok(stream) = QgaStreamTokio::open_uds(path).await {
-                let (svc, reader) = stream.spawn_tokio();
+            if let Ok(conn) = link.open(Socket::Qga).await {
+                let (svc, reader) = QgaStreamTokio::open(conn).spawn_tokio();
                 let qga = Qga { svc, reader };
                 let id =
                     (std::process::id() as i32) ^ (Instant::now().elapsed().subsec_nanos() as i32);

@@ -10,9 +10,10 @@ use qapi::qmp;
 use qapi::ExecuteError;
 use thiserror::Error;
 use tokio::io::WriteHalf;
-use tokio::net::UnixStream;
 
-type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+use super::link::{Conn, Link, Socket};
+
+type Writer = QmpStreamTokio<WriteHalf<Conn>>;
 
 #[derive(Debug, Error)]
 pub enum QmpError {
@@ -112,32 +113,31 @@ impl Drop for Qmp {
 }
 
 impl Qmp {
-    /// Connects to the QMP socket, waiting for QEMU to create it.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+    /// Connects to QEMU's QMP socket through `link`, waiting for QEMU to create it.
+    pub async fn connect(link: &dyn Link, timeout: Duration) -> Result<Self, QmpError> {
+        let path = Socket::Qmp.path(link.files());
         let deadline = Instant::now() + timeout;
         let stream = loop {
-            match QmpStreamTokio::open_uds(path).await {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::trace!(error = %e, "QMP not up yet");
-                    // A failed connect costs a syscall; QEMU is up ~50 ms after exec.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(source) => {
-                    return Err(QmpError::Connect {
-                        path: path.into(),
-                        source,
-                    })
-                }
+            let attempt = async {
+                let conn = link.open(Socket::Qmp).await?;
+                QmpStreamTokio::open(conn).await?.negotiate().await
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let failed = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) => e,
+                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "QEMU did not greet on QMP"),
+            };
+            if Instant::now() >= deadline {
+                return Err(QmpError::Connect {
+                    path,
+                    source: failed,
+                });
             }
+            tracing::trace!(error = %failed, "QMP not up yet");
+            // A failed connect costs a syscall; QEMU is up ~50 ms after exec.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let stream = stream
-            .negotiate()
-            .await
-            .map_err(|source| QmpError::Connect {
-                path: path.into(),
-                source,
-            })?;
         let (svc, reader) = stream.spawn_tokio();
         Ok(Qmp { svc, reader })
     }

@@ -137,6 +137,9 @@ pub struct VmSpec {
     pub incoming: Option<PathBuf>,
     /// Do not start the guest (`-S`): a template builder loads a state only to save it again.
     pub paused: bool,
+    /// The image the session's disk overlay is made over, for a backend whose QEMU does not see
+    /// this host's files and makes the overlay itself (`Backend::files_on_host`).
+    pub backing: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -314,6 +317,7 @@ mod tests {
                 memory: Memory::Private,
                 incoming: None,
                 paused: false,
+                backing: None,
             }
         }
     }

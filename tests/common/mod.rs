@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 pub mod browser;
+pub mod engine;
 pub mod python;
 
 use deskvm::client::Client;

@@ -2,7 +2,9 @@
 # Builds the root filesystem of the deskvm runtime image (what each session's container runs):
 # minimal Debian bookworm plus QEMU from bookworm-backports, the same QEMU build the host uses, so
 # ready states made by one load in the other. Writes a tarball for `docker import`; run by
-# `deskvm image build --runtime` (root: debootstrap).
+# `deskvm image build --runtime` (root: debootstrap). On engines that share no filesystem with
+# deskvm, socat bridges QMP and the guest agent to an exec session's stdin/stdout, and lz4
+# shrinks each 3 MB screendump on its way back (to ~1-5 %, in ~4 ms).
 set -euo pipefail
 
 OUT=${1:?usage: build-rootfs.sh OUT.tar}
@@ -26,7 +28,7 @@ echo "deb $MIRROR bookworm-backports main" > "$ROOT/etc/apt/sources.list.d/backp
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 chroot "$ROOT" apt-get update -q >/dev/null
 chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-  -t bookworm-backports qemu-system-x86 qemu-utils ipxe-qemu >/dev/null
+  -t bookworm-backports qemu-system-x86 qemu-utils ipxe-qemu socat lz4 >/dev/null
 chroot "$ROOT" qemu-system-x86_64 --version | head -1
 chroot "$ROOT" apt-get clean
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT/etc/resolv.conf"

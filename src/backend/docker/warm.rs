@@ -7,6 +7,10 @@
 //! execs QEMU, which then runs as the container's first process exactly as in a container
 //! made on demand. A session takes the prepared container only if it needs the same limits
 //! ([`Key`]); anything else, or a prepared container that died, falls back to creating one.
+//!
+//! On an engine elsewhere there is no FIFO to share: the prepared container runs the guest
+//! image with stdin open, its shim reads the command line from stdin, and a start attaches to
+//! the container, writes it and closes stdin (`hand_over_stdin`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,7 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::CreateContainerOptionsBuilder;
+use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder};
 use bollard::Docker;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
@@ -28,6 +32,8 @@ use crate::vm::spec::{RuntimeFiles, VmSpec};
 const FIFO: &str = "qemu-argv";
 /// Reads the command line, then becomes QEMU.
 const SHIM: &str = r#"mapfile -d '' -t argv < "$0" && exec "${argv[@]}""#;
+/// The same, from stdin (an engine elsewhere).
+const STDIN_SHIM: &str = r#"mapfile -d '' -t argv && exec "${argv[@]}""#;
 /// How long a start waits for the shim to open the FIFO (it may still be starting).
 const SHIM_WAIT: Duration = Duration::from_millis(500);
 
@@ -42,16 +48,18 @@ struct Key {
 }
 
 impl Key {
-    /// A session like `spec` whose runtime dir is `files` (made), or is yet to be made.
-    fn of(spec: &VmSpec, files: Option<&RuntimeFiles>) -> Self {
+    /// A session like `spec` whose runtime dir is `files` (made), or is yet to be made; on an
+    /// engine elsewhere (`remote`) nothing of this host is bound.
+    fn of(spec: &VmSpec, files: Option<&RuntimeFiles>, remote: bool) -> Self {
         Key {
             memory_mb: spec.memory_mb,
             cpus: spec.cpus,
             network: spec.network,
-            shm: match files {
-                Some(f) => f.shm_in_use(),
-                None => crate::vm::spec::shm_root().is_some(),
-            },
+            shm: !remote
+                && match files {
+                    Some(f) => f.shm_in_use(),
+                    None => crate::vm::spec::shm_root().is_some(),
+                },
         }
     }
 }
@@ -74,9 +82,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn take(&self, spec: &VmSpec) -> Option<String> {
+    pub(super) fn take(&self, spec: &VmSpec, remote: bool) -> Option<String> {
         let mut next = self.next.lock().expect("warm pool poisoned");
-        let wanted = Key::of(spec, None);
+        let wanted = Key::of(spec, None, remote);
         if next.0.as_ref().is_none_or(|(_, w)| w.key != wanted) {
             return None;
         }
@@ -98,14 +106,21 @@ impl DockerBackend {
     /// Creates and starts session `id`'s container in the background, waiting for QEMU's
     /// command line; replaces (and removes) the one prepared before.
     pub(super) fn prepare_warm(&self, id: String, spec: &VmSpec, files: RuntimeFiles) {
-        if let Err(e) = mkfifo(&files.dir.join(FIFO)) {
-            tracing::warn!(error = %e, "cannot prepare a container ahead");
-            let _ = storage::remove_session_dirs(&files);
-            return;
-        }
-        let fifo = files.dir.join(FIFO).display().to_string();
-        let shim = ["/bin/bash", "-c", SHIM, &fifo].map(String::from).to_vec();
-        let config = self.container_config(&id, spec, &files, shim);
+        let config = if self.remote {
+            let shim = ["/bin/bash", "-c", STDIN_SHIM].map(String::from).to_vec();
+            let mut c = self.container_config(&id, spec, &self.guest_tag(spec), Vec::new(), shim);
+            (c.open_stdin, c.stdin_once, c.attach_stdin) = (Some(true), Some(true), Some(true));
+            c
+        } else {
+            if let Err(e) = mkfifo(&files.dir.join(FIFO)) {
+                tracing::warn!(error = %e, "cannot prepare a container ahead");
+                let _ = storage::remove_session_dirs(&files);
+                return;
+            }
+            let fifo = files.dir.join(FIFO).display().to_string();
+            let shim = ["/bin/bash", "-c", SHIM, &fifo].map(String::from).to_vec();
+            self.container_config(&id, spec, &self.image, self.host_binds(&files), shim)
+        };
         let docker = self.docker.clone();
         let name = format!("deskvm-{id}");
         let started = async move {
@@ -124,7 +139,7 @@ impl DockerBackend {
         // Driven now, not when a start first awaits it.
         tokio::spawn(started.clone());
         let warm = Warm {
-            key: Key::of(spec, Some(&files)),
+            key: Key::of(spec, Some(&files), self.remote),
             files,
             started,
         };
@@ -169,7 +184,9 @@ impl DockerBackend {
         let Some(warm) = self.warm.untake(session_id) else {
             return false;
         };
+        let name = format!("deskvm-{session_id}");
         let handed = match warm.started.await {
+            Ok(()) if self.remote => hand_over_stdin(&self.docker, &name, argv).await,
             Ok(()) => hand_over(&files.dir.join(FIFO), argv).await,
             Err(e) => Err(e),
         };
@@ -177,7 +194,7 @@ impl DockerBackend {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, session = session_id, "the container prepared for this session is not usable; creating another");
-                Self::remove(&self.docker, &format!("deskvm-{session_id}")).await;
+                Self::remove(&self.docker, &name).await;
                 false
             }
         }
@@ -227,13 +244,41 @@ async fn discard(docker: &Docker, id: &str, warm: Warm, with_dir: bool) {
     }
 }
 
-/// Writes `argv` NUL-separated into the FIFO once the shim has it open for reading.
-async fn hand_over(fifo: &Path, argv: &[String]) -> Result<(), String> {
+fn nul_separated(argv: &[String]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for a in argv {
         bytes.extend_from_slice(a.as_bytes());
         bytes.push(0);
     }
+    bytes
+}
+
+/// Writes `argv` NUL-separated to the prepared container's stdin and closes it (the engine
+/// closes the container's stdin when its one attached client ends: `stdin_once`).
+async fn hand_over_stdin(docker: &Docker, name: &str, argv: &[String]) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let opts = AttachContainerOptionsBuilder::new()
+        .stdin(true)
+        .stream(true)
+        .build();
+    let attached = docker
+        .attach_container(name, Some(opts))
+        .await
+        .map_err(|e| format!("attaching to {name}: {e}"))?;
+    let mut input = attached.input;
+    input
+        .write_all(&nul_separated(argv))
+        .await
+        .map_err(|e| format!("writing to {name}: {e}"))?;
+    input
+        .shutdown()
+        .await
+        .map_err(|e| format!("closing {name}'s stdin: {e}"))
+}
+
+/// Writes `argv` NUL-separated into the FIFO once the shim has it open for reading.
+async fn hand_over(fifo: &Path, argv: &[String]) -> Result<(), String> {
+    let bytes = nul_separated(argv);
     let start = Instant::now();
     loop {
         // Non-blocking: with no reader this fails (ENXIO) instead of waiting forever.

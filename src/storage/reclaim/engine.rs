@@ -1,6 +1,6 @@
 //! The Docker half of a scan: session containers whose server is gone, and `deskvm-runtime`
-//! images of other recipes that no container uses. Only containers and images with deskvm's
-//! labels are looked at; nothing is pruned globally.
+//! and `deskvm-guest` images of other recipes or QEMU builds that no container uses. Only
+//! containers and images with deskvm's labels are looked at; nothing is pruned globally.
 
 use std::collections::HashMap;
 
@@ -8,6 +8,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsB
 use bollard::Docker;
 
 use super::{Candidate, Current, Kind, Request, Scan};
+use crate::backend::docker::guest::GUEST_REPO;
 use crate::backend::docker::{IMAGE_REPO, LABEL_VERSION};
 use crate::storage::owner::{Liveness, Owner, LABEL_PID};
 
@@ -89,16 +90,30 @@ async fn runtime_images(docker: &Docker, current: &Current, req: &Request, scan:
         let bytes = img.size.max(0) as u64;
         scan.usage.runtime_images.add(bytes);
         let what = format!("image {} ({})", short_id(&img.id), img.repo_tags.join(", "));
-        let runtime = img.repo_tags.is_empty()
-            || img
-                .repo_tags
+        let ours = |repo: &str| {
+            img.repo_tags
                 .iter()
-                .any(|t| t.starts_with(&format!("{IMAGE_REPO}:")));
-        if !img.labels.contains_key(LABEL_VERSION) || !runtime {
-            scan.skip(what, "not a deskvm runtime image");
+                .any(|t| t.starts_with(&format!("{repo}:")))
+        };
+        let (runtime, guest) = (ours(IMAGE_REPO), ours(GUEST_REPO));
+        if !img.labels.contains_key(LABEL_VERSION)
+            || !(img.repo_tags.is_empty() || runtime || guest)
+        {
+            scan.skip(what, "not a deskvm runtime or guest image");
             continue;
         }
-        if img.repo_tags.contains(&current.runtime_tag) || !req.wants(Kind::RuntimeImage) {
+        let current_tag = img.repo_tags.contains(&current.runtime_tag)
+            || img.repo_tags.iter().any(|t| current.guest_tags.contains(t));
+        if current_tag || !req.wants(Kind::RuntimeImage) {
+            continue;
+        }
+        // A guest image is the current one of some build this deskvm cannot judge (no engine
+        // said which QEMU it runs): kept.
+        if guest && !current.builds_known {
+            scan.skip(
+                what,
+                "a guest image of a QEMU build that could not be checked",
+            );
             continue;
         }
         if img.repo_tags.iter().any(|t| scan.images_in_use.contains(t)) {
@@ -134,10 +149,14 @@ async fn runtime_images(docker: &Docker, current: &Current, req: &Request, scan:
             image: Some(img.id.clone()),
             tags: img.repo_tags.clone(),
             bytes,
-            why: format!(
-                "a runtime image of another recipe; this deskvm runs {}",
-                current.runtime_tag
-            ),
+            why: if guest {
+                "a guest image of another guest recipe, runtime recipe or QEMU build".to_string()
+            } else {
+                format!(
+                    "a runtime image of another recipe; this deskvm runs {}",
+                    current.runtime_tag
+                )
+            },
             owner: None,
         });
     }

@@ -133,6 +133,8 @@ pub struct Current {
     pub builds_known: bool,
     /// The `deskvm-runtime` tag this deskvm runs.
     pub runtime_tag: String,
+    /// The `deskvm-guest` tags of the current images and QEMU builds (`deskvm image push`).
+    pub guest_tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -241,6 +243,41 @@ impl Scan {
             why: why.into(),
         });
     }
+}
+
+/// The session containers of dead deskvm processes of this machine on an engine elsewhere
+/// (`--engine`): reported, or with `req.apply` removed. Owners on other machines are never
+/// judged.
+pub async fn run_engine(docker: &Docker, req: &Request) -> Report {
+    let started = Instant::now();
+    let mut scan = Scan::default();
+    engine::scan(docker, &Current::default(), req, &mut scan).await;
+    let candidates: Vec<Candidate> = scan
+        .candidates
+        .into_iter()
+        .filter(|c| c.kind == Kind::OrphanSession)
+        .collect();
+    let mut report = Report {
+        mode: if req.apply { "apply" } else { "report" },
+        candidate_bytes: 0,
+        candidates,
+        removed: None,
+        failed: None,
+        bytes_freed: None,
+        not_touched: scan.not_touched,
+        usage: scan.usage,
+        last_janitor: None,
+        docker: Some(true),
+        took_ms: 0,
+    };
+    if req.apply {
+        let (removed, failed) = remove::all(Some(docker), &report.candidates).await;
+        report.bytes_freed = Some(0);
+        report.removed = Some(removed);
+        report.failed = Some(failed);
+    }
+    report.took_ms = started.elapsed().as_millis() as u64;
+    report
 }
 
 /// Reports (or, with `req.apply`, removes) what is reclaimable. `docker` is the engine to look

@@ -1,0 +1,296 @@
+//! The guest as a Docker image: `deskvm-guest:<image>-<qemu build>`, the runtime image plus the
+//! guest's kernel, initrd, base disk and private ready states, built on the local engine without
+//! a registry (a container of the runtime image, an archive upload, a commit) and streamed to
+//! other engines over the Engine API (`deskvm image push`: save here, load there).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
+use crate::image::ready::ReadyState;
+use crate::image::GuestImage;
+use crate::vm::spec::hex;
+
+pub const GUEST_REPO: &str = "deskvm-guest";
+/// Where the image carries the cache's files: the same layout under another root.
+pub const CACHE_IN_IMAGE: &str = "/deskvm/cache";
+/// The ready states an image carries (their directory names, comma-separated) and their stamps.
+pub const LABEL_READY: &str = "deskvm.ready";
+pub const LABEL_READY_STAMPS: &str = "deskvm.ready-stamps";
+
+/// `deskvm-guest:<image dir>-<hash of the QEMU build and runtime recipe>`: ready states load
+/// only into the QEMU build that saved them, and the exec channel needs the runtime image's
+/// tools (socat, lz4) of this deskvm.
+pub fn tag_for(image_dir: &str, qemu_version: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(qemu_version.as_bytes());
+    h.update([0]);
+    h.update(super::runtime_image_tag().as_bytes());
+    format!("{GUEST_REPO}:{image_dir}-{}", hex(&h.finalize()[..4]))
+}
+
+pub fn tag_of(image: &GuestImage, qemu_version: &str) -> String {
+    let dir = image.dir.file_name().unwrap_or_default().to_string_lossy();
+    tag_for(&dir, qemu_version)
+}
+
+/// The image's private ready states saved by `qemu_version` (templates need their RAM file on
+/// the engine's host, which an image cannot share between containers; sessions on remote
+/// engines run on private memory).
+fn ready_states(image: &GuestImage, qemu_version: &str) -> Vec<ReadyState> {
+    let mut found: Vec<ReadyState> = std::fs::read_dir(&image.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+        .map(|e| ReadyState { dir: e.path() })
+        .filter(|r| !r.is_template() && r.state().is_file() && r.disk().is_file())
+        .filter(|r| {
+            std::fs::read(r.meta())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|m| m["qemu_version"] == qemu_version)
+        })
+        .collect();
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    found
+}
+
+/// Builds the guest image on the local engine unless it is there with the same ready states.
+pub async fn build(
+    docker: &Docker,
+    cache: &Path,
+    image: &GuestImage,
+    runtime: &str,
+    qemu_version: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String, BackendError> {
+    let tag = tag_of(image, qemu_version);
+    let ready = ready_states(image, qemu_version);
+    if ready.is_empty() {
+        return Err(BackendError::Setup(format!(
+            "no ready state of {} for {qemu_version}: run `deskvm image build` first",
+            image.name
+        )));
+    }
+    let names = ready
+        .iter()
+        .map(|r| {
+            r.dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let stamps = ready
+        .iter()
+        .map(ReadyState::stamp)
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Ok(img) = docker.inspect_image(&tag).await {
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) {
+            progress(&format!("guest image {tag} is up to date"));
+            return Ok(tag);
+        }
+    }
+    progress(&format!("building guest image {tag} on {runtime}"));
+    let work = cache.join(format!("guest-image-{}", std::process::id()));
+    crate::storage::private_dir(&work)?;
+    crate::storage::Owner::me("image_build", None).write(&work)?;
+    let built = build_in(
+        docker,
+        cache,
+        image,
+        runtime,
+        &ready,
+        &work,
+        &tag,
+        &names,
+        &stamps,
+        qemu_version,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    built?;
+    progress(&format!(
+        "guest image {tag} ready ({} ready state(s))",
+        ready.len()
+    ));
+    Ok(tag)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_in(
+    docker: &Docker,
+    cache: &Path,
+    image: &GuestImage,
+    runtime: &str,
+    ready: &[ReadyState],
+    work: &Path,
+    tag: &str,
+    names: &str,
+    stamps: &str,
+    qemu_version: &str,
+) -> Result<(), BackendError> {
+    // The staged tree mirrors the cache under CACHE_IN_IMAGE; big files are symlinks that tar
+    // follows (-h), so nothing is copied but the small ready-state overlays, whose backing
+    // path is rewritten to where the image carries the base disk.
+    let stage = work.join("stage");
+    let inside = |p: &Path| -> Result<PathBuf, BackendError> {
+        let rel = p.strip_prefix(cache).map_err(|_| {
+            BackendError::Setup(format!("{} is not in the image cache", p.display()))
+        })?;
+        Ok(stage.join(CACHE_IN_IMAGE.trim_start_matches('/')).join(rel))
+    };
+    let link = |from: &Path| -> Result<(), BackendError> {
+        let to = inside(from)?;
+        std::fs::create_dir_all(to.parent().expect("inside the stage"))?;
+        std::os::unix::fs::symlink(from, &to)?;
+        Ok(())
+    };
+    for f in [image.kernel(), image.initrd(), image.base()] {
+        link(&f)?;
+    }
+    let base_inside = super::engine::in_image(cache, &image.base()).expect("base is in the cache");
+    for r in ready {
+        link(&r.state())?;
+        link(&r.meta())?;
+        let disk = inside(&r.disk())?;
+        std::fs::copy(r.disk(), &disk)?;
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["rebase", "-u", "-F", "qcow2", "-b"])
+            .arg(&base_inside)
+            .arg(&disk)
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(BackendError::Setup(format!(
+                "qemu-img rebase failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    let name = format!("deskvm-guest-build-{}", std::process::id());
+    super::DockerBackend::remove(docker, &name).await;
+    let body = ContainerCreateBody {
+        image: Some(runtime.to_string()),
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            body,
+        )
+        .await
+        .map_err(|e| docker_err("creating the guest image build container", e))?;
+    let committed = async {
+        let mut tar = tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(&stage)
+            .args([
+                "-h",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "-cf",
+                "-",
+                "deskvm",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = tar.stdout.take().expect("piped");
+        let body = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20);
+        let opts = UploadToContainerOptionsBuilder::new().path("/").build();
+        docker
+            .upload_to_container(&name, Some(opts), bollard::body_try_stream(body))
+            .await
+            .map_err(|e| docker_err("uploading the guest files", e))?;
+        if !tar.wait().await?.success() {
+            return Err(BackendError::Setup("tar of the guest files failed".into()));
+        }
+        let (repo, t) = tag.split_once(':').expect("tag has a colon");
+        let opts = CommitContainerOptionsBuilder::new()
+            .container(&name)
+            .repo(repo)
+            .tag(t)
+            .pause(false)
+            .build();
+        let labels = [
+            (LABEL_READY, names),
+            (LABEL_READY_STAMPS, stamps),
+            (LABEL_QEMU, qemu_version),
+            (LABEL_VERSION, env!("CARGO_PKG_VERSION")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = bollard::models::ContainerConfig {
+            labels: Some(labels),
+            cmd: Some(vec!["true".into()]),
+            ..Default::default()
+        };
+        docker
+            .commit_container(opts, config)
+            .await
+            .map_err(|e| docker_err("committing the guest image", e))?;
+        Ok(())
+    }
+    .await;
+    super::DockerBackend::remove(docker, &name).await;
+    committed
+}
+
+/// What a push moved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pushed {
+    pub tag: String,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Streams `tag` from `from` (`docker save`) into `to` (`docker load`); nothing is written to
+/// disk on this host.
+pub async fn push(from: &Docker, to: &Docker, tag: &str) -> Result<Pushed, BackendError> {
+    let started = Instant::now();
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = bytes.clone();
+    let saved = from.export_image(tag).map(move |chunk| {
+        if let Ok(b) = &chunk {
+            counted.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        chunk
+    });
+    let opts = ImportImageOptionsBuilder::new().quiet(true).build();
+    let mut loaded = to.import_image_stream(opts, saved, None);
+    while let Some(item) = loaded.next().await {
+        let info = item.map_err(|e| docker_err("loading the guest image into the engine", e))?;
+        if let Some(e) = info.error_detail.and_then(|d| d.message) {
+            return Err(BackendError::Setup(format!(
+                "the engine refused the guest image: {e}"
+            )));
+        }
+    }
+    to.inspect_image(tag)
+        .await
+        .map_err(|e| docker_err("the engine does not list the pushed image", e))?;
+    Ok(Pushed {
+        tag: tag.to_string(),
+        bytes: bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,233 @@
+//! Desktops on Docker engines that share nothing with deskvm but the Engine API: a second
+//! dockerd in its own network namespace, reachable only over TCP with mutual TLS (a CA made for
+//! the test), its own data root. deskvm gets only its address and client certificates.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::engine::TestEngine;
+use common::*;
+use serde_json::{json, Value};
+
+/// `deskvm image push --engine ...`: builds the guest image here (once) and loads it there.
+fn push(engine: &TestEngine) -> Result<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
+        .args(["image", "push", "--engine", &engine.engine_arg()])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "image push failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .last()
+        .context("image push prints a JSON line")?;
+    let v: Value = serde_json::from_str(line)?;
+    assert_eq!(v["engine"], engine.name.as_str(), "{v}");
+    assert!(v["bytes"].as_u64().unwrap_or(0) > 100 << 20, "{v}");
+    Ok(v)
+}
+
+/// The engine's `docker inspect` of a session's container.
+fn inspect(engine: &TestEngine, sid: &str) -> Result<Value> {
+    let (ok, out, err) = engine.docker(&["inspect", &format!("deskvm-{sid}")])?;
+    assert!(ok, "docker inspect on {}: {err}", engine.name);
+    Ok(serde_json::from_str::<Vec<Value>>(&out)?.remove(0))
+}
+
+/// Containers of this session on the engine, stopped ones included.
+fn containers_there(engine: &TestEngine, sid: &str) -> Result<Vec<String>> {
+    let filter = format!("label=deskvm.session={sid}");
+    let (ok, out, err) =
+        engine.docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])?;
+    assert!(ok, "docker ps on {}: {err}", engine.name);
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+async fn wait_gone(engine: &TestEngine, sid: &str) -> Result<()> {
+    for _ in 0..100 {
+        if containers_there(engine, sid)?.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("session {sid}'s container is still on {}", engine.name);
+}
+
+/// A call on a session whose engine is gone fails as `session_failed`, naming the engine.
+async fn fails_with_engine(c: &deskvm::client::Client, sid: &str, what: &str) -> Result<()> {
+    for _ in 0..50 {
+        let r = c.call("screenshot", json!({ "session_id": sid })).await?;
+        if r.is_error == Some(true) {
+            let s = r
+                .structured_content
+                .context("errors carry structured content")?;
+            assert_eq!(s["error"], "session_failed", "{s}");
+            let msg = s["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(what), "{msg}");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("session {sid} kept working after its engine went away");
+}
+
+#[tokio::test]
+async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result<()> {
+    let engine = TestEngine::start("rmt1", 31)?;
+    push(&engine)?;
+    let arg = engine.engine_arg();
+    let s = server_with(&["--backend", "docker", "--engine", &arg]).await?;
+    let c = &s.client;
+    let info = c.call_ok("session_start", json!({})).await?;
+    assert_eq!(info["engine"], "rmt1", "{info}");
+    assert_eq!(info["startup"], "ready_state", "{info}");
+    assert!(
+        info["placement"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("free memory"),
+        "{info}"
+    );
+    let sid = sid(&info);
+
+    // Nothing of this host is bound into the container, nothing is published, no network.
+    let inspected = inspect(&engine, &sid)?;
+    let host = &inspected["HostConfig"];
+    assert!(
+        host["Binds"].is_null() || host["Binds"] == json!([]),
+        "binds: {}",
+        host["Binds"]
+    );
+    assert!(
+        inspected["Mounts"] == json!([]),
+        "mounts: {}",
+        inspected["Mounts"]
+    );
+    assert!(
+        host["PortBindings"].is_null() || host["PortBindings"] == json!({}),
+        "port bindings: {}",
+        host["PortBindings"]
+    );
+    let ports = &inspected["NetworkSettings"]["Ports"];
+    assert!(
+        ports.is_null() || ports == &json!({}),
+        "published ports: {ports}"
+    );
+    assert_eq!(host["NetworkMode"], "none");
+
+    // The full round: the first click lands, typed text reads back exact, a screenshot.
+    first_click_and_typing(c, &sid).await?;
+    let (png, _) = c.screenshot(&sid, json!({})).await?;
+    let img = image::load_from_memory(&png)?;
+    assert_eq!((img.width(), img.height()), (1280, 800));
+
+    // Checkpoints are files on this host: refused by name, the session goes on.
+    let (kind, msg) = tool_error(c, "checkpoint", json!({ "session_id": sid })).await?;
+    assert_eq!(kind, "not_on_engine", "{msg}");
+    c.call_ok("screenshot", json!({ "session_id": sid }))
+        .await?;
+
+    // An unknown engine name is refused with the valid ones.
+    let (kind, msg) = tool_error(c, "session_start", json!({ "engine": "nowhere" })).await?;
+    assert_eq!(kind, "invalid_params", "{msg}");
+    assert!(msg.contains("rmt1"), "{msg}");
+
+    // `docker kill` on that engine: the next call says the session failed.
+    let (ok, _, err) = engine.docker(&["kill", &format!("deskvm-{sid}")])?;
+    assert!(ok, "docker kill: {err}");
+    fails_with_engine(c, &sid, "exited").await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    wait_gone(&engine, &sid).await?;
+
+    // A second session stops cleanly: its container is gone from the engine.
+    let sid2 = common::sid(
+        &c.call_ok("session_start", json!({ "engine": "rmt1" }))
+            .await?,
+    );
+    c.call_ok("session_stop", json!({ "session_id": sid2 }))
+        .await?;
+    assert!(containers_there(&engine, &sid2)?.is_empty());
+    s.client.close().await
+}
+
+#[tokio::test]
+async fn sessions_spread_over_two_engines_and_a_lost_engine_fails_only_its_own() -> Result<()> {
+    let engine = TestEngine::start("rmt2", 32)?;
+    push(&engine)?;
+    let arg = engine.engine_arg();
+    let s = server_with(&["--backend", "docker", "--engine", "local", "--engine", &arg]).await?;
+    let c = &s.client;
+    let mut on: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..4 {
+        let info = c.call_ok("session_start", json!({})).await?;
+        let placement = info["placement"].as_str().unwrap_or_default();
+        assert!(placement.contains("most free memory"), "{info}");
+        let engine_name = info["engine"].as_str().context("engine in session_start")?;
+        on.entry(engine_name.to_string())
+            .or_default()
+            .push(sid(&info));
+    }
+    let local = on.get("local").cloned().unwrap_or_default();
+    let remote = on.get("rmt2").cloned().unwrap_or_default();
+    assert!(
+        !local.is_empty() && !remote.is_empty(),
+        "not spread over both engines: {on:?}"
+    );
+
+    let list = c.call_ok("session_list", json!({})).await?;
+    let engines = list["engines"]
+        .as_array()
+        .context("session_list lists engines")?;
+    assert_eq!(engines.len(), 2, "{list}");
+    for e in engines {
+        assert_eq!(e["healthy"], true, "{e}");
+        let mine = e["sessions"].as_array().map_or(0, Vec::len);
+        let expected = if e["name"] == "local" {
+            local.len()
+        } else {
+            remote.len()
+        };
+        assert_eq!(mine, expected, "{e}");
+        assert!(e["memory_total_mib"].as_u64().unwrap_or(0) > 0, "{e}");
+    }
+
+    // The remote daemon dies: its sessions fail, clearly; the local ones keep serving.
+    engine.kill_daemon()?;
+    for sid in &remote {
+        fails_with_engine(c, sid, "rmt2").await?;
+    }
+    for sid in &local {
+        c.call_ok("screenshot", json!({ "session_id": sid }))
+            .await?;
+    }
+    let list = c.call_ok("session_list", json!({})).await?;
+    let down = list["engines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "rmt2"))
+        .cloned()
+        .context("rmt2 listed")?;
+    assert_eq!(down["healthy"], false, "{down}");
+    // The failed ones stop cleanly (their engine cannot be asked), and new sessions go where
+    // they can run.
+    for sid in &remote {
+        c.call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
+    }
+    let info = c.call_ok("session_start", json!({})).await?;
+    assert_eq!(info["engine"], "local", "{info}");
+    let (kind, msg) = tool_error(c, "session_start", json!({ "engine": "rmt2" })).await?;
+    assert_eq!(kind, "invalid_params", "{msg}");
+    assert!(msg.contains("not available"), "{msg}");
+    for sid in local.iter().chain([&sid(&info)]) {
+        c.call_ok("session_stop", json!({ "session_id": sid }))
+            .await?;
+    }
+    s.client.close().await
+}
