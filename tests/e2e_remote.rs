@@ -77,10 +77,96 @@ async fn fails_with_engine(c: &deskvm::client::Client, sid: &str, what: &str) ->
     panic!("session {sid} kept working after its engine went away");
 }
 
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A stopped container on the engine with deskvm's owner labels.
+fn labelled_container(
+    engine: &TestEngine,
+    image: &str,
+    name: &str,
+    labels: &[(&str, String)],
+) -> Result<()> {
+    let mut args = vec!["create".to_string(), "--name".into(), name.into()];
+    for (k, v) in labels {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.extend([image.to_string(), "true".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = engine.docker(&args)?;
+    assert!(ok, "docker create {name}: {err}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result<()> {
     let engine = TestEngine::start("rmt1", 31)?;
-    push(&engine)?;
+    let pushed = push(&engine)?;
+
+    // Reclaim on an engine others may use: a container of a deskvm on another machine (or one
+    // that did not label its machine) is never judged; one of a dead deskvm of this machine
+    // and boot is removed.
+    let image = pushed["tag"].as_str().context("push names its tag")?;
+    let ns = std::fs::read_link("/proc/self/ns/pid")?
+        .to_string_lossy()
+        .into_owned();
+    let ns = ns
+        .trim_start_matches("pid:[")
+        .trim_end_matches(']')
+        .to_string();
+    let dead_pid = "999999".to_string();
+    let foreign = [
+        ("deskvm.pid", dead_pid.clone()),
+        ("deskvm.session", "foreign1".into()),
+        ("deskvm.machine", "0123456789abcdef0123456789abcdef".into()),
+        ("deskvm.boot", "another-boot".into()),
+    ];
+    let unlabelled_machine = [
+        ("deskvm.pid", dead_pid.clone()),
+        ("deskvm.session", "foreign2".into()),
+    ];
+    let mine_dead = [
+        ("deskvm.pid", dead_pid.clone()),
+        ("deskvm.pid-start", "1".into()),
+        ("deskvm.session", "deadmine".into()),
+        ("deskvm.machine", read_trimmed("/etc/machine-id")),
+        (
+            "deskvm.boot",
+            read_trimmed("/proc/sys/kernel/random/boot_id"),
+        ),
+        ("deskvm.pid-ns", ns),
+    ];
+    labelled_container(&engine, image, "dv-foreign1", &foreign)?;
+    labelled_container(&engine, image, "dv-foreign2", &unlabelled_machine)?;
+    labelled_container(&engine, image, "dv-deadmine", &mine_dead)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
+        .args([
+            "reclaim",
+            "--apply",
+            "--kind",
+            "orphan_session",
+            "--engine",
+            &engine.engine_arg(),
+        ])
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "reclaim --engine: {said}");
+    assert_eq!(
+        containers_there(&engine, "foreign1")?,
+        ["dv-foreign1"],
+        "{said}"
+    );
+    assert_eq!(
+        containers_there(&engine, "foreign2")?,
+        ["dv-foreign2"],
+        "{said}"
+    );
+    assert!(containers_there(&engine, "deadmine")?.is_empty(), "{said}");
+    assert!(said.contains("not judged"), "{said}");
     let arg = engine.engine_arg();
     let s = server_with(&["--backend", "docker", "--engine", &arg]).await?;
     let c = &s.client;
@@ -154,7 +240,28 @@ async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result
     c.call_ok("session_stop", json!({ "session_id": sid2 }))
         .await?;
     assert!(containers_there(&engine, &sid2)?.is_empty());
-    s.client.close().await
+    s.client.close().await?;
+    // The server's prepared container went with it: only the two foreign ones are left.
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        let (ok, out, err) = engine.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=deskvm.pid",
+            "--format",
+            "{{.Names}}",
+        ])?;
+        assert!(ok, "{err}");
+        left = out.lines().map(str::to_string).collect::<Vec<_>>();
+        left.sort();
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, ["dv-foreign1", "dv-foreign2"]);
+    Ok(())
 }
 
 #[tokio::test]

@@ -170,6 +170,11 @@ pub struct DockerBackend {
     memory_total: std::sync::OnceLock<u64>,
     /// Guest images (and ready states) seen on a remote engine.
     guest_checked: std::sync::Mutex<std::collections::HashSet<(String, Option<PathBuf>)>>,
+    /// Cancelled when a remote engine stops answering; replaced by a fresh one for what
+    /// starts after it answers again.
+    lost: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    /// False while the watchdog's pings go unanswered (placement skips it without asking).
+    answering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DockerBackend {
@@ -186,7 +191,7 @@ impl DockerBackend {
         accel: Accel,
     ) -> Result<Self, BackendError> {
         let docker = engine.connect(insecure).await?;
-        let remote = !engine.is_local() || std::env::var_os("DESKVM_DOCKER_EXEC_CHANNEL").is_some();
+        let remote = !engine.is_local();
         let image = runtime_image_tag();
         let version = std::sync::OnceLock::new();
         if remote {
@@ -211,7 +216,10 @@ impl DockerBackend {
             warm: warm::Pool::default(),
             memory_total: Default::default(),
             guest_checked: Default::default(),
-        })
+            lost: Default::default(),
+            answering: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+        .watched())
     }
 
     /// QEMU's command line for a session.
@@ -371,7 +379,8 @@ impl Backend for DockerBackend {
     }
 
     fn take_prepared(&self, spec: &VmSpec) -> Option<String> {
-        self.warm.take(spec, self.remote)
+        self.warm
+            .take(spec, self.remote.then(|| self.guest_tag(spec)))
     }
 
     fn release(&self, session_id: &str) {
@@ -407,9 +416,22 @@ impl DockerBackend {
         let (instance, supervisor) = super::supervised(link);
         let engine = self.engine.name.clone();
         let docker = self.docker.clone();
+        let lost = self.remote.then(|| self.lost_token());
         tokio::spawn(async move {
             let mut wait = docker.wait_container(&name, None);
+            let quiet = async {
+                match &lost {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             let reason = tokio::select! {
+                // A partition resets no connection: the engine's watchdog says it went quiet.
+                () = quiet => {
+                    let _ = supervisor.exit.send(Some(format!("lost engine {engine}: it stopped answering (container {name})")));
+                    Self::remove(&docker, &name).await;
+                    return;
+                }
                 r = wait.next() => {
                     // A non-zero exit comes back as an error carrying the code.
                     let code = match r {

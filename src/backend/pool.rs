@@ -15,6 +15,9 @@ pub const LABEL_MEMORY_MB: &str = "deskvm.memory-mb";
 
 pub struct Engines {
     members: Vec<Member>,
+    /// MiB placed on each engine (by index) by starts whose container is not labelled yet:
+    /// concurrent starts see each other's choices.
+    pending: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 enum Member {
@@ -47,11 +50,26 @@ pub struct EngineStatus {
     pub qemu_version: String,
 }
 
-/// Where a session goes and why (the reason is in `session_start`'s result).
+/// Where a session goes and why (the reason is in `session_start`'s result). Holds its
+/// memory on the engine against other placements until the start is done.
 pub struct Placement {
     pub backend: Arc<dyn Backend>,
     pub engine: String,
     pub reason: String,
+    _held: Held,
+}
+
+struct Held {
+    pending: Arc<std::sync::Mutex<Vec<u64>>>,
+    index: usize,
+    mib: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut p = self.pending.lock().expect("poisoned");
+        p[self.index] = p[self.index].saturating_sub(self.mib);
+    }
 }
 
 impl Engines {
@@ -96,7 +114,17 @@ impl Engines {
                 errors.join("; ")
             )));
         }
-        Ok(Engines { members })
+        let pending = Arc::new(std::sync::Mutex::new(vec![0; members.len()]));
+        Ok(Engines { members, pending })
+    }
+
+    fn hold(&self, index: usize, mib: u64) -> Held {
+        self.pending.lock().expect("poisoned")[index] += mib;
+        Held {
+            pending: self.pending.clone(),
+            index,
+            mib,
+        }
     }
 
     /// The first engine that answered: image builds and templates use it.
@@ -142,9 +170,29 @@ impl Engines {
     }
 
     /// The engine for a new session: `pin` if given, else the one with the most free memory
-    /// among the healthy ones that have the image (ties go to the one named first).
-    pub async fn place(&self, pin: Option<&str>) -> Result<Placement, BackendError> {
-        let status = self.status().await;
+    /// among the healthy ones that have the image (ties go to the one named first) and, for
+    /// `host_files` (a fork of a checkpoint), whose QEMU sees this host's files.
+    pub async fn place(
+        &self,
+        pin: Option<&str>,
+        host_files: bool,
+        need_mib: u64,
+    ) -> Result<Placement, BackendError> {
+        let mut status = self.status().await;
+        let pending = self.pending.lock().expect("poisoned").clone();
+        for (s, held) in status.iter_mut().zip(pending) {
+            s.memory_free_mib = s.memory_free_mib.saturating_sub(held);
+        }
+        if host_files && pin.is_none() {
+            for (s, m) in status.iter_mut().zip(&self.members) {
+                if !matches!(m, Member::Up(b) if b.files_on_host()) {
+                    s.has_image = false;
+                    s.error.get_or_insert_with(|| {
+                        "its QEMU does not see this host's checkpoints".into()
+                    });
+                }
+            }
+        }
         if let Some(name) = pin {
             let i = self
                 .members
@@ -165,12 +213,23 @@ impl Engines {
                         "pinned by session_start; {} MiB free there",
                         s.memory_free_mib
                     ),
+                    _held: self.hold(i, need_mib),
                 }),
                 _ => Err(BackendError::Setup(format!(
                     "engine {name} is not available: {}",
                     s.error.clone().unwrap_or_default()
                 ))),
             };
+        }
+        // An engine that cannot fit the session is not a choice, however it compares.
+        for s in status.iter_mut() {
+            if s.healthy && s.has_image && s.memory_free_mib < need_mib {
+                s.has_image = false;
+                s.error = Some(format!(
+                    "{} MiB free, the session needs {need_mib}",
+                    s.memory_free_mib
+                ));
+            }
         }
         let best = choose(&status).ok_or_else(|| {
             let why: Vec<String> = status
@@ -202,6 +261,7 @@ impl Engines {
                 n_usable,
                 status.len()
             ),
+            _held: self.hold(best, need_mib),
         })
     }
 }
@@ -262,10 +322,13 @@ impl Member {
             "exec"
         }
         .into();
-        b.refresh_version().await;
-        s.qemu_version = b.qemu_version().to_string();
+        if !b.answering() {
+            s.error = Some("stopped answering (no reply to its last pings)".into());
+            return s;
+        }
         let docker = b.docker();
         let probe = async {
+            b.refresh_version().await;
             let total = b.memory_total().await?;
             let filters = std::collections::HashMap::from([(
                 "label".to_string(),
@@ -277,7 +340,9 @@ impl Member {
             let containers = docker.list_containers(Some(opts)).await?;
             Ok::<_, bollard::errors::Error>((total, containers))
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(5), probe).await {
+        let probed = tokio::time::timeout(std::time::Duration::from_secs(3), probe).await;
+        s.qemu_version = b.qemu_version().to_string();
+        match probed {
             Ok(Ok((total, containers))) => {
                 s.healthy = true;
                 s.memory_total_mib = total >> 20;
@@ -290,7 +355,7 @@ impl Member {
                 s.has_image = !s.qemu_version.is_empty();
             }
             Ok(Err(e)) => s.error = Some(format!("engine error: {e}")),
-            Err(_) => s.error = Some("did not answer within 5 s".into()),
+            Err(_) => s.error = Some("did not answer within 3 s".into()),
         }
         s
     }

@@ -80,7 +80,7 @@ pub async fn compare(exe: &std::path::Path, env: &[(&str, &str)], r: &Remote<'_>
     }
     client.close().await?;
     result?;
-    for what in ["start", "screenshot", "click", "type"] {
+    for what in ["start", "screenshot", "click", "click after idle", "type"] {
         let (l, m) = (
             format!("{what} on local engine"),
             format!("{what} on remote engine"),
@@ -138,6 +138,16 @@ async fn one_engine(client: &Client, engine: &str, label: &str, r: &Remote<'_>) 
         clicks.push(ms(t.elapsed()));
     }
     summary(&format!("click on {label}"), clicks);
+    // More than 2 s after the previous one: no input barrier, the channel's own cost.
+    let mut idle = Vec::new();
+    for i in 0..(r.clicks / 3).max(3) {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let t = Instant::now();
+        let at = json!({ "session_id": sid, "x": 1000 + i as u32, "y": 700 });
+        client.call_ok("click", at).await?;
+        idle.push(ms(t.elapsed()));
+    }
+    summary(&format!("click after idle on {label}"), idle);
     let typed = super::typing::ascii(client, &sid, r.chars).await?;
     let (rate, lost) = (typed.rate(), typed.mismatched);
     record(

@@ -129,8 +129,8 @@ pub struct Session {
     /// The VM's exit; replaced when a restore starts a new VM.
     exited: std::sync::Mutex<watch::Receiver<Option<String>>>,
     files: RuntimeFiles,
-    /// QEMU sees this host's files (not a remote engine): checkpoints and restores work.
-    on_host: bool,
+    /// The backend (engine) its VM runs on: checkpoints, restores and their QEMU build are its.
+    backend: Arc<dyn Backend>,
     ledger: Arc<Ledger>,
     geometry: Arc<std::sync::Mutex<geometry::Geometry>>,
     /// The capture of the frame after the latest screen-changing action, while it runs.

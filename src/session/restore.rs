@@ -9,6 +9,7 @@ use super::checkpoint::{self, CheckpointInfo};
 use super::{
     boot, record, watch_exit, MemoryMode, Session, SessionError, SessionManager, StartRequest,
 };
+use crate::backend::Backend;
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
 use crate::vm::spec::VmSpec;
@@ -42,9 +43,13 @@ impl SessionManager {
     }
 
     /// The checkpoint a checkpoint-bound call names, checked against this server's QEMU build.
-    fn usable(&self, name: &str) -> Result<(CheckpointInfo, ReadyState), SessionError> {
+    fn usable(
+        &self,
+        name: &str,
+        backend: &dyn Backend,
+    ) -> Result<(CheckpointInfo, ReadyState), SessionError> {
         let (info, ready) = checkpoint::load(&self.cfg.layout, name)?;
-        let here = self.cfg.backend.qemu_version();
+        let here = backend.qemu_version();
         let generation = crate::vm::spec::MACHINE_GENERATION;
         if info.machine != generation {
             return Err(SessionError::Incompatible {
@@ -79,7 +84,7 @@ impl SessionManager {
         let result = async {
             checkpoint::check_name(&name)?;
             session.on_this_host("checkpoint")?;
-            let backend = &self.cfg.backend;
+            let backend = &session.backend;
             session
                 .checkpoint(
                     &self.cfg.layout,
@@ -127,7 +132,7 @@ impl SessionManager {
             tokio::task::spawn_blocking(move || crate::storage::CacheLock::shared(&layout))
                 .await
                 .map_err(std::io::Error::other)??;
-        let (info, ready) = self.usable(name)?;
+        let (info, ready) = self.usable(name, session.backend.as_ref())?;
         let s = &session.info;
         if (
             info.image.as_str(),
@@ -164,7 +169,7 @@ impl SessionManager {
             }
         }
         let booted = boot::start_vm(
-            self.cfg.backend.as_ref(),
+            session.backend.as_ref(),
             &s.session_id,
             &image,
             spec,
@@ -208,8 +213,9 @@ impl SessionManager {
         &self,
         name: &str,
         req: &mut StartRequest,
+        backend: &dyn Backend,
     ) -> Result<(ReadyState, CheckpointInfo), SessionError> {
-        let (info, ready) = self.usable(name)?;
+        let (info, ready) = self.usable(name, backend)?;
         for (field, given, theirs) in [
             ("width", req.width, info.width),
             ("height", req.height, info.height),

@@ -103,7 +103,7 @@ static LAYERS: AtomicU64 = AtomicU64::new(1);
 impl Session {
     /// Refuses `what` (checkpoint, restore) for a session on an engine elsewhere.
     pub(super) fn on_this_host(&self, what: &'static str) -> Result<(), SessionError> {
-        match self.on_host {
+        match self.backend.files_on_host() {
             true => Ok(()),
             false => Err(SessionError::NotOnEngine {
                 what,

@@ -43,10 +43,21 @@ impl SessionManager {
         let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
             .await
             .map_err(std::io::Error::other)??;
+        // Which engine runs it (with several engines), before anything is made for it; a fork
+        // only where QEMU sees this host's files (its checkpoint is one).
+        let memory_mb = check_range(
+            "memory_mb",
+            req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+            MEMORY_RANGE,
+        )?;
+        let (backend_arc, placement) = self
+            .place(&req, req.from_checkpoint.is_some(), memory_mb)
+            .await?;
+        let backend = backend_arc.as_ref();
         // Under the lock: a checkpoint_delete (exclusive) cannot take the fork's checkpoint
         // away before its marker names it.
         let fork = match req.from_checkpoint.clone() {
-            Some(name) => Some(self.fork_source(&name, &mut req)?),
+            Some(name) => Some(self.fork_source(&name, &mut req, backend)?),
             None => None,
         };
         let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
@@ -65,9 +76,6 @@ impl SessionManager {
                 max: self.cfg.max_sessions,
             });
         }
-        // Which engine runs it (with several engines), before anything is made for it.
-        let (backend, placement) = self.place(&req, fork.is_some()).await?;
-        let backend = backend.as_ref();
         let spec = self.machine_spec(&image, memory_mb, req.network);
         // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
         // clicked (a cold boot puts it there).
@@ -186,7 +194,7 @@ impl SessionManager {
             geometry,
             exited: std::sync::Mutex::new(exited),
             files,
-            on_host: backend.files_on_host(),
+            backend: backend_arc.clone(),
             ledger,
             after: std::sync::Mutex::new(None),
             last_call: std::sync::Mutex::new(Instant::now()),
@@ -204,6 +212,7 @@ impl SessionManager {
         &self,
         req: &StartRequest,
         fork: bool,
+        memory_mb: u32,
     ) -> Result<(Arc<dyn crate::backend::Backend>, Option<Placement>), SessionError> {
         let Some(engines) = &self.cfg.engines else {
             if let Some(e) = &req.engine {
@@ -215,7 +224,7 @@ impl SessionManager {
             return Ok((self.cfg.backend.clone(), None));
         };
         let placed = engines
-            .place(req.engine.as_deref())
+            .place(req.engine.as_deref(), fork, u64::from(memory_mb) + 768)
             .await
             .map_err(|e| match req.engine {
                 Some(_) => SessionError::InvalidParams(e.to_string()),

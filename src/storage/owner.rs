@@ -168,6 +168,25 @@ impl Owner {
         }
     }
 
+    /// The rule for an engine other machines may use too (`--engine`): only an owner labelled
+    /// with this machine's id, this boot and this pid namespace is judged at all; anything
+    /// else (another host, a host without a machine id, a cloned machine id with another boot,
+    /// an older deskvm's labels) is Unknown, so it is never removed from here.
+    pub fn liveness_on_shared_engine(&self) -> Liveness {
+        let same_host = !self.machine_id.is_empty()
+            && self.machine_id == machine_id()
+            && !self.boot_id.is_empty()
+            && self.boot_id == boot_id()
+            && self.pid_ns != 0
+            && self.pid_ns == pid_ns();
+        if !same_host {
+            return Liveness::Unknown(
+                "not made by a deskvm of this machine and boot: not judged on an engine others may use".into(),
+            );
+        }
+        self.liveness()
+    }
+
     fn own_liveness(&self) -> Liveness {
         if !self.machine_id.is_empty() && self.machine_id != machine_id() {
             return Liveness::Unknown(format!(

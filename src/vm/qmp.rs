@@ -135,8 +135,11 @@ impl Qmp {
                 });
             }
             tracing::trace!(error = %failed, "QMP not up yet");
-            // A failed connect costs a syscall; QEMU is up ~50 ms after exec.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // A failed connect costs a syscall; QEMU is up ~50 ms after exec. Through an exec
+            // channel it costs the engine two requests (and the bridge waits for the socket
+            // itself): slower retries there.
+            let pause = if link.kind() == "host" { 5 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         };
         let (svc, reader) = stream.spawn_tokio();
         Ok(Qmp { svc, reader })

@@ -77,15 +77,11 @@ impl EngineSpec {
         })
     }
 
-    /// Whether QEMU in this engine's containers sees this host's files: only this host's own
-    /// engine, reached through a unix socket.
+    /// Whether QEMU in this engine's containers sees this host's files (bind mounts): this
+    /// host's engine as `--backend docker` has always used it (`DOCKER_HOST` included), or one
+    /// named by a `unix://` socket. Only an explicit `tcp://`/`https://` engine is remote.
     pub fn is_local(&self) -> bool {
-        match &self.url {
-            None => std::env::var("DOCKER_HOST")
-                .map(|h| h.starts_with("unix://"))
-                .unwrap_or(true),
-            Some(u) => u.starts_with("unix://"),
-        }
+        self.url.as_deref().is_none_or(|u| u.starts_with("unix://"))
     }
 
     /// Where this engine's client certificates are: `tls=`, else `DOCKER_CERT_PATH`, else
@@ -147,7 +143,7 @@ impl EngineSpec {
                         )));
                     }
                 }
-                let https = url.replacen("tcp://", "https://", 1);
+                let https = url.replacen("tcp://", "https://", 1).replacen("http://", "https://", 1);
                 Docker::connect_with_ssl(
                     &https,
                     &dir.join("key.pem"),
@@ -158,9 +154,13 @@ impl EngineSpec {
                 )
                 .map_err(fail)
             }
+            None if url.starts_with("https://") => Err(BackendError::Setup(format!(
+                "engine {} ({url}): https:// needs `,tls=DIR` with ca.pem, cert.pem and key.pem (or DOCKER_CERT_PATH)",
+                self.name
+            ))),
             None if insecure => {
                 tracing::warn!(engine = %self.name, "talking to a Docker engine without TLS (--insecure-engine)");
-                let http = url.replacen("https://", "http://", 1);
+                let http = url.to_string();
                 Docker::connect_with_http(&http, REQUEST_TIMEOUT, API_DEFAULT_VERSION)
                     .map_err(fail)
             }

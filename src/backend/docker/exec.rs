@@ -5,16 +5,21 @@
 //! lz4-compressed: a 3 MB screendump of a desktop shrinks to a few percent in ~4 ms, and the
 //! exec stream (engine, TLS, frames) is what bounds a screenshot here.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::vm::link::{Conn, Link, Socket};
 use crate::vm::spec::RuntimeFiles;
@@ -23,8 +28,11 @@ use crate::vm::spec::RuntimeFiles;
 const BRIDGE: &str =
     r#"until [ -S "$0" ]; do sleep 0.005; done; exec socat -b 262144 - UNIX-CONNECT:"$0""#;
 /// One line per request (a path); answers with the size of its lz4 frame in decimal and the
-/// frame, or -1 when the file cannot be read.
-const READER: &str = r#"z=/dev/shm/.deskvm-read.lz4; while IFS= read -r p; do if [ -f "$p" ] && lz4 -1 -q -f "$p" "$z" && s=$(stat -c %s "$z"); then echo "$s"; head -c "$s" "$z"; else echo -1; fi; done"#;
+/// frame, -1 when the file cannot be read, -2 when the image lacks lz4. Its scratch file is its own (`$$`): a reader
+/// left behind by a cancelled read must not write into the next one's.
+const READER: &str = r#"command -v lz4 >/dev/null || { echo -2; exit 1; }; z=/dev/shm/.deskvm-read-$$.lz4; trap 'rm -f "$z"' EXIT; while IFS= read -r p; do if [ -f "$p" ] && lz4 -1 -q -f "$p" "$z" && s=$(stat -c %s "$z"); then echo "$s"; head -c "$s" "$z"; else echo -1; fi; done"#;
+/// Larger than any screendump's frame (a 1920x1200 PPM is 6.9 MB before compression).
+const MAX_FRAME: i64 = 64 << 20;
 
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
 type Output = Pin<Box<dyn AsyncRead + Send>>;
@@ -98,6 +106,16 @@ impl FileReader {
             .trim()
             .parse()
             .map_err(|_| io::Error::other(format!("the file channel answered {size:?}")))?;
+        if size > MAX_FRAME {
+            return Err(io::Error::other(format!(
+                "the file channel announced {size} bytes"
+            )));
+        }
+        if size == -2 {
+            return Err(io::Error::other(
+                "the container's image has no lz4 (a runtime image of an older recipe: rebuild it with `deskvm setup`, then `deskvm image push`)",
+            ));
+        }
         if size < 0 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -115,6 +133,71 @@ impl FileReader {
     }
 }
 
+/// A stream that fails once `token` is cancelled: the engine went quiet (a partition resets
+/// nothing, so reads would otherwise wait forever) and every channel of its sessions is cut.
+pub struct Severable<T> {
+    inner: T,
+    token: CancellationToken,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<T> Severable<T> {
+    pub fn new(inner: T, token: &CancellationToken) -> Self {
+        Severable {
+            inner,
+            token: token.clone(),
+            cut: Box::pin(token.clone().cancelled_owned()),
+        }
+    }
+
+    fn severed(&mut self, cx: &mut Context<'_>) -> bool {
+        // Polled every time so the waker is registered; checked first, so a finished future
+        // is never polled again.
+        self.token.is_cancelled() || self.cut.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the engine stopped answering")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Severable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.severed(cx) {
+            return Poll::Ready(Err(lost()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Severable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.severed(cx) {
+            return Poll::Ready(Err(lost()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.severed(cx) {
+            return Poll::Ready(Err(lost()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// QEMU in a container of an engine that shares no filesystem with this host.
 pub struct ExecLink {
     docker: Docker,
@@ -122,16 +205,25 @@ pub struct ExecLink {
     files: RuntimeFiles,
     screen: PathBuf,
     reader: tokio::sync::Mutex<Option<FileReader>>,
+    /// Cancelled when the engine stops answering (`DockerBackend::watch_engine`).
+    lost: CancellationToken,
 }
 
 impl ExecLink {
-    pub fn new(docker: Docker, container: String, files: RuntimeFiles, screen: PathBuf) -> Self {
+    pub fn new(
+        docker: Docker,
+        container: String,
+        files: RuntimeFiles,
+        screen: PathBuf,
+        lost: CancellationToken,
+    ) -> Self {
         ExecLink {
             docker,
             container,
             files,
             screen,
             reader: Default::default(),
+            lost,
         }
     }
 }
@@ -150,7 +242,8 @@ impl Link for ExecLink {
         async move {
             let cmd = ["bash", "-c", BRIDGE, &path].map(String::from).to_vec();
             let (input, output) = attach(&self.docker, &self.container, cmd).await?;
-            Ok(Box::new(tokio::io::join(output, input)) as Conn)
+            let joined = tokio::io::join(output, input);
+            Ok(Box::new(Severable::new(joined, &self.lost)) as Conn)
         }
         .boxed()
     }
@@ -165,8 +258,11 @@ impl Link for ExecLink {
                     let cmd = ["bash", "-c", READER].map(String::from).to_vec();
                     let (input, output) = attach(&self.docker, &self.container, cmd).await?;
                     FileReader {
-                        input,
-                        output: BufReader::with_capacity(256 * 1024, output),
+                        input: Box::pin(Severable::new(input, &self.lost)),
+                        output: BufReader::with_capacity(
+                            256 * 1024,
+                            Box::pin(Severable::new(output, &self.lost)),
+                        ),
                     }
                 }
             };

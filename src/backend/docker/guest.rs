@@ -186,9 +186,11 @@ async fn build_in(
     }
     let name = format!("deskvm-guest-build-{}", std::process::id());
     super::DockerBackend::remove(docker, &name).await;
+    // Owner labels: if this process dies mid-build, the janitor finds the container.
     let body = ContainerCreateBody {
         image: Some(runtime.to_string()),
         cmd: Some(vec!["true".into()]),
+        labels: Some(crate::storage::Owner::me("image_build", None).labels()),
         ..Default::default()
     };
     docker

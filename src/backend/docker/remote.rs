@@ -145,6 +145,7 @@ impl DockerBackend {
             name.clone(),
             files,
             SCREEN_IN_CONTAINER.into(),
+            self.lost_token(),
         );
         Ok(self.supervise(name, Arc::new(link)))
     }
@@ -168,5 +169,54 @@ impl DockerBackend {
                 let _ = self.version.set(v);
             }
         }
+    }
+}
+
+/// How often a remote engine is asked whether it is there, and how many silent asks in a row
+/// mean it is lost (a partition resets no connection: without this its sessions' reads and
+/// waits would hang instead of failing).
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const SILENT_PINGS: u32 = 2;
+
+impl DockerBackend {
+    /// False once the watchdog found the engine silent, until it answers again.
+    pub fn answering(&self) -> bool {
+        self.answering.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The token this engine's current sessions are cut off with when it goes quiet.
+    pub(super) fn lost_token(&self) -> tokio_util::sync::CancellationToken {
+        self.lost.lock().expect("poisoned").clone()
+    }
+
+    /// Starts the watchdog of a remote engine (nothing for this host's). It ends with the
+    /// backend (it holds only a weak reference to the token's slot).
+    pub(super) fn watched(self) -> Self {
+        if !self.remote {
+            return self;
+        }
+        let (docker, name) = (self.docker.clone(), self.engine.name.clone());
+        let slot = Arc::downgrade(&self.lost);
+        let answering = self.answering.clone();
+        tokio::spawn(async move {
+            let mut silent = 0;
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                let Some(slot) = slot.upgrade() else { return };
+                let answered = matches!(
+                    tokio::time::timeout(PING_TIMEOUT, docker.ping()).await,
+                    Ok(Ok(_))
+                );
+                silent = if answered { 0 } else { silent + 1 };
+                answering.store(silent < SILENT_PINGS, std::sync::atomic::Ordering::Relaxed);
+                if silent == SILENT_PINGS {
+                    tracing::warn!(engine = %name, "the engine stopped answering; failing its sessions");
+                    let old = std::mem::take(&mut *slot.lock().expect("poisoned"));
+                    old.cancel();
+                }
+            }
+        });
+        self
     }
 }

@@ -39,27 +39,30 @@ const SHIM_WAIT: Duration = Duration::from_millis(500);
 
 /// What a session container depends on: its limits, and whether its screendump dir on tmpfs
 /// is bound. A prepared container fits a session with the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     memory_mb: u32,
     cpus: u32,
     network: bool,
     shm: bool,
+    /// On an engine elsewhere: the guest image the container runs.
+    image: Option<String>,
 }
 
 impl Key {
     /// A session like `spec` whose runtime dir is `files` (made), or is yet to be made; on an
-    /// engine elsewhere (`remote`) nothing of this host is bound.
-    fn of(spec: &VmSpec, files: Option<&RuntimeFiles>, remote: bool) -> Self {
+    /// engine elsewhere (`image`: its guest image) nothing of this host is bound.
+    fn of(spec: &VmSpec, files: Option<&RuntimeFiles>, image: Option<String>) -> Self {
         Key {
             memory_mb: spec.memory_mb,
             cpus: spec.cpus,
             network: spec.network,
-            shm: !remote
+            shm: image.is_none()
                 && match files {
                     Some(f) => f.shm_in_use(),
                     None => crate::vm::spec::shm_root().is_some(),
                 },
+            image,
         }
     }
 }
@@ -82,9 +85,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn take(&self, spec: &VmSpec, remote: bool) -> Option<String> {
+    pub(super) fn take(&self, spec: &VmSpec, image: Option<String>) -> Option<String> {
         let mut next = self.next.lock().expect("warm pool poisoned");
-        let wanted = Key::of(spec, None, remote);
+        let wanted = Key::of(spec, None, image);
         if next.0.as_ref().is_none_or(|(_, w)| w.key != wanted) {
             return None;
         }
@@ -139,7 +142,11 @@ impl DockerBackend {
         // Driven now, not when a start first awaits it.
         tokio::spawn(started.clone());
         let warm = Warm {
-            key: Key::of(spec, Some(&files), self.remote),
+            key: Key::of(
+                spec,
+                Some(&files),
+                self.remote.then(|| self.guest_tag(spec)),
+            ),
             files,
             started,
         };

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use engine::short_id;
 pub use scan::{is_bundle, short as short_duration};
 
-use super::owner::{Owner, ProcessRef};
+use super::owner::{Liveness, Owner, ProcessRef};
 use super::{CacheLock, Layout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -252,11 +252,21 @@ pub async fn run_engine(docker: &Docker, req: &Request) -> Report {
     let started = Instant::now();
     let mut scan = Scan::default();
     engine::scan(docker, &Current::default(), req, &mut scan).await;
-    let candidates: Vec<Candidate> = scan
-        .candidates
-        .into_iter()
-        .filter(|c| c.kind == Kind::OrphanSession)
-        .collect();
+    let mut candidates = Vec::new();
+    for c in scan.candidates {
+        if c.kind != Kind::OrphanSession {
+            continue;
+        }
+        // The stricter rule: an engine elsewhere may serve other machines' deskvm too.
+        match c.owner.as_ref().map(Owner::liveness_on_shared_engine) {
+            Some(Liveness::Dead(_)) => candidates.push(c),
+            Some(Liveness::Unknown(why)) => scan.not_touched.push(NotTouched {
+                what: format!("container {}", c.container.clone().unwrap_or_default()),
+                why,
+            }),
+            _ => {}
+        }
+    }
     let mut report = Report {
         mode: if req.apply { "apply" } else { "report" },
         candidate_bytes: 0,
