@@ -129,12 +129,9 @@ impl Engines {
 
     /// The first engine that answered: image builds and templates use it.
     pub fn first(&self) -> Arc<DockerBackend> {
-        self.members
-            .iter()
-            .find_map(|m| match m {
-                Member::Up(b) => Some(b.clone()),
-                Member::Down { .. } => None,
-            })
+        self.up()
+            .into_iter()
+            .next()
             .expect("connect keeps at least one")
     }
 
@@ -151,12 +148,9 @@ impl Engines {
 
     /// The engines that answered and share no filesystem with this host.
     pub fn remote(&self) -> Vec<Arc<DockerBackend>> {
-        self.members
-            .iter()
-            .filter_map(|m| match m {
-                Member::Up(b) if !b.files_on_host() => Some(b.clone()),
-                _ => None,
-            })
+        self.up()
+            .into_iter()
+            .filter(|b| !b.files_on_host())
             .collect()
     }
 

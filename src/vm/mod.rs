@@ -175,11 +175,6 @@ impl Vm {
         self.link.read(path).await
     }
 
-    /// Whether QEMU's files are on this host (checkpoints write and read them there).
-    pub fn files_on_host(&self) -> bool {
-        self.link.kind() == "host"
-    }
-
     /// The guest agent, connected on first use (it starts a few seconds into a cold boot).
     pub async fn agent(&self, timeout: Duration) -> Result<&Qga, VmError> {
         connect_agent(&self.qga, self.link.clone(), timeout).await
