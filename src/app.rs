@@ -57,6 +57,8 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dockerd", "docker.io"),
+    // The live view's web client: files, not a program.
+    ("/usr/share/novnc/core/rfb.js", "novnc"),
 ];
 
 /// Not needed to run deskvm: the headless browser the test suite renders review viewers with,
@@ -86,6 +88,9 @@ fn missing_of(tools: &'static [(&'static str, &'static str)]) -> Vec<(&'static s
         .iter()
         .copied()
         .filter(|(t, _)| {
+            if t.starts_with('/') {
+                return !Path::new(t).is_file();
+            }
             !on_path(t)
                 && !Path::new("/usr/sbin").join(t).is_file()
                 && !Path::new("/sbin").join(t).is_file()
@@ -538,6 +543,12 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
                 u.sessions.count, h(u.sessions.bytes), u.ledgers.count, h(u.ledgers.bytes),
                 u.exports.count, h(u.exports.bytes), u.runtime_images.count, h(u.runtime_images.bytes)
             );
+            if let Some(dir) = crate::view::novnc_dir() {
+                println!(
+            "info  live view: noVNC from {}; a stdio server serves it on a loopback port (--view-addr, default 127.0.0.1:0, listed per server below), an HTTP server at /view/",
+            dir.display()
+        );
+            }
             servers(&layout);
             session_disk(&layout);
             println!(

@@ -15,12 +15,28 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 
 pub struct Client {
-    svc: RunningService<RoleClient, ()>,
+    svc: RunningService<RoleClient, rmcp::model::ClientConfig>,
 }
 
 impl Client {
     /// Spawns `bin serve` with `extra_args` and the given environment.
     pub async fn spawn(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_as(
+            bin,
+            extra_args,
+            env,
+            rmcp::model::ClientCapabilities::default(),
+        )
+        .await
+    }
+
+    /// As [`Client::spawn`], declaring `capabilities` (e.g. an extension it renders).
+    pub async fn spawn_as(
+        bin: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        capabilities: rmcp::model::ClientCapabilities,
+    ) -> Result<Self> {
         let cmd = tokio::process::Command::new(bin).configure(|c| {
             c.arg("serve").args(extra_args);
             for (k, v) in env {
@@ -28,7 +44,14 @@ impl Client {
             }
         });
         let transport = TokioChildProcess::new(cmd).context("spawning deskvm serve")?;
-        let svc = ().serve(transport).await.context("MCP handshake with deskvm serve")?;
+        let info = rmcp::model::ClientConfig::new(
+            capabilities,
+            rmcp::model::Implementation::new("deskvm-client", env!("CARGO_PKG_VERSION")),
+        );
+        let svc = info
+            .serve(transport)
+            .await
+            .context("MCP handshake with deskvm serve")?;
         Ok(Client { svc })
     }
 
@@ -41,8 +64,16 @@ impl Client {
             config = config.auth_header(t.to_string());
         }
         let transport = StreamableHttpClientTransport::from_config(config);
-        let svc = ().serve(transport).await.with_context(|| format!("MCP handshake with {url}"))?;
+        let svc = rmcp::model::ClientConfig::default()
+            .serve(transport)
+            .await
+            .with_context(|| format!("MCP handshake with {url}"))?;
         Ok(Client { svc })
+    }
+
+    /// The tools as the server lists them to this client.
+    pub async fn tools(&self) -> Result<Vec<rmcp::model::Tool>> {
+        Ok(self.svc.peer().list_all_tools().await?)
     }
 
     /// A tool's input schema, as the server lists it.

@@ -11,10 +11,12 @@ pub mod ledger;
 pub mod mcp;
 pub mod session;
 pub mod storage;
+pub mod view;
 pub mod vm;
 
 pub mod app;
 pub mod bench;
+pub mod cdp;
 pub mod client;
 pub mod demo;
 pub mod engines;

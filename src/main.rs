@@ -70,6 +70,11 @@ enum Cmd {
         /// Most concurrent HTTP requests and open streams; more get 503.
         #[arg(long, default_value_t = 64)]
         max_streams: usize,
+        /// With stdio: the loopback address the live view (session_view) is served on; port 0
+        /// picks one (doctor lists it while the server runs). With --http the view is served
+        /// there, at /view/.
+        #[arg(long, env = "DESKVM_VIEW_ADDR", default_value = "127.0.0.1:0")]
+        view_addr: std::net::SocketAddr,
         /// Most sessions at once.
         #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
         max_sessions: usize,
@@ -154,6 +159,10 @@ enum Cmd {
         density: usize,
         #[arg(long, default_value_t = 16)]
         budget_gib: u64,
+        /// Live viewers (headless Chromium on session_view links) attached while screenshots
+        /// are measured again, beside none; 0 skips the live view.
+        #[arg(long, default_value_t = 2)]
+        viewers: usize,
         /// Also write every figure (p50/p95/min/max, n, ratios) as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -239,9 +248,16 @@ async fn main() -> Result<()> {
             allow_hosts,
             max_body_bytes,
             max_streams,
+            view_addr,
         } => {
+            if http.is_none() && !view_addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "--view-addr {view_addr}: the stdio server's live view listener takes loopback addresses only \
+                     (it has no token); serve --http with --token-file to show desktops over a network"
+                );
+            }
             let transport = match http {
-                None => Transport::Stdio,
+                None => Transport::Stdio { view_addr },
                 Some(addr) => {
                     // DESKVM_TOKEN is read here and nowhere else; it is never logged.
                     let env_token = std::env::var("DESKVM_TOKEN").ok();
@@ -332,8 +348,10 @@ async fn main() -> Result<()> {
             transport,
             http_clients,
             remote_engine,
+            viewers,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
+                viewers,
                 starts,
                 shots,
                 clicks,

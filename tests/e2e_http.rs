@@ -388,6 +388,48 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
         &dom[..dom.len().min(2000)]
     );
     assert!(review["counts"]["shots"].as_u64().unwrap() > 0);
+
+    // The live view over HTTP: behind the server's token, then the link's own.
+    let v = alice
+        .call_ok(
+            "session_view",
+            json!({ "session_id": sid, "control": true }),
+        )
+        .await?;
+    let view = v["url"].as_str().context("session_view url")?.to_string();
+    assert!(view.starts_with(&format!("{base}/view/")), "{v}");
+    assert!(v["note"].as_str().unwrap().contains("token"), "{v}");
+    assert_eq!(http().get(&view).send().await?.status(), 401);
+    let as_bob = http()
+        .get(&view)
+        .header("Authorization", bearer(BOB))
+        .send()
+        .await?;
+    assert_eq!(
+        as_bob.status(),
+        403,
+        "alice's link does not open with bob's token"
+    );
+    let as_alice = http()
+        .get(&view)
+        .header("Authorization", bearer(ALICE))
+        .send()
+        .await?;
+    assert_eq!(as_alice.status(), 200);
+    // A person's browser: the token once in the URL, then the page and its WebSocket by cookie.
+    let browser = deskvm::cdp::Browser::launch(1400, 1000).await?;
+    let page = browser.open(&format!("{view}?token={ALICE}")).await?;
+    common::view::canvas_matches_screenshot(&alice, &sid, &page).await?;
+    assert!(
+        !page
+            .eval("location.href")
+            .await?
+            .as_str()
+            .unwrap()
+            .contains(ALICE),
+        "the token does not stay in the address bar"
+    );
+    drop(browser);
     // SIGTERM with a legacy SSE stream still open: the server stops its sessions and exits.
     let mut open = http()
         .get(format!("{base}/sse"))

@@ -213,6 +213,22 @@ async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result
     let img = image::load_from_memory(&png)?;
     assert_eq!((img.width(), img.height()), (1280, 800));
 
+    // The live view reaches the VM's VNC socket through the Engine API's exec channel too
+    // (nothing published, as inspected above): a person types into the terminal.
+    let view = common::view::link(c, &sid, true).await?;
+    let browser = deskvm::cdp::Browser::launch(1400, 1000).await?;
+    let page = browser.open(&common::view::url(&view)).await?;
+    common::view::canvas_matches_screenshot(c, &sid, &page).await?;
+    let (px, py) = deskvm::view::probe::page_point(&page, 300, 250).await?;
+    page.click(px, py).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    page.type_text("echo remote-person > /tmp/rp.txt\n").await?;
+    assert_eq!(
+        read_guest_file(c, &sid, "/tmp/rp.txt", 14).await?,
+        "remote-person\n"
+    );
+    drop(browser);
+
     // Checkpoints are files on this host: refused by name, the session goes on.
     let (kind, msg) = tool_error(c, "checkpoint", json!({ "session_id": sid })).await?;
     assert_eq!(kind, "not_on_engine", "{msg}");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what deskvm needs on a Debian host (run as root; `deskvm setup` runs it when something
-# is missing): QEMU, debootstrap, e2fsprogs, the Docker engine, and Chromium (headless, for the
+# is missing): QEMU, debootstrap, e2fsprogs, the Docker engine, noVNC (the live view's web client),
+# and Chromium (headless, for the
 # tests that render review viewers). On bookworm QEMU comes from bookworm-backports: QEMU 7.2 had screendump bugs, and
 # ready states must be made and resumed by one QEMU build.
 set -euo pipefail
@@ -21,5 +22,7 @@ fi
 apt-get update -q || echo "host-setup.sh: apt-get update reported errors; continuing with the lists it got" >&2
 apt-get install -y -q "${QEMU_SUITE[@]}" qemu-system-x86 qemu-utils
 apt-get install -y -q debootstrap e2fsprogs docker.io
+# The live view's web client (session_view serves noVNC's files; nothing from a CDN).
+apt-get install -y -q --no-install-recommends novnc
 # Only the tests need it (they open exported review viewers in headless Chromium).
 apt-get install -y -q --no-install-recommends chromium fonts-liberation

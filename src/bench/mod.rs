@@ -10,6 +10,7 @@ mod report;
 mod starts;
 mod transport;
 mod typing;
+mod view;
 
 pub(crate) use report::{metric, ms, pct, record, summary, METRICS};
 
@@ -44,6 +45,8 @@ pub struct Options {
     /// screenshot, click, typing.
     pub remote_engine: Option<String>,
     pub insecure_engine: bool,
+    /// Live viewers attached while screenshots are measured again (0: skip the live view).
+    pub viewers: usize,
     /// Also write every figure as JSON here.
     pub json: Option<std::path::PathBuf>,
 }
@@ -87,6 +90,13 @@ pub async fn run(o: Options) -> Result<()> {
             chars: o.chars.min(4000),
         };
         result = remote::compare(&exe, &env, &r).await;
+    }
+    if result.is_ok() && o.viewers > 0 {
+        // Beside the main figures: a host without Chromium still gets the rest.
+        if let Err(e) = view::measure(&client, o.viewers, o.shots, (o.clicks / 3).max(5)).await {
+            println!("{:<38} not measured: {e:#}", "live view");
+            record("live view", json!({ "error": format!("{e:#}") }));
+        }
     }
     if result.is_ok() && o.reclaim_runs > 0 {
         result = disk::reclaim_report_time(&client, o.reclaim_runs).await;

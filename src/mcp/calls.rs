@@ -37,7 +37,14 @@ pub fn caller(context: &RequestContext<RoleServer>) -> Caller {
             None => "http".into(),
         },
     };
-    Caller::new(principal, connection).with_cancel(context.ct.clone())
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    Caller::new(principal, connection)
+        .with_cancel(context.ct.clone())
+        .with_host(host)
 }
 
 /// While alive, sends a progress notification every second (elapsed seconds, with the tool's

@@ -13,6 +13,7 @@ pub mod resources;
 pub mod serve;
 mod tasks;
 mod tools;
+mod view;
 
 pub use serve::{serve, Transport};
 pub use tools::DeskvmServer;

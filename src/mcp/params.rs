@@ -313,3 +313,14 @@ mod tests {
         assert_eq!(start["properties"]["width"]["minimum"], 640);
     }
 }
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionViewArgs {
+    pub session_id: String,
+    /// Let the person's mouse and keyboard reach the desktop (default false: view only).
+    #[serde(default)]
+    pub control: bool,
+    /// Seconds the link works (10 to 604800; default 3600). It also dies when the session stops.
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}

@@ -15,9 +15,12 @@ pub fn uri(name: &str, file: &str) -> String {
     format!("{SCHEME}{name}/{file}")
 }
 
-pub(super) fn mime(file: &str) -> &'static str {
+pub(crate) fn mime(file: &str) -> &'static str {
     match file.rsplit('.').next() {
         Some("html") => "text/html",
+        Some("js") => "text/javascript",
+        Some("css") => "text/css",
+        Some("svg") => "image/svg+xml",
         Some("json") => "application/json",
         Some("jsonl") => "application/jsonl",
         Some("png") => "image/png",

@@ -11,7 +11,10 @@ use super::DeskvmServer;
 use crate::session::SessionManager;
 
 pub enum Transport {
-    Stdio,
+    /// stdio, with the live view on its own loopback listener at this address.
+    Stdio {
+        view_addr: std::net::SocketAddr,
+    },
     Http(HttpOptions),
 }
 
@@ -21,13 +24,28 @@ pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result
     let server = DeskvmServer::new(manager.clone());
     let result = match transport {
         // A failed handshake still ends in the shutdown below (it removes prepared VMs).
-        Transport::Stdio => match server.serve(rmcp::transport::stdio()).await {
-            Ok(service) => tokio::select! {
-                r = service.waiting() => r.map(|_| ()).map_err(anyhow::Error::from),
-                _ = shutdown_signal() => Ok(()),
-            },
-            Err(e) => Err(e.into()),
-        },
+        Transport::Stdio { view_addr } => {
+            let views_done = CancellationToken::new();
+            let _stop_views = views_done.clone().drop_guard();
+            match crate::view::http::listen(view_addr, manager.views().clone(), views_done).await {
+                Ok(addr) => {
+                    tracing::info!(%addr, "live view listener");
+                    crate::storage::describe_instance(
+                        manager.layout(),
+                        &format!("stdio; live view at http://{addr}/view/"),
+                    );
+                }
+                // The desktops still work; session_view says why it cannot.
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "no live view"),
+            }
+            match server.serve(rmcp::transport::stdio()).await {
+                Ok(service) => tokio::select! {
+                    r = service.waiting() => r.map(|_| ()).map_err(anyhow::Error::from),
+                    _ = shutdown_signal() => Ok(()),
+                },
+                Err(e) => Err(e.into()),
+            }
+        }
         Transport::Http(o) => {
             let ct = CancellationToken::new();
             let stop = ct.clone();

@@ -61,7 +61,8 @@ impl DeskvmServer {
                 + Self::input_router()
                 + Self::computer_router()
                 + Self::checkpoint_router()
-                + Self::reclaim_router(),
+                + Self::reclaim_router()
+                + Self::view_router(),
             prompt_router: Self::prompt_router(),
         }
     }
@@ -69,6 +70,10 @@ impl DeskvmServer {
     pub fn with_review_base(mut self, base: String) -> Self {
         self.review_base = Some(base.into());
         self
+    }
+
+    pub fn views(&self) -> std::sync::Arc<crate::view::Views> {
+        self.manager.views().clone()
     }
 
     pub fn exports_dir(&self) -> std::path::PathBuf {
@@ -300,16 +305,36 @@ impl ServerHandler for DeskvmServer {
         result
     }
 
+    /// The tools; for a client that renders MCP Apps, `session_view` names its app.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, McpError> {
+        let apps = super::view::client_renders_apps(&context);
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| match t.name.as_ref() {
+                "session_view" if apps => super::view::with_app(t),
+                _ => t,
+            })
+            .collect();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let caller = super::calls::caller(&context);
-        Ok(ListResourcesResult::with_all_items(resources::list(
-            &self.manager.layout().exports(),
-            &caller,
-        )))
+        let mut list = resources::list(&self.manager.layout().exports(), &caller);
+        if super::view::client_renders_apps(&context) {
+            list.push(super::view::app_resource());
+        }
+        Ok(ListResourcesResult::with_all_items(list))
     }
 
     async fn read_resource(
@@ -317,6 +342,10 @@ impl ServerHandler for DeskvmServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
+        if request.uri == super::view::APP_URI {
+            let base = self.manager.views().base();
+            return Ok(ReadResourceResult::new(vec![super::view::app_contents(base)]).into());
+        }
         let caller = super::calls::caller(&context);
         let contents = resources::read(&self.manager.layout().exports(), &request.uri, &caller)?;
         Ok(ReadResourceResult::new(vec![contents]).into())
@@ -379,13 +408,14 @@ mod tests {
             + DeskvmServer::input_router()
             + DeskvmServer::computer_router()
             + DeskvmServer::checkpoint_router()
-            + DeskvmServer::reclaim_router();
+            + DeskvmServer::reclaim_router()
+            + DeskvmServer::view_router();
         let readme = include_str!("../../README.md");
         let prompt = include_str!("../../prompts/use-desktop.md");
         let tools = router.list_all();
         assert_eq!(
             tools.len(),
-            23,
+            24,
             "a new tool: describe it, then count it here"
         );
         for t in tools {

@@ -19,6 +19,9 @@ pub struct Caller {
     pub system: bool,
     /// Fires when the client cancels the call (or its connection ends): long waits stop.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
+    /// The `Host` an HTTP call was sent to: links back to this server use it when it listens on
+    /// every interface.
+    pub host: Option<String>,
 }
 
 impl Caller {
@@ -28,7 +31,13 @@ impl Caller {
             connection: connection.into(),
             system: false,
             cancel: None,
+            host: None,
         }
+    }
+
+    pub fn with_host(mut self, host: Option<String>) -> Self {
+        self.host = host;
+        self
     }
 
     pub fn with_cancel(mut self, ct: tokio_util::sync::CancellationToken) -> Self {
@@ -42,6 +51,7 @@ impl Caller {
             connection: "server".into(),
             system: true,
             cancel: None,
+            host: None,
         }
     }
 

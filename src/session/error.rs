@@ -48,6 +48,8 @@ pub enum SessionError {
     Incompatible { name: String, why: String },
     #[error("{what} is not available on engine {engine}: checkpoints are files on this host, which that engine's containers do not see (pin a local engine with session_start's `engine`)")]
     NotOnEngine { what: &'static str, engine: String },
+    #[error("no live view: {0}")]
+    ViewUnavailable(String),
     #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
     UnknownAction {
         format: &'static str,
@@ -103,6 +105,7 @@ impl SessionError {
             SessionError::InUse { .. } => "in_use",
             SessionError::Incompatible { .. } => "incompatible_checkpoint",
             SessionError::NotOnEngine { .. } => "not_on_engine",
+            SessionError::ViewUnavailable(_) => "view_unavailable",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",

@@ -19,6 +19,7 @@ mod run;
 mod save;
 mod start;
 pub mod template;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -137,6 +138,18 @@ pub struct Session {
     after: std::sync::Mutex<Option<AfterFrame>>,
     /// When the latest tool call on this session began or ended (the idle timeout's clock).
     last_call: std::sync::Mutex<Instant>,
+    /// Its live view: the link to its VNC socket, its viewers, a person's input.
+    view: Arc<crate::view::SessionView>,
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.info.session_id
+    }
+
+    pub fn view(&self) -> &Arc<crate::view::SessionView> {
+        &self.view
+    }
 }
 
 pub struct ManagerConfig {
@@ -164,6 +177,8 @@ pub struct SessionManager {
     stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
     /// Keep a VM prepared for the next session where the backend gains from it ([`SessionManager::keep_warm`]).
     warm: std::sync::atomic::AtomicBool,
+    /// Every live view link, and where views are served.
+    views: Arc<crate::view::Views>,
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
@@ -230,6 +245,7 @@ impl SessionManager {
             server_ledger: std::sync::OnceLock::new(),
             stopped_idle: std::sync::Mutex::new(HashMap::new()),
             warm: std::sync::atomic::AtomicBool::new(false),
+            views: Arc::default(),
         }
     }
 

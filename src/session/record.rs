@@ -154,6 +154,12 @@ impl Session {
 
     /// Ends the VM and removes the runtime dir (the ledger stays).
     pub(super) async fn end(&self) -> std::io::Result<()> {
+        // Viewers go first: no person's input reaches a VM being stopped, and what they did
+        // is on record before the stop is.
+        self.view.close();
+        if let Some(b) = self.view.human.take() {
+            self.append_human(&b);
+        }
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
         lane.vm.qmp().quit().await;
@@ -175,7 +181,24 @@ impl Session {
         });
     }
 
-    fn touch(&self) {
+    fn append_human(&self, burst: &crate::view::human::Burst) -> Option<u64> {
+        match self.ledger.append("human_input", burst.to_json()) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, session = %self.info.session_id, "could not record a person's input in the review ledger");
+                None
+            }
+        }
+    }
+
+    /// Records a burst of a person's input (control view), and the screen after it.
+    pub fn record_human(self: &Arc<Self>, burst: crate::view::human::Burst) {
+        if let Some(seq) = self.append_human(&burst) {
+            spawn_after_frame(self, seq);
+        }
+    }
+
+    pub(crate) fn touch(&self) {
         *self.last_call.lock().expect("clock poisoned") = Instant::now();
     }
 
@@ -243,9 +266,20 @@ impl Session {
         };
         // The previous action's after-frame capture yields to this call: it stops looking and
         // records the last frame it took.
+        // A person's input through a control view goes on record ahead of this call.
+        if let Some(b) = self.view.human.take() {
+            self.append_human(&b);
+        }
         let waited_for_capture = Instant::now();
         let had_capture = self.finish_capture().await;
         let mut lane = self.lane.lock().await;
+        if let Some(pointer) = self.view.human.take_touched() {
+            // The screen may have changed, and the pointer moved, without the lane knowing.
+            lane.changed_since_frame = true;
+            if let Some((x, y)) = pointer {
+                lane.pointer = (x as u32, y as u32);
+            }
+        }
         // A capture that a call ahead of this one started while this one queued: it stops at
         // once (it cannot look any more: this call holds the lane) and keeps what it took.
         self.cancel_capture();

@@ -192,6 +192,7 @@ impl SessionManager {
         *session.exited.lock().expect("exit watch poisoned") = exited;
         lane.disk = session.files.disk();
         lane.vm = booted.vm;
+        session.view.set_link(lane.vm.link());
         lane.instance = booted.instance;
         lane.latest = None;
         lane.changed_since_frame = true;

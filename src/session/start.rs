@@ -185,7 +185,9 @@ impl SessionManager {
             height,
             scale: 1.0,
         }));
+        let view = Arc::new(crate::view::SessionView::new(booted.vm.link()));
         let session = Arc::new(Session {
+            view,
             info: info.clone(),
             lane: Mutex::new(Lane {
                 memory,

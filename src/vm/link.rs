@@ -22,6 +22,8 @@ pub type Conn = Box<dyn Duplex>;
 pub enum Socket {
     Qmp,
     Qga,
+    /// QEMU's VNC server (the live view).
+    Vnc,
 }
 
 impl Socket {
@@ -30,6 +32,7 @@ impl Socket {
         match self {
             Socket::Qmp => files.qmp(),
             Socket::Qga => files.qga(),
+            Socket::Vnc => files.vnc(),
         }
     }
 }

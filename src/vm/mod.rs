@@ -147,6 +147,11 @@ fn btn_event(button: InputButton, down: bool) -> InputEvent {
 }
 
 impl Vm {
+    /// How this VM is reached (the live view opens its own connections through it).
+    pub fn link(&self) -> Arc<dyn Link> {
+        self.link.clone()
+    }
+
     pub async fn attach(
         link: Arc<dyn Link>,
         width: u32,

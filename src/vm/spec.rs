@@ -49,6 +49,10 @@ impl RuntimeFiles {
     pub fn qga(&self) -> PathBuf {
         self.dir.join("qga.sock")
     }
+    /// QEMU's VNC server: a unix socket only deskvm (the live view's bridge) connects to.
+    pub fn vnc(&self) -> PathBuf {
+        self.dir.join("vnc.sock")
+    }
     pub fn serial(&self) -> PathBuf {
         self.dir.join("serial.log")
     }
@@ -217,6 +221,11 @@ impl VmSpec {
             ),
             "-serial".into(),
             format!("file:{}", path(&files.serial())),
+            // The live view. A display, not a device: no part of a saved state, so it stays out
+            // of `machine_args` (ready states and checkpoints keep loading). Lossless (no JPEG)
+            // and always shared, whatever a client asks.
+            "-vnc".into(),
+            format!("unix:{},share=force-shared", path(&files.vnc())),
         ]);
         if let Memory::Template { ram, writable } = &self.memory {
             let mapping = if *writable {

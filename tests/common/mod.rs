@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 pub mod browser;
 pub mod engine;
 pub mod python;
+pub mod view;
 
 use deskvm::client::Client;
 use serde_json::{json, Value};

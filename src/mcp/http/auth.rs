@@ -149,7 +149,7 @@ fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<(String, bool
             .strip_prefix("Bearer ")
             .map(|s| (s.trim().to_string(), false));
     }
-    if !uri.path().starts_with("/reviews/") {
+    if !browser_path(uri.path()) {
         return None;
     }
     let cookie = headers
@@ -162,6 +162,23 @@ fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<(String, bool
         Some(c) => Some((c, false)),
         None => query_token(uri).map(|q| (q, true)),
     }
+}
+
+/// Pages a person's browser opens (it cannot send a bearer header on navigation): exported
+/// reviews and live views.
+fn browser_path(path: &str) -> bool {
+    path.starts_with("/reviews/") || path.starts_with("/view/")
+}
+
+/// A live view's page opening its own WebSocket: the request's `Origin` is the server it was
+/// sent to. (The `Host` allow-list vets that name; where there is none, on a server bound to
+/// every interface, the bearer token is required, and a rebinding page has no cookie of it.)
+fn same_origin(headers: &HeaderMap, path: &str, origin: &str) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    path.starts_with("/view/")
+        && (origin == format!("http://{host}") || origin == format!("https://{host}"))
 }
 
 pub fn query_token(uri: &axum::http::Uri) -> Option<String> {
@@ -199,7 +216,9 @@ pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) ->
         }
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| origin_allowed(&g.origins, o));
+        let ok = origin.to_str().is_ok_and(|o| {
+            origin_allowed(&g.origins, o) || same_origin(req.headers(), req.uri().path(), o)
+        });
         if !ok {
             return refuse(
                 StatusCode::FORBIDDEN,

@@ -3,7 +3,7 @@
 //! `DeskvmServer`, behind one guard (Origin allow-list, bearer tokens, a stream cap).
 
 pub mod auth;
-mod reviews;
+pub mod reviews;
 mod sse;
 
 use std::net::SocketAddr;
@@ -81,7 +81,7 @@ impl HttpOptions {
     /// What this server exposes, for logs, `doctor` and the instance record (no secrets).
     pub fn describe(&self, bound: SocketAddr) -> String {
         format!(
-            "http://{bound}/mcp (+ legacy /sse, /reviews/); {}; origins: loopback{}",
+            "http://{bound}/mcp (+ legacy /sse, /reviews/, live views at /view/); {}; origins: loopback{}",
             if self.tokens.is_empty() {
                 "no token (loopback only)".to_string()
             } else {
@@ -135,11 +135,14 @@ pub async fn serve(
     let reviews = reviews::Reviews {
         exports: server.exports_dir(),
     };
+    let views = server.views();
+    views.set_base(format!("http://{addr}"));
     let app = Router::new()
         .route_service("/mcp", mcp)
         .route("/sse", get(sse::stream).with_state(legacy.clone()))
         .route("/messages", post(sse::message).with_state(legacy))
         .route("/reviews/{*path}", get(reviews::file).with_state(reviews))
+        .merge(crate::view::http::routes(views))
         .layer(axum::middleware::from_fn_with_state(
             guard,
             auth::middleware,

@@ -37,21 +37,7 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
     // The token came in the URL: keep it in a cookie, and send the browser to the same page
     // without it, so the secret does not stay in the address bar or history.
     if let Some(QueryToken(t)) = req.extensions().get::<QueryToken>() {
-        let cookie = format!("deskvm_token={t}; HttpOnly; SameSite=Strict; Path=/reviews");
-        let mut resp = StatusCode::SEE_OTHER.into_response();
-        let h = resp.headers_mut();
-        if let (Ok(c), Ok(l)) = (
-            HeaderValue::from_str(&cookie),
-            HeaderValue::from_str(req.uri().path()),
-        ) {
-            h.insert(header::SET_COOKIE, c);
-            h.insert(header::LOCATION, l);
-        }
-        h.insert(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        );
-        return resp;
+        return token_to_cookie(req.uri().path(), t, "/reviews");
     }
     let exports = r.exports.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -80,6 +66,24 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// The bearer token came in the URL: keep it in an HttpOnly cookie scoped to `scope`, and send
+/// the browser to the same page without it, so the secret does not stay in the address bar or
+/// history.
+pub fn token_to_cookie(path: &str, token: &str, scope: &str) -> Response {
+    let cookie = format!("deskvm_token={token}; HttpOnly; SameSite=Strict; Path={scope}");
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    if let (Ok(c), Ok(l)) = (HeaderValue::from_str(&cookie), HeaderValue::from_str(path)) {
+        h.insert(header::SET_COOKIE, c);
+        h.insert(header::LOCATION, l);
+    }
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

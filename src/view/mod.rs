@@ -1,0 +1,237 @@
+//! The live view: a person watches a session's screen in a browser, and with a control link
+//! takes over its mouse and keyboard. deskvm serves noVNC (Debian's `novnc` package) and
+//! bridges its WebSocket to the VNC server QEMU keeps on a unix socket in the session's runtime
+//! dir, through the session's [`Link`] (so a desktop on a remote engine is reached through the
+//! Engine API like everything else: no TCP port on the VM, none published).
+//!
+//! Access is by link: every `session_view` call issues its own random token, scoped to one
+//! session and one mode, that expires and dies with the session. Over HTTP with bearer tokens
+//! the view also sits behind the server's token (`http::auth`).
+
+pub mod bridge;
+pub mod http;
+pub mod human;
+pub mod probe;
+pub mod rfb;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::session::Session;
+use crate::vm::link::Link;
+
+/// How long a view link works unless the call says otherwise, and the longest it may.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+pub const TTL_RANGE_S: (u64, u64) = (10, 7 * 24 * 3600);
+/// Viewers one session may have at once.
+pub const MAX_VIEWERS: u32 = 8;
+/// Where Debian's `novnc` package puts the client (overridden by `DESKVM_NOVNC_DIR`).
+pub const NOVNC_DIR: &str = "/usr/share/novnc";
+
+/// The noVNC client's directory, if it is there.
+pub fn novnc_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("DESKVM_NOVNC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(NOVNC_DIR));
+    dir.join("core/rfb.js").is_file().then_some(dir)
+}
+
+/// A session's side of the live view: the way to its VNC socket, who is watching, and what a
+/// person did in control mode.
+pub struct SessionView {
+    /// Cancelled when the session ends: every viewer is cut off and every link dies.
+    closed: CancellationToken,
+    /// The VM's link; replaced when a restore starts a new VM.
+    link: Mutex<Arc<dyn Link>>,
+    pub human: human::HumanLog,
+    open: AtomicU32,
+    next_viewer: AtomicU32,
+}
+
+impl SessionView {
+    pub fn new(link: Arc<dyn Link>) -> Self {
+        SessionView {
+            closed: CancellationToken::new(),
+            link: Mutex::new(link),
+            human: human::HumanLog::default(),
+            open: AtomicU32::new(0),
+            next_viewer: AtomicU32::new(1),
+        }
+    }
+
+    pub fn set_link(&self, link: Arc<dyn Link>) {
+        *self.link.lock().expect("view link poisoned") = link;
+    }
+
+    pub fn link(&self) -> Arc<dyn Link> {
+        self.link.lock().expect("view link poisoned").clone()
+    }
+
+    /// Ends every view of the session (it is stopping).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    pub fn viewers(&self) -> u32 {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// A place for one more viewer (its number), or `None` when the session has
+    /// [`MAX_VIEWERS`].
+    pub fn admit(self: &Arc<Self>) -> Option<Viewer> {
+        let n = self.open.fetch_add(1, Ordering::SeqCst);
+        let seat = Viewer {
+            view: self.clone(),
+            id: self.next_viewer.fetch_add(1, Ordering::SeqCst),
+        };
+        (n < MAX_VIEWERS).then_some(seat)
+    }
+}
+
+/// One open viewer; its place is given back when dropped.
+pub struct Viewer {
+    view: Arc<SessionView>,
+    pub id: u32,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.view.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What one view link allows.
+#[derive(Clone)]
+pub struct Grant {
+    pub session: Weak<Session>,
+    pub session_id: String,
+    pub control: bool,
+    pub expires: Instant,
+    pub expires_at: SystemTime,
+    /// The bearer token's name the link was made with (HTTP with tokens): only it opens it.
+    pub principal: Option<String>,
+}
+
+impl Grant {
+    pub fn mode(&self) -> &'static str {
+        if self.control {
+            "control"
+        } else {
+            "view"
+        }
+    }
+}
+
+/// Why a link does not open (every one is a 403: a link's owner learns nothing from which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("this view link is not valid")]
+    Unknown,
+    #[error("this view link has expired")]
+    Expired,
+    #[error("the session of this view link has ended")]
+    Ended,
+}
+
+/// Every live link of the server, and where the view is served.
+#[derive(Default)]
+pub struct Views {
+    /// By the SHA-256 of the token: a lookup by digest tells a timing observer nothing of it.
+    grants: Mutex<HashMap<[u8; 32], Grant>>,
+    /// `http://host:port` of the listener that serves `/view/`.
+    base: OnceLock<String>,
+}
+
+impl Views {
+    pub fn set_base(&self, base: String) {
+        let _ = self.base.set(base);
+    }
+
+    pub fn base(&self) -> Option<&str> {
+        self.base.get().map(String::as_str)
+    }
+
+    /// A new link to `session` in one mode, and its token.
+    pub fn issue(
+        &self,
+        session: &Arc<Session>,
+        control: bool,
+        ttl: Duration,
+        principal: Option<String>,
+    ) -> (String, Grant) {
+        let token = new_token();
+        let grant = Grant {
+            session: Arc::downgrade(session),
+            session_id: session.id().to_string(),
+            control,
+            expires: Instant::now() + ttl,
+            expires_at: SystemTime::now() + ttl,
+            principal,
+        };
+        let mut grants = self.grants.lock().expect("view grants poisoned");
+        // Links that can no longer open are forgotten as new ones are made.
+        grants.retain(|_, g| g.expires > Instant::now() && g.live().is_some());
+        grants.insert(digest(&token), grant.clone());
+        (token, grant)
+    }
+
+    /// The session and grant behind `token`, for a request made with `principal`.
+    pub fn check(
+        &self,
+        token: &str,
+        principal: Option<&str>,
+    ) -> Result<(Arc<Session>, Grant), Denied> {
+        let found = self
+            .grants
+            .lock()
+            .expect("view grants poisoned")
+            .get(&digest(token))
+            .cloned();
+        let grant = found.ok_or(Denied::Unknown)?;
+        if grant.principal.as_deref() != principal {
+            return Err(Denied::Unknown);
+        }
+        if grant.expires <= Instant::now() {
+            return Err(Denied::Expired);
+        }
+        let session = grant.live().ok_or(Denied::Ended)?;
+        Ok((session, grant))
+    }
+}
+
+impl Grant {
+    fn live(&self) -> Option<Arc<Session>> {
+        self.session
+            .upgrade()
+            .filter(|s| !s.view().closed.is_cancelled())
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// 256 random bits, URL-safe.
+fn new_token() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// A file of the noVNC client, by its path under the client's dir; never outside it.
+pub fn novnc_file(dir: &Path, rel: &str) -> Option<PathBuf> {
+    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c.starts_with('.')) {
+        return None;
+    }
+    let real = dir.join(rel).canonicalize().ok()?;
+    real.starts_with(dir.canonicalize().ok()?).then_some(real)
+}
