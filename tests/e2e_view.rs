@@ -295,3 +295,94 @@ async fn the_docker_backends_view_works_with_no_port_published() -> Result<()> {
     assert_eq!(status(&url(&v)).await?, 403);
     s.client.close().await
 }
+
+/// A raw WebSocket to a view link, as any program could open one.
+async fn socket(
+    url: &str,
+    origin: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/ws", url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+fn refused_with(r: Result<impl Sized, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => 101,
+    }
+}
+
+/// Links are limited: other origins, a ninth viewer, an expired link and a dead VM are refused,
+/// and an open view is cut off when its link expires.
+#[tokio::test]
+async fn view_links_are_scoped_limited_and_expire() -> Result<()> {
+    use futures::StreamExt;
+    let s = server().await?;
+    let c = &s.client;
+    let sid = start(c).await?;
+    let v = link(c, &sid, false).await?;
+    let u = url(&v);
+
+    assert_eq!(refused_with(socket(&u, Some("http://evil.example")).await), 403);
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(socket(&u, None).await?);
+    }
+    let now = link(c, &sid, false).await?;
+    assert_eq!(now["viewers"], 8, "{now}");
+    assert_eq!(refused_with(socket(&u, None).await), 429, "a ninth viewer");
+    drop(open);
+
+    // A link that expires while its view is open: the view is closed, the link refused.
+    let short = c
+        .call_ok(
+            "session_view",
+            json!({ "session_id": sid, "expires_in_s": 10 }),
+        )
+        .await?;
+    let mut ws = socket(&url(&short), None).await?;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))) = m {
+                return Some(u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(closed, Some(4002), "closed as expired");
+    assert_eq!(status(&url(&short)).await?, 403);
+    assert_eq!(status(&u).await?, 200, "the longer link still opens");
+
+    // A VM that dies takes its links with it.
+    let pids = Command::new("pgrep")
+        .args(["-f", &format!("deskvm-{sid}")])
+        .output()?;
+    let pid: i32 = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .next()
+        .expect("the session's QEMU")
+        .trim()
+        .parse()?;
+    kill_9(pid);
+    let mut code = 0;
+    for _ in 0..50 {
+        code = status(&u).await?;
+        if code == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(code, 403, "a failed session's link is dead");
+    s.client.close().await
+}

@@ -89,10 +89,26 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// No X server holds display `n`: no lock, or a lock of a process that is gone (an X server
+/// killed with SIGKILL leaves its lock and socket).
+fn display_free(n: u32) -> bool {
+    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+        Ok(pid) => pid
+            .trim()
+            .parse::<i32>()
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            .is_ok_and(|p| unsafe { libc::kill(p, 0) } != 0),
+        Err(_) => !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists(),
+    }
+}
+
 fn start_display(width: u32, height: u32) -> Result<Display> {
     let n = (90..120)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+        .find(|&n| display_free(n))
         .context("no free X display number")?;
+    // What a killed X server left behind (its lock names a dead process).
+    let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
+    let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
     let name = format!(":{n}");
     let mut d = Display {
         name: name.clone(),

@@ -342,11 +342,12 @@ impl ServerHandler for DeskvmServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        if request.uri == super::view::APP_URI {
-            let base = self.manager.views().base();
-            return Ok(ReadResourceResult::new(vec![super::view::app_contents(base)]).into());
-        }
         let caller = super::calls::caller(&context);
+        if request.uri == super::view::APP_URI {
+            let base = self.manager.views().base_for(caller.host.as_deref());
+            let contents = super::view::app_contents(base.as_deref());
+            return Ok(ReadResourceResult::new(vec![contents]).into());
+        }
         let contents = resources::read(&self.manager.layout().exports(), &request.uri, &caller)?;
         Ok(ReadResourceResult::new(vec![contents]).into())
     }

@@ -19,10 +19,12 @@ const APP_HTML: &str = include_str!("view_app.html");
 #[tool_router(router = view_router, vis = "pub(crate)")]
 impl DeskvmServer {
     #[tool(
-        description = "A link that shows the session's screen live in a browser, for a person to watch; with control=true their mouse and keyboard reach the desktop too (to help with a login or a captcha), and what they do is recorded as human_input in the review. Each call makes a new link for one session and mode; it expires (expires_in_s, default 3600) and dies when the session stops. Give the URL to the person; do not open it yourself.",
+        description = "A link that shows the session's screen live in a browser, for a person to watch; with control=true their mouse and keyboard reach the desktop too (to help with a login or a captcha), and what they do is recorded as human_input in the review. Hand out a control link only with the user's consent: anyone with it can use the desktop. Each call makes a new link for one session and mode; it expires (expires_in_s, default 3600) and dies when the session stops. Give the URL to the person; do not open it yourself.",
         annotations(
             title = "Live view link",
-            read_only_hint = true,
+            // A control link is a credential for the whole desktop: not a read.
+            read_only_hint = false,
+            destructive_hint = false,
             open_world_hint = false
         )
     )]

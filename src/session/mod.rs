@@ -150,6 +150,14 @@ impl Session {
     pub fn view(&self) -> &Arc<crate::view::SessionView> {
         &self.view
     }
+
+    /// Its VM died (not stopped on purpose): nothing is left to show.
+    pub fn failed(&self) -> bool {
+        self.exited()
+            .borrow()
+            .as_deref()
+            .is_some_and(|r| r != "stopped")
+    }
 }
 
 pub struct ManagerConfig {

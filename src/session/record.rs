@@ -191,9 +191,20 @@ impl Session {
         }
     }
 
-    /// Records a burst of a person's input (control view), and the screen after it.
+    /// Records a burst of a person's input (control view), and the screen after it unless the
+    /// agent's last action is still waiting for its own after-frame (taking the slot would
+    /// cancel that capture).
     pub fn record_human(self: &Arc<Self>, burst: crate::view::human::Burst) {
-        if let Some(seq) = self.append_human(&burst) {
+        let Some(seq) = self.append_human(&burst) else {
+            return;
+        };
+        let busy = self
+            .after
+            .lock()
+            .expect("capture slot poisoned")
+            .as_ref()
+            .is_some_and(|p| !p.task.is_finished());
+        if !busy {
             spawn_after_frame(self, seq);
         }
     }
@@ -264,12 +275,12 @@ impl Session {
                 )
             }
         };
-        // The previous action's after-frame capture yields to this call: it stops looking and
-        // records the last frame it took.
         // A person's input through a control view goes on record ahead of this call.
         if let Some(b) = self.view.human.take() {
             self.append_human(&b);
         }
+        // The previous action's after-frame capture yields to this call: it stops looking and
+        // records the last frame it took.
         let waited_for_capture = Instant::now();
         let had_capture = self.finish_capture().await;
         let mut lane = self.lane.lock().await;

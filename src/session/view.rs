@@ -35,16 +35,10 @@ impl SessionManager {
                     view::NOVNC_DIR
                 )));
             }
-            let base = self.views.base().ok_or_else(|| {
+            let caller = Caller::current();
+            let base = self.views.base_for(caller.host.as_deref()).ok_or_else(|| {
                 SessionError::ViewUnavailable("this server has no view listener".into())
             })?;
-            let caller = Caller::current();
-            // A server on every interface: the link names the host this call was sent to.
-            let unspecified = base.contains("://0.0.0.0:") || base.contains("://[::]:");
-            let base = match &caller.host {
-                Some(h) if unspecified => format!("http://{h}"),
-                _ => base.to_string(),
-            };
             let principal = caller.principal;
             let bearer = principal.is_some();
             let (token, grant) = self.views.issue(&session, control, ttl, principal);
@@ -57,18 +51,24 @@ impl SessionManager {
                 "expires_in_s": ttl.as_secs(),
                 "viewers": session.view().viewers(),
                 "listener": base,
+                "needs_token": bearer,
             });
-            out["note"] = if bearer {
-                "Open the URL in a browser. This server asks for its bearer token: the first time, \
-                 append ?token=<your token> (it is then kept in a cookie)."
-            } else if control {
+            let mut note = if control {
                 "Open the URL in a browser: the person's mouse and keyboard reach the desktop, and \
                  what they do goes into the review as human_input events. Anyone with the URL has \
                  that control until it expires or the session stops."
+                    .to_string()
             } else {
-                "Open the URL in a browser to watch the desktop live (view only)."
+                "Open the URL in a browser to watch the desktop live (view only).".to_string()
+            };
+            if bearer {
+                note.push_str(
+                    " This server asks for its bearer token: the first time, append \
+                     ?token=<your token> (it is then kept in a cookie).",
+                );
             }
-            .into();
+            out["note"] = note.into();
+            session.touch();
             Ok(out)
         })();
         let recorded = match &issued {

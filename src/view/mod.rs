@@ -131,14 +131,15 @@ impl Grant {
     }
 }
 
-/// Why a link does not open (every one is a 403: a link's owner learns nothing from which).
+/// Why a link does not open: every one is a 403, whose page says which (someone guessing
+/// tokens learns only that theirs is not valid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("this view link is not valid")]
     Unknown,
     #[error("this view link has expired")]
     Expired,
-    #[error("the session of this view link has ended")]
+    #[error("the session of this view link has ended (stopped, or its VM failed)")]
     Ended,
 }
 
@@ -158,6 +159,17 @@ impl Views {
 
     pub fn base(&self) -> Option<&str> {
         self.base.get().map(String::as_str)
+    }
+
+    /// Where views are served, as a caller that reached this server at `host` (its `Host`
+    /// header) should address it: a server listening on every interface has no one address.
+    pub fn base_for(&self, host: Option<&str>) -> Option<String> {
+        let base = self.base()?;
+        let unspecified = base.contains("://0.0.0.0:") || base.contains("://[::]:");
+        Some(match host {
+            Some(h) if unspecified => format!("http://{h}"),
+            _ => base.to_string(),
+        })
     }
 
     /// A new link to `session` in one mode, and its token.
@@ -212,7 +224,7 @@ impl Grant {
     fn live(&self) -> Option<Arc<Session>> {
         self.session
             .upgrade()
-            .filter(|s| !s.view().closed.is_cancelled())
+            .filter(|s| !s.view().closed.is_cancelled() && !s.failed())
     }
 }
 

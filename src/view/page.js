@@ -14,7 +14,8 @@ document.getElementById('mode').textContent = control
   : 'View only';
 
 // What tests and an embedding app read: whether the screen is live, and its canvas.
-const state = { connected: false, ended: false, frames: 0, rfb: null };
+const state = { connected: false, ended: false, rfb: null };
+let failures = 0;
 window.deskvmView = state;
 state.canvas = () => screen.querySelector('canvas');
 
@@ -31,22 +32,31 @@ function connect() {
   rfb.focusOnClick = control;
   rfb.addEventListener('connect', () => {
     state.connected = true;
+    failures = 0;
     say('live · link expires ' + new Date(document.body.dataset.expires).toLocaleString());
     if (control) rfb.focus();
   });
   rfb.addEventListener('disconnect', () => {
     state.connected = false;
     // A dead link answers its page with 403: say so and stop. Anything else (the VM restarted
-    // by a restore, a network blip) is tried again.
+    // by a restore, a network blip, too many viewers) is tried again, less and less often.
+    failures += 1;
+    const retry = () => {
+      if (failures > 20) {
+        say('Could not reconnect (too many viewers, or the desktop is unreachable): reload to try again.', true);
+        return;
+      }
+      say('reconnecting…', true);
+      setTimeout(connect, Math.min(1000 * 2 ** (failures - 1), 15000));
+    };
     fetch(page, { method: 'HEAD', cache: 'no-store' }).then((r) => {
       if (r.status === 403) {
         state.ended = true;
         say('This view has ended: the link expired or the session stopped.', true);
       } else {
-        say('reconnecting…', true);
-        setTimeout(connect, 1000);
+        retry();
       }
-    }, () => { say('reconnecting…', true); setTimeout(connect, 2000); });
+    }, retry);
   });
   state.rfb = rfb;
 }

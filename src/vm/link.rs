@@ -63,8 +63,20 @@ impl Link for HostLink {
     fn open(&self, socket: Socket) -> BoxFuture<'_, io::Result<Conn>> {
         let path = socket.path(&self.0);
         async move {
-            let s = tokio::net::UnixStream::connect(path).await?;
-            Ok(Box::new(s) as Conn)
+            // QEMU listens with a backlog of one: several viewers connecting at once find it
+            // full, which a non-blocking unix connect reports as EAGAIN. QEMU takes the next
+            // one within milliseconds.
+            let mut tries = 0;
+            loop {
+                match tokio::net::UnixStream::connect(&path).await {
+                    Ok(s) => return Ok(Box::new(s) as Conn),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 100 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         .boxed()
     }

@@ -25,8 +25,9 @@ use crate::vm::link::{Conn, Link, Socket};
 use crate::vm::spec::RuntimeFiles;
 
 /// Waits for QEMU to make the socket (it does ~50 ms after exec), then bridges it to stdio.
-const BRIDGE: &str =
-    r#"until [ -S "$0" ]; do sleep 0.005; done; exec socat -b 262144 - UNIX-CONNECT:"$0""#;
+/// QEMU listens with a backlog of one: `retry` rides out a connect that finds it full (several
+/// live viewers connecting at once).
+const BRIDGE: &str = r#"until [ -S "$0" ]; do sleep 0.005; done; exec socat -b 262144 - UNIX-CONNECT:"$0",retry=100,interval=0.01"#;
 /// One line per request (a path); answers with the size of its lz4 frame in decimal and the
 /// frame, -1 when the file cannot be read, -2 when the image lacks lz4. Its scratch file is its own (`$$`): a reader
 /// left behind by a cancelled read must not write into the next one's.
