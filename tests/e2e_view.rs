@@ -311,7 +311,9 @@ async fn socket(
     if let Some(o) = origin {
         req.headers_mut().insert("origin", o.parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 fn refused_with(r: Result<impl Sized, tokio_tungstenite::tungstenite::Error>) -> u16 {
@@ -333,7 +335,10 @@ async fn view_links_are_scoped_limited_and_expire() -> Result<()> {
     let v = link(c, &sid, false).await?;
     let u = url(&v);
 
-    assert_eq!(refused_with(socket(&u, Some("http://evil.example")).await), 403);
+    assert_eq!(
+        refused_with(socket(&u, Some("http://evil.example")).await),
+        403
+    );
     let mut open = Vec::new();
     for _ in 0..8 {
         open.push(socket(&u, None).await?);

@@ -89,8 +89,9 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// No X server holds display `n`: no lock, or a lock of a process that is gone (an X server
-/// killed with SIGKILL leaves its lock and socket).
+/// No X server holds display `n`: a running X server keeps a lock naming its pid; one killed
+/// with SIGKILL leaves its lock and socket behind (its pid is gone), and a socket without a lock
+/// is left over too.
 fn display_free(n: u32) -> bool {
     match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
         Ok(pid) => pid
@@ -98,7 +99,7 @@ fn display_free(n: u32) -> bool {
             .parse::<i32>()
             // SAFETY: kill with signal 0 only checks that the process exists.
             .is_ok_and(|p| unsafe { libc::kill(p, 0) } != 0),
-        Err(_) => !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists(),
+        Err(_) => true,
     }
 }
 

@@ -14,7 +14,8 @@ async fn session(client: &Client) -> Result<String> {
     super::session_id(&info)
 }
 
-async fn shots(client: &Client, sid: &str, n: usize) -> Result<Vec<f64>> {
+/// `n` full-size screenshots, each timed (ms).
+pub(super) async fn shots(client: &Client, sid: &str, n: usize) -> Result<Vec<f64>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();

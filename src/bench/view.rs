@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{metric, ms, record, session_id, summary};
+use super::{metric, record, session_id, summary};
 use crate::cdp::{Browser, Page};
 use crate::client::Client;
 use crate::view::probe;
@@ -21,16 +21,6 @@ pub async fn measure(client: &Client, viewers: usize, shots: usize, clicks: usiz
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
     result
-}
-
-async fn shots_p(client: &Client, sid: &str, n: usize) -> Result<Vec<f64>> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        client.screenshot(sid, json!({})).await?;
-        v.push(ms(t.elapsed()));
-    }
-    Ok(v)
 }
 
 fn now_ms() -> u64 {
@@ -125,11 +115,11 @@ async fn side_by_side(
     };
     for _ in 0..BLOCKS {
         let cpu = Cpu::now(qemu);
-        without.extend(shots_p(client, sid, shots.div_ceil(BLOCKS)).await?);
+        without.extend(super::transport::shots(client, sid, shots.div_ceil(BLOCKS)).await?);
         add(&mut cpu_without, cpu.since(qemu));
         let pages = attach(browser, client, sid, viewers).await?;
         let cpu = Cpu::now(qemu);
-        with.extend(shots_p(client, sid, shots.div_ceil(BLOCKS)).await?);
+        with.extend(super::transport::shots(client, sid, shots.div_ceil(BLOCKS)).await?);
         add(&mut cpu_with, cpu.since(qemu));
         for p in pages {
             p.close().await?;

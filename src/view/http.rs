@@ -90,7 +90,9 @@ fn forbidden(d: Denied) -> Response {
     no_store(r)
 }
 
-fn no_store(mut r: Response) -> Response {
+/// Headers of every page and file a browser gets from deskvm: never cached, never named in a
+/// Referer, never sniffed.
+pub(crate) fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CACHE_CONTROL,

@@ -6,12 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 fn chromium() -> Result<PathBuf> {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    bail!("Chromium is missing: `deskvm setup` installs it (apt-get install chromium); the viewer tests need a real browser")
+    deskvm::cdp::chromium().context("the viewer tests need a real browser")
 }
 
 fn run(url: &str, extra: &[String]) -> Result<std::process::Output> {

@@ -53,24 +53,11 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
         return (StatusCode::NOT_FOUND, "no such review file\n").into_response();
     };
     let mut resp = bytes.into_response();
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(resources::mime(&rel)),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    resp
+    crate::view::http::no_store(resp)
 }
 
 /// The bearer token came in the URL: keep it in an HttpOnly cookie scoped to `scope`, and send
