@@ -142,24 +142,6 @@ pub struct Session {
     view: Arc<crate::view::SessionView>,
 }
 
-impl Session {
-    pub fn id(&self) -> &str {
-        &self.info.session_id
-    }
-
-    pub fn view(&self) -> &Arc<crate::view::SessionView> {
-        &self.view
-    }
-
-    /// Its VM died (not stopped on purpose): nothing is left to show.
-    pub fn failed(&self) -> bool {
-        self.exited()
-            .borrow()
-            .as_deref()
-            .is_some_and(|r| r != "stopped")
-    }
-}
-
 pub struct ManagerConfig {
     pub layout: Layout,
     pub backend: Arc<dyn Backend>,

@@ -23,6 +23,13 @@ pub struct AfterFrame {
     task: JoinHandle<()>,
 }
 
+impl AfterFrame {
+    /// Still looking at the screen for its action.
+    pub fn running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
 /// What the ledger keeps of a call besides tool, arguments and outcome.
 #[derive(Default)]
 pub struct Extra {
@@ -179,34 +186,6 @@ impl Session {
             m.state = if failed { "failed" } else { "stopped" }.into();
             m.ended_at = Some(crate::ledger::now());
         });
-    }
-
-    fn append_human(&self, burst: &crate::view::human::Burst) -> Option<u64> {
-        match self.ledger.append("human_input", burst.to_json()) {
-            Ok(seq) => Some(seq),
-            Err(e) => {
-                tracing::error!(error = %e, session = %self.info.session_id, "could not record a person's input in the review ledger");
-                None
-            }
-        }
-    }
-
-    /// Records a burst of a person's input (control view), and the screen after it unless the
-    /// agent's last action is still waiting for its own after-frame (taking the slot would
-    /// cancel that capture).
-    pub fn record_human(self: &Arc<Self>, burst: crate::view::human::Burst) {
-        let Some(seq) = self.append_human(&burst) else {
-            return;
-        };
-        let busy = self
-            .after
-            .lock()
-            .expect("capture slot poisoned")
-            .as_ref()
-            .is_some_and(|p| !p.task.is_finished());
-        if !busy {
-            spawn_after_frame(self, seq);
-        }
     }
 
     pub(crate) fn touch(&self) {

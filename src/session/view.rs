@@ -1,14 +1,61 @@
 //! `session_view`: a link a person opens to watch a session (or, with `control`, to use it).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{check_range, record, Caller, SessionError, SessionManager};
+use super::{check_range, record, Caller, Session, SessionError, SessionManager};
 use crate::view::{self, Views};
 
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.info.session_id
+    }
+
+    pub fn view(&self) -> &Arc<crate::view::SessionView> {
+        &self.view
+    }
+
+    /// Its VM died (not stopped on purpose): nothing is left to show.
+    pub fn failed(&self) -> bool {
+        self.exited()
+            .borrow()
+            .as_deref()
+            .is_some_and(|r| r != "stopped")
+    }
+
+    pub(super) fn append_human(&self, burst: &crate::view::human::Burst) -> Option<u64> {
+        match self.ledger.append("human_input", burst.to_json()) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, session = %self.info.session_id, "could not record a person's input in the review ledger");
+                None
+            }
+        }
+    }
+
+    /// Records a burst of a person's input (control view), and the screen after it unless the
+    /// agent's last action is still waiting for its own after-frame (taking the slot would
+    /// cancel that capture).
+    pub fn record_human(self: &Arc<Self>, burst: crate::view::human::Burst) {
+        let Some(seq) = self.append_human(&burst) else {
+            return;
+        };
+        let busy = self
+            .after
+            .lock()
+            .expect("capture slot poisoned")
+            .as_ref()
+            .is_some_and(record::AfterFrame::running);
+        if !busy {
+            record::spawn_after_frame(self, seq);
+        }
+    }
+}
+
 impl SessionManager {
-    pub fn views(&self) -> &std::sync::Arc<Views> {
+    pub fn views(&self) -> &Arc<Views> {
         &self.views
     }
 
