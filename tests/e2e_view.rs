@@ -78,6 +78,8 @@ async fn a_person_watches_then_takes_over_in_a_real_browser() -> Result<()> {
     probe::wait_live(&person, Duration::from_secs(60)).await?;
     let third = link(c, &sid, false).await?;
     assert_eq!(third["viewers"], 2, "two viewers are open: {third}");
+    let list = c.call_ok("session_list", json!({})).await?;
+    assert_eq!(list["sessions"][0]["viewers"], 2, "{list}");
     let (px, py) = probe::page_point(&person, 300, 250).await?;
     person.click(px, py).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;

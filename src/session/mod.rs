@@ -122,6 +122,9 @@ pub struct SessionInfo {
     /// Bytes on disk (session_list): the runtime dir, mostly the disk overlay, and the ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<storage::usage::SessionDisk>,
+    /// Live viewers open now (session_list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<u32>,
 }
 
 pub struct Session {
@@ -365,6 +368,7 @@ impl SessionManager {
                 if s.exited().borrow().is_some() {
                     info.state = "failed".into();
                 }
+                info.viewers = Some(s.view.viewers());
                 info.disk = Some(storage::usage::SessionDisk {
                     runtime_bytes: storage::usage::disk_bytes(&s.files.dir),
                     ledger_bytes: storage::usage::disk_bytes(&s.ledger.dir),

@@ -174,6 +174,7 @@ impl SessionManager {
             connection: caller.connection.clone(),
             token: caller.principal.clone(),
             disk: None,
+            viewers: None,
         };
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
