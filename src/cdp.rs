@@ -32,6 +32,17 @@ pub struct Page<'a> {
     session: String,
 }
 
+/// Headless, and quiet: no sandbox (tests run as root), no GPU, nothing fetched from the network.
+pub const HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+];
+
 pub fn chromium() -> Result<PathBuf> {
     for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
         if Path::new(p).is_file() {
@@ -46,17 +57,8 @@ impl Browser {
     pub async fn launch(width: u32, height: u32) -> Result<Browser> {
         let profile = std::env::temp_dir().join(format!("dvcdp-{}", rand::random::<u64>()));
         let mut child = Command::new(chromium()?)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--remote-debugging-port=0",
-                "--remote-allow-origins=*",
-            ])
+            .args(HEADLESS)
+            .args(["--remote-debugging-port=0", "--remote-allow-origins=*"])
             .arg(format!("--window-size={width},{height}"))
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")

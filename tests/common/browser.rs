@@ -12,16 +12,8 @@ fn chromium() -> Result<PathBuf> {
 fn run(url: &str, extra: &[String]) -> Result<std::process::Output> {
     let profile = std::env::temp_dir().join(format!("dvchrome-{}", rand::random::<u64>()));
     let out = Command::new(chromium()?)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
+        .args(deskvm::cdp::HEADLESS)
+        .arg("--virtual-time-budget=5000")
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
         .arg(url)
