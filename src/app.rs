@@ -545,9 +545,9 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
             );
             if let Some(dir) = crate::view::novnc_dir() {
                 println!(
-            "info  live view: noVNC from {}; a stdio server serves it on a loopback port (--view-addr, default 127.0.0.1:0, listed per server below), an HTTP server at /view/",
-            dir.display()
-        );
+                    "info  live view: noVNC from {}; a stdio server serves it on a loopback port (--view-addr, default 127.0.0.1:0, listed per server below), an HTTP server at /view/",
+                    dir.display()
+                );
             }
             servers(&layout);
             session_disk(&layout);

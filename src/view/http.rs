@@ -50,7 +50,7 @@ pub async fn listen(
         .await
         .with_context(|| format!("binding the live view listener on {addr}"))?;
     let bound = listener.local_addr()?;
-    let loopback: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    let loopback: Vec<String> = crate::mcp::http::LOOPBACK_HOSTS.map(String::from).to_vec();
     let guard = Guard {
         tokens: Arc::new(Tokens::default()),
         origins: Arc::new(vec![format!("http://{bound}")]),

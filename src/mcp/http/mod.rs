@@ -37,6 +37,9 @@ pub struct HttpOptions {
     pub max_streams: usize,
 }
 
+/// Host names that always mean this machine (the DNS-rebinding guard accepts them).
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 const LOOPBACK_ORIGINS: [&str; 6] = [
     "http://localhost:*",
     "http://127.0.0.1:*",
@@ -72,7 +75,7 @@ impl HttpOptions {
         if self.addr.ip().is_unspecified() {
             return None;
         }
-        let mut v: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let mut v: Vec<String> = LOOPBACK_HOSTS.map(String::from).to_vec();
         v.push(self.addr.ip().to_string());
         v.extend(self.allow_hosts.iter().cloned());
         Some(v)
