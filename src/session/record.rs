@@ -129,6 +129,14 @@ impl Session {
         self.exited.lock().expect("exit watch poisoned").clone()
     }
 
+    /// Its VM died (not stopped on purpose, by session_stop or a restore).
+    pub fn failed(&self) -> bool {
+        self.exited()
+            .borrow()
+            .as_deref()
+            .is_some_and(|r| r != "stopped")
+    }
+
     pub(super) fn check_alive(&self) -> Result<(), SessionError> {
         match self.exited().borrow().clone() {
             Some(reason) => Err(SessionError::Failed {
@@ -177,11 +185,7 @@ impl Session {
     /// After the last event: frames on disk, the ledger's state final.
     pub(super) async fn close_ledger(&self) {
         self.ledger.shots.flush().await;
-        let failed = self
-            .exited()
-            .borrow()
-            .as_deref()
-            .is_some_and(|r| r != "stopped");
+        let failed = self.failed();
         let _ = self.ledger.update_meta(|m| {
             m.state = if failed { "failed" } else { "stopped" }.into();
             m.ended_at = Some(crate::ledger::now());

@@ -17,14 +17,6 @@ impl Session {
         &self.view
     }
 
-    /// Its VM died (not stopped on purpose): nothing is left to show.
-    pub fn failed(&self) -> bool {
-        self.exited()
-            .borrow()
-            .as_deref()
-            .is_some_and(|r| r != "stopped")
-    }
-
     pub(super) fn append_human(&self, burst: &crate::view::human::Burst) -> Option<u64> {
         match self.ledger.append("human_input", burst.to_json()) {
             Ok(seq) => Some(seq),
