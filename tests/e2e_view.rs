@@ -348,7 +348,23 @@ async fn view_links_are_scoped_limited_and_expire() -> Result<()> {
     let now = link(c, &sid, false).await?;
     assert_eq!(now["viewers"], 8, "{now}");
     assert_eq!(refused_with(socket(&u, None).await), 429, "a ninth viewer");
-    drop(open);
+    // Seats free when the server sees each socket close, which is not at once: wait for it
+    // rather than race the next connection against eight closing handshakes.
+    for mut ws in open {
+        ws.close(None).await?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = c.call_ok("session_list", json!({})).await?;
+        if list["sessions"][0]["viewers"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed viewers still hold seats: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A link that expires while its view is open: the view is closed, the link refused.
     let short = c
