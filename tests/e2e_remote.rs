@@ -277,7 +277,67 @@ async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, ["dv-foreign1", "dv-foreign2"]);
-    Ok(())
+    a_silent_engine_ends_the_call_in_flight(&engine).await
+}
+
+/// The engine's network goes (nothing is reset, nothing answers) while a call runs there: the
+/// call ends as `session_failed` once the engine's watchdog gives up on it, rather than waiting
+/// on it for good; the session still stops, and the server serves on. Last: the engine stays
+/// cut off.
+async fn a_silent_engine_ends_the_call_in_flight(engine: &TestEngine) -> Result<()> {
+    let s = server_with(&["--backend", "docker", "--engine", &engine.engine_arg()]).await?;
+    let c = &s.client;
+    let sid = common::sid(&c.call_ok("session_start", json!({})).await?);
+    c.call_ok("screenshot", json!({ "session_id": sid }))
+        .await?;
+    let in_flight = c.call(
+        "exec",
+        json!({ "session_id": sid, "command": "sleep 120", "timeout_ms": 200000 }),
+    );
+    let cut = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        engine.partition()
+    };
+    // A hang detector only: the watchdog gives up after two silent pings (about 10 s).
+    let (ended, cut) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(90), in_flight),
+        cut
+    );
+    cut?;
+    let r = ended.context("the call in flight never ended after its engine went silent")??;
+    let err = r
+        .structured_content
+        .context("errors carry structured content")?;
+    assert_eq!(r.is_error, Some(true), "{err}");
+    assert_eq!(err["error"], "session_failed", "{err}");
+    let msg = err["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("stopped answering"), "{msg}");
+    fails_with_engine(c, &sid, "rmt1").await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    let list = c.call_ok("session_list", json!({})).await?;
+    assert_eq!(list["engines"][0]["healthy"], false, "{list}");
+    s.client.close().await?;
+    // And the server exits (its prepared container is left to the next start's janitor).
+    let serving = || {
+        std::process::Command::new("pgrep")
+            .args([
+                "-f",
+                &format!(
+                    "deskvm serve --backend docker --engine {}",
+                    engine.engine_arg()
+                ),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for _ in 0..300 {
+        if !serving() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server did not exit with its engine silent");
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 #   test-engine.sh stop NAME            kill and remove everything; exit 0 when nothing is left
 #   test-engine.sh kill-daemon NAME     SIGKILL dockerd and its containerd only (an engine that
 #                                       goes away); containers keep running until `stop`
+#   test-engine.sh partition NAME       take the host's end of the veth down: the engine goes
+#                                       silent, no connection is reset (a network outage)
 #
 # NAME: 1-8 of [A-Za-z0-9_-] (the host's veth is dv-NAME, and interface names stop at 15 bytes).
 # INDEX: 1..200, default 1. Runs as root. Never touches the default engine (/var/run/docker.sock):
@@ -23,12 +25,12 @@ die() {
   log "$*"
   exit 1
 }
-usage() { die "usage: $0 start NAME [INDEX] | stop NAME | kill-daemon NAME"; }
+usage() { die "usage: $0 start NAME [INDEX] | stop NAME | kill-daemon NAME | partition NAME"; }
 
 CMD=${1:-}
 NAME=${2:-}
 INDEX=${3:-1}
-[[ $CMD == start || $CMD == stop || $CMD == kill-daemon ]] || usage
+[[ $CMD == start || $CMD == stop || $CMD == kill-daemon || $CMD == partition ]] || usage
 [[ $NAME =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,7}$ ]] || die "NAME must be 1-8 characters of [A-Za-z0-9_-] (got '$NAME')"
 [[ $INDEX =~ ^[0-9]{1,3}$ ]] && ((10#$INDEX >= 1 && 10#$INDEX <= 200)) || die "INDEX must be 1..200 (got '$INDEX')"
 INDEX=$((10#$INDEX))
@@ -364,4 +366,5 @@ stop)
   stop_engine && log "engine $NAME stopped" || die "engine $NAME: cleanup incomplete"
   ;;
 kill-daemon) kill_daemon ;;
+partition) ip link set dev "$VETH" down || die "cannot take $VETH down" ;;
 esac

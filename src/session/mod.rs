@@ -4,6 +4,7 @@
 //! is written to a ledger (`record`).
 
 pub mod action;
+mod alive;
 pub mod boot;
 pub mod caller;
 pub mod checkpoint;

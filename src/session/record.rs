@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -125,28 +124,6 @@ pub fn append_refused(ledger: &Ledger, tool: &str, raw_args: &Value, message: &s
 }
 
 impl Session {
-    pub(super) fn exited(&self) -> watch::Receiver<Option<String>> {
-        self.exited.lock().expect("exit watch poisoned").clone()
-    }
-
-    /// Its VM died (not stopped on purpose, by session_stop or a restore).
-    pub fn failed(&self) -> bool {
-        self.exited()
-            .borrow()
-            .as_deref()
-            .is_some_and(|r| r != "stopped")
-    }
-
-    pub(super) fn check_alive(&self) -> Result<(), SessionError> {
-        match self.exited().borrow().clone() {
-            Some(reason) => Err(SessionError::Failed {
-                id: self.info.session_id.clone(),
-                reason,
-            }),
-            None => Ok(()),
-        }
-    }
-
     pub(super) fn record_ok(
         &self,
         kind: &str,
@@ -177,7 +154,9 @@ impl Session {
         }
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
-        lane.vm.qmp().quit().await;
+        if self.check_alive().is_ok() {
+            lane.vm.qmp().quit().await;
+        }
         lane.instance.stop().await;
         crate::storage::remove_session_dirs(&self.files)
     }
@@ -287,17 +266,18 @@ impl Session {
             secret,
             ..Extra::default()
         };
-        let ran = async {
-            lane.before(&plan).await?;
-            if action.changes_screen() {
-                let t = Instant::now();
-                let seen = lane.current().await?;
-                extra.before = Some(self.ledger.shots.put(&seen.frame, &seen.hash));
-                overhead += t.elapsed();
-            }
-            lane.run(plan, &mut extra.trace).await
-        }
-        .await;
+        let ran = self
+            .unless_exited(async {
+                lane.before(&plan).await?;
+                if action.changes_screen() {
+                    let t = Instant::now();
+                    let seen = lane.current().await?;
+                    extra.before = Some(self.ledger.shots.put(&seen.frame, &seen.hash));
+                    overhead += t.elapsed();
+                }
+                lane.run(plan, &mut extra.trace).await
+            })
+            .await;
         // A VM error is most often the VM dying mid-call: say that rather than "broken pipe".
         // A lost connection is seen before the backend reports the exit (a container's takes
         // its engine a while): wait for the exit reason a little longer then.
@@ -379,7 +359,8 @@ pub fn spawn_after_frame(session: &Arc<Session>, of_seq: u64) {
             if c.is_cancelled() {
                 break false;
             }
-            let Ok(seen) = lane.look().await else {
+            let look = async { lane.look().await.map_err(SessionError::Vm) };
+            let Ok(seen) = s.unless_exited(look).await else {
                 break false;
             };
             // This capture records the frame: later calls need not.

@@ -87,9 +87,10 @@ impl Qga {
 
     async fn execute<C>(&self, command: C) -> Result<C::Ok, QgaError>
     where
-        C: qapi::Command + qga::QgaCommand,
+        C: qapi::Command + qga::QgaCommand + Send + 'static,
+        C::Ok: Send,
     {
-        match self.svc.execute(command).await {
+        match super::qmp::finish_alone(self.svc.execute(command)).await {
             Ok(ok) => Ok(ok),
             Err(ExecuteError::Qapi(e)) => Err(QgaError::Command {
                 command: C::NAME,

@@ -147,9 +147,10 @@ impl Qmp {
 
     pub async fn execute<C>(&self, command: C) -> Result<C::Ok, QmpError>
     where
-        C: qapi::Command + qmp::QmpCommand,
+        C: qapi::Command + qmp::QmpCommand + Send + 'static,
+        C::Ok: Send,
     {
-        match self.svc.execute(command).await {
+        match finish_alone(self.svc.execute(command)).await {
             Ok(ok) => Ok(ok),
             Err(ExecuteError::Qapi(e)) => Err(QmpError::Command {
                 command: C::NAME,
@@ -386,7 +387,22 @@ impl Qmp {
         Ok(())
     }
 
+    /// Asks QEMU to quit; gives up after a few seconds (a VM on an engine that went silent
+    /// never answers, and the caller stops it through its backend anyway).
     pub async fn quit(&self) {
-        let _ = self.execute(qmp::quit {}).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.execute(qmp::quit {})).await;
     }
+}
+
+/// Runs one qapi exchange in a task of its own, so that a caller dropped midway (a call cut off
+/// because its VM died) cannot break the next one. Without QMP's out-of-band mode every command
+/// has id 0 and qapi keeps its writer locked until the reply: a dropped exchange leaves its
+/// reply slot behind, and the next command panics on the duplicate id. The task finishes the
+/// exchange, or fails when the stream ends (qapi then drops every slot).
+pub(super) async fn finish_alone<T: Send + 'static>(
+    exchange: impl std::future::Future<Output = Result<T, ExecuteError>> + Send + 'static,
+) -> Result<T, ExecuteError> {
+    tokio::spawn(exchange)
+        .await
+        .unwrap_or_else(|e| Err(ExecuteError::Io(io::Error::other(e))))
 }

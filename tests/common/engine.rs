@@ -91,6 +91,20 @@ impl TestEngine {
         ))
     }
 
+    /// Cuts the engine off the network (tools/test-engine.sh partition): it goes silent, and
+    /// no connection to it is reset.
+    pub fn partition(&self) -> Result<()> {
+        let out = run_script(&["partition", &self.name])?;
+        if !out.status.success() {
+            bail!(
+                "tools/test-engine.sh partition {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// SIGKILLs the daemon (tools/test-engine.sh kill-daemon): an engine that goes away without
     /// a word, its containers left running under their shims until the engine is dropped.
     pub fn kill_daemon(&self) -> Result<()> {
