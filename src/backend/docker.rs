@@ -388,13 +388,7 @@ impl Backend for DockerBackend {
     }
 
     fn discard_prepared(&self) -> BoxFuture<'_, ()> {
-        if self.remote && !self.answering() {
-            // Every request there would wait for its timeout. The janitor of the next server
-            // to start with this engine removes what is left (it is this instance's, and dead).
-            tracing::warn!(engine = %self.engine.name, "engine not answering: leaving its prepared container to the next start's janitor");
-            return async {}.boxed();
-        }
-        self.discard_warm().boxed()
+        self.discard_warm(!self.remote || self.answering()).boxed()
     }
 }
 

@@ -395,10 +395,12 @@ impl Qmp {
 }
 
 /// Runs one qapi exchange in a task of its own, so that a caller dropped midway (a call cut off
-/// because its VM died) cannot break the next one. Without QMP's out-of-band mode every command
-/// has id 0 and qapi keeps its writer locked until the reply: a dropped exchange leaves its
-/// reply slot behind, and the next command panics on the duplicate id. The task finishes the
-/// exchange, or fails when the stream ends (qapi then drops every slot).
+/// because its VM went) cannot break the next exchange. The guest agent has no out-of-band
+/// mode: every command has id 0 and qapi keeps its writer locked until the reply, so a dropped
+/// exchange would leave its reply slot behind and the next command panic on the duplicate id.
+/// On QMP (numbered ids) a reply reaching a dropped slot ends qapi's reader, and every later
+/// command would fail as disconnected. The task finishes the exchange, or fails when the stream
+/// ends (qapi then drops every slot).
 pub(super) async fn finish_alone<T: Send + 'static>(
     exchange: impl std::future::Future<Output = Result<T, ExecuteError>> + Send + 'static,
 ) -> Result<T, ExecuteError> {

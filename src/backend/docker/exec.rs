@@ -136,6 +136,7 @@ impl FileReader {
 
 /// A stream that fails once `token` is cancelled: the engine went quiet (a partition resets
 /// nothing, so reads would otherwise wait forever) and every channel of its sessions is cut.
+/// It wakes one task: wrap each direction of a stream that two tasks share on its own.
 pub struct Severable<T> {
     inner: T,
     token: CancellationToken,
@@ -243,8 +244,15 @@ impl Link for ExecLink {
         async move {
             let cmd = ["bash", "-c", BRIDGE, &path].map(String::from).to_vec();
             let (input, output) = attach(&self.docker, &self.container, cmd).await?;
-            let joined = tokio::io::join(output, input);
-            Ok(Box::new(Severable::new(joined, &self.lost)) as Conn)
+            // One cut per direction: qapi and the view bridge read and write from different
+            // tasks, and a cut remembers only the last task that polled it. With one for both,
+            // the cut woke the writer (waiting on its reply, never polling again) and left the
+            // reader asleep on a connection nothing would ever answer.
+            let joined = tokio::io::join(
+                Severable::new(output, &self.lost),
+                Severable::new(input, &self.lost),
+            );
+            Ok(Box::new(joined) as Conn)
         }
         .boxed()
     }

@@ -209,13 +209,22 @@ impl DockerBackend {
 
     /// Closes the pool and removes the prepared containers no session used (and the runtime
     /// dir of the one not taken; a taken one's belongs to its session), awaiting removals
-    /// already under way.
-    pub(super) async fn discard_warm(&self) {
+    /// already under way. With `engine_answers` false (a remote engine gone silent) it asks the
+    /// engine nothing: each request would wait for its timeout, and the janitor of the next start
+    /// with that engine removes the containers (this instance's, and dead by then).
+    pub(super) async fn discard_warm(&self, engine_answers: bool) {
         let next = {
             let mut next = self.warm.next.lock().expect("warm pool poisoned");
             next.1 = true;
             next.0.take()
         };
+        if !engine_answers {
+            tracing::warn!(engine = %self.engine.name, "engine not answering: its prepared containers are left to the next start's janitor");
+            if let Some((_, warm)) = next {
+                let _ = storage::remove_session_dirs(&warm.files);
+            }
+            return;
+        }
         let taken: Vec<_> = self
             .warm
             .taken
