@@ -10,7 +10,7 @@
 #   test-engine.sh stop NAME            kill and remove everything; exit 0 when nothing is left
 #   test-engine.sh kill-daemon NAME     SIGKILL dockerd and its containerd only (an engine that
 #                                       goes away); containers keep running until `stop`
-#   test-engine.sh partition NAME       take the host's end of the veth down: the engine goes
+#   test-engine.sh partition NAME       drop every packet in the engine's netns: the engine goes
 #                                       silent, no connection is reset (a network outage)
 #
 # NAME: 1-8 of [A-Za-z0-9_-] (the host's veth is dv-NAME, and interface names stop at 15 bytes).
@@ -366,5 +366,11 @@ stop)
   stop_engine && log "engine $NAME stopped" || die "engine $NAME: cleanup incomplete"
   ;;
 kill-daemon) kill_daemon ;;
-partition) ip link set dev "$VETH" down || die "cannot take $VETH down" ;;
+partition)
+  # Dropped inside the engine's netns (the host's tables are not touched): packets vanish, as
+  # in a real outage, so connections stall and new ones hang instead of failing at once.
+  ip netns exec "$NS" iptables -w -I INPUT 1 -j DROP &&
+    ip netns exec "$NS" iptables -w -I OUTPUT 1 -j DROP ||
+    die "cannot drop $NS's traffic (iptables)"
+  ;;
 esac
