@@ -94,24 +94,20 @@ impl TestEngine {
     /// Cuts the engine off the network (tools/test-engine.sh partition): it goes silent, and
     /// no connection to it is reset.
     pub fn partition(&self) -> Result<()> {
-        let out = run_script(&["partition", &self.name])?;
-        if !out.status.success() {
-            bail!(
-                "tools/test-engine.sh partition {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        self.step("partition")
     }
 
     /// SIGKILLs the daemon (tools/test-engine.sh kill-daemon): an engine that goes away without
     /// a word, its containers left running under their shims until the engine is dropped.
     pub fn kill_daemon(&self) -> Result<()> {
-        let out = run_script(&["kill-daemon", &self.name])?;
+        self.step("kill-daemon")
+    }
+
+    fn step(&self, command: &str) -> Result<()> {
+        let out = run_script(&[command, &self.name])?;
         if !out.status.success() {
             bail!(
-                "tools/test-engine.sh kill-daemon {} failed: {}",
+                "tools/test-engine.sh {command} {} failed: {}",
                 self.name,
                 String::from_utf8_lossy(&out.stderr)
             );
