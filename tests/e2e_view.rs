@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
-use common::view::{canvas_matches_screenshot, link, status, url};
+use anyhow::{Context, Result};
+use common::view::{canvas_matches_screenshot, link, status, url, wait_viewers};
 use common::*;
 use deskvm::cdp::Browser;
 use deskvm::view::probe;
@@ -233,18 +233,9 @@ app.srcdoc = {html};
             .await;
         panic!("{e}: the app shows {inner:?}");
     }
-    let mut viewers = 0;
-    for _ in 0..100 {
-        let v = apps
-            .call_ok("session_view", json!({ "session_id": sid }))
-            .await?;
-        viewers = v["viewers"].as_u64().unwrap();
-        if viewers == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(viewers, 1, "the app's frame opened the live view");
+    wait_viewers(&apps, &sid, 1, Duration::from_secs(20))
+        .await
+        .context("the app's frame opened the live view")?;
     drop(browser);
     apps.close().await?;
 
@@ -353,18 +344,9 @@ async fn view_links_are_scoped_limited_and_expire() -> Result<()> {
     for mut ws in open {
         ws.close(None).await?;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let list = c.call_ok("session_list", json!({})).await?;
-        if list["sessions"][0]["viewers"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed viewers still hold seats: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_viewers(c, &sid, 0, Duration::from_secs(15))
+        .await
+        .context("closed viewers still hold seats")?;
 
     // A link that expires while its view is open: the view is closed, the link refused.
     let short = c

@@ -20,6 +20,26 @@ pub async fn link(c: &Client, sid: &str, control: bool) -> Result<Value> {
     Ok(v)
 }
 
+/// Waits until `session_list` shows `n` live viewers of `sid` (a viewer comes and goes with
+/// its socket, which the server sees a moment later); fails after `limit`.
+pub async fn wait_viewers(c: &Client, sid: &str, n: u64, limit: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let list = c.call_ok("session_list", json!({})).await?;
+        let viewers = list["sessions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["session_id"] == sid))
+            .and_then(|s| s["viewers"].as_u64());
+        if viewers == Some(n) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{sid} has {viewers:?} viewers, not {n}, after {limit:?}: {list}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn url(v: &Value) -> String {
     v["url"]
         .as_str()
