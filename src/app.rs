@@ -567,7 +567,19 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
         }
         Err(e) => println!("info  disk: could not scan ({e})"),
     }
-    println!("info  cache dir: {}", layout.cache.display());
+    println!(
+        "info  image store (guest images, ready states; shared): {}",
+        layout.cache.display()
+    );
+    let others = storage::roots::others(&layout).len();
+    println!(
+        "info  state root (checkpoints): {}{}",
+        layout.state.display(),
+        match others {
+            0 => String::new(),
+            n => format!("; {n} other state root(s) keep checkpoints on this image store"),
+        }
+    );
     println!(
         "info  data dir (review ledgers, exported reviews): {}",
         layout.data.display()

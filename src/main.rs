@@ -41,6 +41,15 @@ struct Cli {
     /// Allow tcp:// engines without TLS (for tests on a private network only).
     #[arg(long, global = true)]
     insecure_engine: bool,
+    /// The image store: guest images, ready states and builds, shared by every state root
+    /// (default ~/.cache/deskvm; DESKVM_CACHE_DIR is read too).
+    #[arg(long, global = true, env = "DESKVM_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
+    /// The state root: checkpoints, and unless set on their own the review data
+    /// (<state>/data, DESKVM_DATA_DIR) and the runtime dirs (<state>/run, DESKVM_RUNTIME_DIR).
+    /// Default ~/.local/state/deskvm (data and runtime then keep their own defaults).
+    #[arg(long, global = true, env = "DESKVM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -176,6 +185,10 @@ enum Cmd {
         /// beside this host's: image push, starts, screenshots, clicks, typing.
         #[arg(long)]
         remote_engine: Option<String>,
+        /// Leave out the baselines (raw QMP and the peers' Xvfb + xdotool + ImageMagick stack);
+        /// without this flag a missing baseline tool is an error.
+        #[arg(long)]
+        no_baselines: bool,
     },
 }
 
@@ -224,6 +237,16 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The roots are read from the environment everywhere (and inherited by the servers `demo`
+    // and `bench` spawn), so the flags become the variables, before any task reads them.
+    for (var, dir) in [
+        ("DESKVM_IMAGE_DIR", &cli.image_dir),
+        ("DESKVM_STATE_DIR", &cli.state_dir),
+    ] {
+        if let Some(dir) = dir {
+            std::env::set_var(var, std::path::absolute(dir)?);
+        }
+    }
     // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
     let mut server_args = vec![
         "--accel".to_string(),
@@ -349,6 +372,7 @@ async fn main() -> Result<()> {
             http_clients,
             remote_engine,
             viewers,
+            no_baselines,
         } => {
             deskvm::bench::run(deskvm::bench::Options {
                 viewers,
@@ -367,6 +391,7 @@ async fn main() -> Result<()> {
                 server_args,
                 remote_engine,
                 insecure_engine: cli.insecure_engine,
+                baselines: !no_baselines,
             })
             .await?;
         }

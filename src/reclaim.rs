@@ -14,6 +14,7 @@ use crate::image::{GuestImage, IMAGES};
 use crate::session::{check_name, machine_spec, SessionError, DEFAULT_MEMORY_MB};
 use crate::storage::reclaim::{self, Current, Kind, Report, Request};
 use crate::storage::usage::human;
+use crate::storage::IoError;
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
 
@@ -112,7 +113,7 @@ pub async fn run(layout: &Layout, req: &Request) -> Result<Report, SessionError>
     let cur = current(layout, docker.as_ref()).await;
     reclaim::run(layout, &cur, docker.as_ref(), req)
         .await
-        .map_err(SessionError::Io)
+        .map_err(|e| IoError::new("reclaiming in", &layout.cache, e).into())
 }
 
 /// `deskvm reclaim [--apply] [--kind K]... [--include EXPORT]... [--older-than D] [--json]`.

@@ -33,7 +33,7 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .args(["review", "export", &sid, "--name", "after-crash"])
-        .env("DESKVM_DATA_DIR", &s.data)
+        .envs(state_env(&s.runtime, &s.data))
         .output()?;
     assert!(
         out.status.success(),
@@ -58,7 +58,7 @@ async fn a_review_survives_kill_9_of_its_server() -> Result<()> {
     assert!(bundle.join("index.html").is_file() && bundle.join("after-crash.html").is_file());
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .args(["review", "list"])
-        .env("DESKVM_DATA_DIR", &s.data)
+        .envs(state_env(&s.runtime, &s.data))
         .output()?;
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(

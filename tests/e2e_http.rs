@@ -15,15 +15,10 @@ const ALICE: &str = "alice-0123456789abcdef";
 const BOB: &str = "bob-0123456789abcdef00";
 
 async fn http_server(dirs: &[PathBuf], extra: &[&str]) -> Result<HttpServer> {
-    let (rt, data) = (dirs[0].to_string_lossy(), dirs[1].to_string_lossy());
+    let env = Env::of(&dirs[0], &dirs[1]);
     let mut args = vec!["--backend", "local"];
     args.extend_from_slice(extra);
-    HttpServer::spawn(
-        Path::new(env!("CARGO_BIN_EXE_deskvm")),
-        &args,
-        &[("DESKVM_RUNTIME_DIR", &rt), ("DESKVM_DATA_DIR", &data)],
-    )
-    .await
+    HttpServer::spawn(Path::new(env!("CARGO_BIN_EXE_deskvm")), &args, &env.pairs()).await
 }
 
 fn token_file(dir: &Path) -> Result<PathBuf> {

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 /// the engine, so a concurrent test's orphan would vanish before that test could look at it.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn dirs<'a>(runtime: &'a Path, data: &'a Path) -> [(&'static str, &'a Path); 2] {
-    [("DESKVM_RUNTIME_DIR", runtime), ("DESKVM_DATA_DIR", data)]
+fn dirs(runtime: &Path, data: &Path) -> [(&'static str, std::path::PathBuf); 3] {
+    state_env(runtime, data)
 }
 
 /// The candidates (or removed / failed items) of a report about session `sid`.
@@ -225,8 +225,7 @@ async fn servers_sharing_dirs_leave_each_other_alone() -> Result<()> {
     // refused with their reason.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .arg("doctor")
-        .env("DESKVM_RUNTIME_DIR", runtime)
-        .env("DESKVM_DATA_DIR", data)
+        .envs(state_env(runtime, data))
         .output()?;
     let doctor = String::from_utf8_lossy(&out.stdout);
     for sid in [&sa, &sb] {

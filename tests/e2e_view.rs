@@ -179,10 +179,10 @@ async fn the_view_is_offered_as_an_mcp_app_to_clients_that_render_one() -> Resul
     let caps = ClientCapabilities::builder()
         .enable_extensions_with(ext)
         .build();
-    let (rt, dt) = (dirs[0].to_string_lossy(), dirs[1].to_string_lossy());
-    let env = [("DESKVM_RUNTIME_DIR", &*rt), ("DESKVM_DATA_DIR", &*dt)];
+    let env = Env::of(&dirs[0], &dirs[1]);
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_deskvm"));
-    let apps = deskvm::client::Client::spawn_as(bin, &["--backend", "local"], &env, caps).await?;
+    let apps =
+        deskvm::client::Client::spawn_as(bin, &["--backend", "local"], &env.pairs(), caps).await?;
     let tools = apps.tools().await?;
     let view = tools.iter().find(|t| t.name == "session_view").unwrap();
     let meta = serde_json::to_value(&view.meta)?;

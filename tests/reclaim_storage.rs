@@ -15,12 +15,11 @@ use deskvm::storage::Owner;
 use deskvm::vm::spec::Accel;
 use serde_json::Value;
 
-fn env(d: &[PathBuf]) -> [(&'static str, &Path); 3] {
-    [
-        ("DESKVM_RUNTIME_DIR", d[0].as_path()),
-        ("DESKVM_DATA_DIR", d[1].as_path()),
-        ("DESKVM_CACHE_DIR", d[2].as_path()),
-    ]
+/// The test's own dirs: runtime, data (with the state root in it) and the image store.
+fn env(d: &[PathBuf]) -> Vec<(&'static str, PathBuf)> {
+    let mut env = state_env(&d[0], &d[1]).to_vec();
+    env.push(("DESKVM_IMAGE_DIR", d[2].clone()));
+    env
 }
 
 fn write(path: &Path, bytes: usize) -> Result<()> {
@@ -94,6 +93,11 @@ async fn superseded_images_and_ready_states_go_and_current_ones_stay() -> Result
     // without deskvm's marker.
     let old = images.join(format!("{DEFAULT_IMAGE}-000000000000"));
     image(&old, true)?;
+    // Made an hour before the current one: stamped in the same second or the next, it could
+    // count as newer (markers have whole seconds), and a newer image is never superseded.
+    let mut made_earlier = Owner::me("guest_image", None);
+    made_earlier.created_at -= 3600;
+    made_earlier.write(&old)?;
     ready(&old.join("ready-222222222222"), &qemu)?;
     let in_use = images.join(format!("{DEFAULT_IMAGE}-0000000000aa"));
     image(&in_use, true)?;
@@ -408,7 +412,7 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     ready(&other_config, &qemu)?;
     ready(&old_ready, old_qemu)?;
     ready(&old_ready_used, old_qemu)?;
-    let ck = d[2].join("checkpoints");
+    let ck = state_of(&d[1]).join("checkpoints");
     let fresh = ck.join("fresh");
     saved(&fresh, &qemu, None, &[&img, &other_config])?;
     let alone = ck.join("old-alone");
@@ -435,6 +439,25 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     let mut gone = Owner::me("checkpoint", Some("00000000000000c2"));
     gone.pid_start += 1;
     gone.write(&half)?;
+
+    // Another state root on the same image store (another user's or test's checkpoints)
+    // recorded itself there: what its checkpoint sits on is not this reclaim's to judge.
+    let (other_root, _other_guard) = temp_dirs(&["rs"])?;
+    let theirs = img.join("ready-666666666666");
+    ready(&theirs, old_qemu)?;
+    saved(
+        &other_root[0].join("checkpoints").join("theirs"),
+        old_qemu,
+        None,
+        &[&img, &theirs],
+    )?;
+    let other = deskvm::storage::Layout {
+        cache: d[2].clone(),
+        state: other_root[0].clone(),
+        runtime: d[0].clone(),
+        data: d[1].clone(),
+    };
+    deskvm::storage::roots::register(&other)?;
 
     let (code, r, err) = cli(&["reclaim", "--json"], &env(&d))?;
     assert_eq!(code, 0, "{err}");
@@ -493,9 +516,26 @@ async fn checkpoints_only_go_when_nothing_can_load_them_or_depends_on_them() -> 
     for gone in [&alone, &gen1, &old_ready, &half] {
         assert!(!gone.exists(), "{} should be gone", gone.display());
     }
-    for kept in [&fresh, &base, &used, &other_config, &old_ready_used, &img] {
+    for kept in [
+        &fresh,
+        &base,
+        &used,
+        &other_config,
+        &old_ready_used,
+        &img,
+        &theirs,
+    ] {
         assert!(kept.exists(), "{} must stay", kept.display());
     }
+    // Once the other root is gone, nothing needs its ready state.
+    std::fs::remove_dir_all(&other_root[0])?;
+    let (code, r, err) = cli(&["reclaim", "--json"], &env(&d))?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        paths(&r["candidates"], "ready_state"),
+        vec![s(&theirs)],
+        "{r:#}"
+    );
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what deskvm needs on a Debian host (run as root; `deskvm setup` runs it when something
 # is missing): QEMU, debootstrap, e2fsprogs, the Docker engine, noVNC (the live view's web client),
-# and Chromium (headless, for the
-# tests that render review viewers). On bookworm QEMU comes from bookworm-backports: QEMU 7.2 had screendump bugs, and
+# Chromium (headless, for the tests that render review viewers), what tools/test-engine.sh needs,
+# and the peers' stack `deskvm bench` measures beside deskvm (Xvfb, xdotool, ImageMagick, xterm,
+# openbox). On bookworm QEMU comes from bookworm-backports: QEMU 7.2 had screendump bugs, and
 # ready states must be made and resumed by one QEMU build.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -26,3 +27,8 @@ apt-get install -y -q debootstrap e2fsprogs docker.io
 apt-get install -y -q --no-install-recommends novnc
 # Only the tests need it (they open exported review viewers in headless Chromium).
 apt-get install -y -q --no-install-recommends chromium fonts-liberation
+# tools/test-engine.sh's second Docker engine (TLS certificates, a network namespace).
+apt-get install -y -q --no-install-recommends openssl iproute2 util-linux
+# The peers' stack the bench measures beside deskvm: an X server on the host, xdotool for input
+# and ImageMagick's `import` for screenshots, with a terminal and a window manager in it.
+apt-get install -y -q --no-install-recommends xvfb xdotool imagemagick xterm openbox

@@ -29,6 +29,7 @@ mod warm;
 pub use engine::EngineSpec;
 
 use super::{Backend, BackendError, Instance};
+use crate::storage::IoContext;
 use crate::storage::Owner;
 use crate::vm::link::{HostLink, Link};
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
@@ -90,9 +91,9 @@ pub async fn build_runtime_image(
     ));
     // In the cache, marked as this build's: a crash leaves it for reclaim, never for a guess.
     let work = work_root.join(format!("runtime-{}", std::process::id()));
-    crate::storage::private_dir(&work)?;
+    crate::storage::private_dir(&work).at("creating the build dir", &work)?;
     let script = work.join("build-rootfs.sh");
-    std::fs::write(&script, RUNTIME_RECIPE)?;
+    std::fs::write(&script, RUNTIME_RECIPE).at("writing", &script)?;
     let tar = work.join("rootfs.tar");
     let child = tokio::process::Command::new("bash")
         .arg(&script)
@@ -100,12 +101,15 @@ pub async fn build_runtime_image(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .at("running", &script)?;
     // The recipe goes on if this process dies: while it runs, the work dir is alive.
     let mut builder = Owner::me("runtime_build", None);
     builder.helper = child.id().and_then(crate::storage::owner::ProcessRef::of);
-    builder.write(&work)?;
-    let out = child.wait_with_output().await?;
+    builder
+        .write(&work)
+        .at("writing the owner marker in", &work)?;
+    let out = child.wait_with_output().await.at("waiting for", &script)?;
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())
@@ -137,7 +141,11 @@ pub async fn build_runtime_image(
         ])
         .build();
     let imported = async {
-        let body = tokio_util::io::ReaderStream::new(tokio::fs::File::open(&tar).await?);
+        let body = tokio_util::io::ReaderStream::new(
+            tokio::fs::File::open(&tar)
+                .await
+                .at("opening the runtime root filesystem", &tar)?,
+        );
         let mut stream =
             docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
         while let Some(item) = stream.next().await {

@@ -10,6 +10,7 @@ use tokio::process::Command;
 
 use super::{Backend, BackendError, Instance};
 use crate::storage::owner::{ProcessRef, PROCESS_FILE};
+use crate::storage::IoContext;
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -64,13 +65,14 @@ impl Backend for LocalBackend {
         files: &'a RuntimeFiles,
     ) -> BoxFuture<'a, Result<Box<dyn Instance>, BackendError>> {
         async move {
-            let log = std::fs::File::create(files.qemu_log())?;
+            let log_path = files.qemu_log();
+            let log = std::fs::File::create(&log_path).at("creating QEMU's log", &log_path)?;
             let mut cmd = Command::new(&self.qemu);
             cmd.arg("-name")
                 .arg(format!("deskvm-{session_id}"))
                 .args(spec.argv(files))
                 .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
+                .stdout(log.try_clone().at("duplicating the handle of", &log_path)?)
                 .stderr(log)
                 .kill_on_drop(true);
             // If the server dies without cleaning up (SIGKILL), the kernel kills QEMU too.

@@ -25,8 +25,9 @@ pub enum BackendError {
     },
     #[error("{0}")]
     Setup(String),
-    #[error("I/O error in the session runtime dir")]
-    Io(#[from] std::io::Error),
+    /// Names the operation and the path; the OS error is its source.
+    #[error(transparent)]
+    Io(#[from] crate::storage::IoError),
 }
 
 pub trait Backend: Send + Sync {

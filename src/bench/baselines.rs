@@ -164,21 +164,26 @@ fn run(display: &Display, argv: &[&str]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// The programs the peers' stack is made of, checked before a bench starts: a baseline that
+/// cannot be measured is an error (`--no-baselines` leaves the baselines out on purpose).
+pub fn missing_peer_tools() -> Result<()> {
+    let tools = ["Xvfb", "xdotool", "import", "xterm", "openbox"];
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "the peers' stack cannot be measured: {} missing; `sudo deskvm setup` installs xvfb, \
+             xdotool, imagemagick, xterm and openbox (or pass --no-baselines)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The peers' stack timed the way deskvm is: screenshot, click, typing; each against deskvm's
 /// p50 from this run (`ours_*`). The 2 s the demo sleeps after each action before its
 /// screenshot is added as documented, not slept.
 pub fn peers(n: usize, chars: usize, ours_shot: f64, ours_click: f64, ours_cps: f64) -> Result<()> {
-    let tools = ["Xvfb", "xdotool", "import", "xterm", "openbox"];
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-    if !missing.is_empty() {
-        println!(
-            "{:<38} not measured: {} missing (`sudo deskvm setup` installs xvfb, xdotool, imagemagick, xterm, openbox)",
-            "peers' stack (Xvfb + xdotool + import)",
-            missing.join(", ")
-        );
-        record("peers' stack", json!({ "missing": missing }));
-        return Ok(());
-    }
+    missing_peer_tools()?;
     let d = start_display(1280, 800)?;
     let (mut shots, mut bytes) = (Vec::new(), 0usize);
     for _ in 0..n {

@@ -119,6 +119,7 @@ pub async fn reclaim_report_time(client: &Client, runs: usize) -> Result<()> {
     let base = std::env::temp_dir().join(format!("deskvm-bench-cache-{}", std::process::id()));
     let layout = Layout {
         cache: base.join("cache"),
+        state: base.join("state"),
         runtime: base.join("rt"),
         data: base.join("data"),
     };

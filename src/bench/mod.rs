@@ -49,36 +49,42 @@ pub struct Options {
     pub viewers: usize,
     /// Also write every figure as JSON here.
     pub json: Option<std::path::PathBuf>,
+    /// Measure the baselines (raw QMP, the peers' stack) beside deskvm; their tools missing is
+    /// an error, found before anything runs.
+    pub baselines: bool,
 }
 
 pub async fn run(o: Options) -> Result<()> {
+    if o.baselines {
+        baselines::missing_peer_tools()?;
+    }
     let exe = std::env::current_exe()?;
     let most = o.density.max(4).to_string();
     let mut args: Vec<&str> = o.server_args.iter().map(String::as_str).collect();
     args.extend(["--max-sessions", &most]);
     // The bench's reviews and sessions go to directories of its own, removed at the end, so
     // its disk figures count only its own sessions.
+    // Its checkpoints go to a state root of its own too: the bench starts from nothing a user
+    // made and leaves nothing behind but the image store's artifacts.
     let data = std::env::temp_dir().join(format!("deskvm-bench-{}", std::process::id()));
     let runtime = std::env::temp_dir().join(format!("deskvm-bench-rt-{}", std::process::id()));
+    let state = std::env::temp_dir().join(format!("deskvm-bench-st-{}", std::process::id()));
     let (data_env, rt_env) = (data.to_string_lossy(), runtime.to_string_lossy());
+    let state_env = state.to_string_lossy();
     // Every server of the run (the main one and those compared beside it) uses these.
     let env = [
         ("RUST_LOG", "warn,qapi=error"),
         ("DESKVM_DATA_DIR", &*data_env),
         ("DESKVM_RUNTIME_DIR", &*rt_env),
+        ("DESKVM_STATE_DIR", &*state_env),
     ];
     let client = Client::spawn(&exe, &args, &env).await?;
     let mut result = run_with(&client, &o).await;
     if result.is_ok() {
         result = starts::docker_beside(&exe, &env, o.starts, o.chars).await;
     }
-    if result.is_ok() {
-        // Beside the main figures, not instead of them: a host without a local QEMU or X
-        // tools still gets the rest.
-        if let Err(e) = baselines::measure(&o).await {
-            println!("{:<38} not measured: {e:#}", "baselines");
-            record("baselines", json!({ "error": format!("{e:#}") }));
-        }
+    if result.is_ok() && o.baselines {
+        result = baselines::measure(&o).await;
     }
     if let (Ok(()), Some(engine)) = (&result, &o.remote_engine) {
         let r = remote::Remote {
@@ -117,6 +123,7 @@ pub async fn run(o: Options) -> Result<()> {
     client.close().await?;
     let _ = std::fs::remove_dir_all(&data);
     let _ = std::fs::remove_dir_all(&runtime);
+    let _ = std::fs::remove_dir_all(&state);
     if let (Ok(()), Some(path)) = (&result, &o.json) {
         let run = json!({
             "format": "deskvm-bench/1",

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::storage::IoContext;
 use crate::storage::{self, Layout};
 use crate::vm::spec::hex;
 
@@ -47,8 +48,9 @@ pub enum ImageError {
     NeedsRoot,
     #[error("the guest image recipe failed ({status}); its output is above")]
     RecipeFailed { status: std::process::ExitStatus },
-    #[error("I/O error while building the guest image")]
-    Io(#[from] std::io::Error),
+    /// Names the operation and the path; the OS error is its source.
+    #[error(transparent)]
+    Io(#[from] crate::storage::IoError),
 }
 
 /// Hash of the recipe; a changed recipe means a new image directory, so stale images are never used.
@@ -132,16 +134,22 @@ impl GuestImage {
         let recipe_dir = work.with_extension("recipe");
         for d in [&work, &recipe_dir] {
             if d.exists() {
-                std::fs::remove_dir_all(d)?;
+                std::fs::remove_dir_all(d).at("removing an earlier build's", d)?;
             }
         }
-        storage::private_dir(&layout.images())?;
-        write_recipe(&recipe_dir)?;
+        let images = layout.images();
+        storage::private_dir(&images).at("creating the image store's images dir", &images)?;
+        write_recipe(&recipe_dir).at("writing the recipe to", &recipe_dir)?;
         // The builder's marker: a reclaim leaves both alone while this process runs.
-        std::fs::create_dir_all(&work)?;
+        std::fs::create_dir_all(&work).at("creating the build dir", &work)?;
         let builder = storage::Owner::me("image_build", None);
-        builder.write(&work)?;
-        builder.write(&recipe_dir)?;
+        let mark = |b: &storage::Owner| -> Result<(), ImageError> {
+            for d in [&work, &recipe_dir] {
+                b.write(d).at("writing the owner marker in", d)?;
+            }
+            Ok(())
+        };
+        mark(&builder)?;
         progress(&format!(
             "building guest image {name} (recipe {}) in {}",
             recipe_hash(),
@@ -153,13 +161,13 @@ impl GuestImage {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .at("running the recipe in", &recipe_dir)?;
         // The recipe (and debootstrap under it) goes on if this process dies: while it runs,
         // its work dirs are alive for reclaim.
         let mut builder = builder;
         builder.helper = child.id().and_then(storage::owner::ProcessRef::of);
-        builder.write(&work)?;
-        builder.write(&recipe_dir)?;
+        mark(&builder)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
             let mut lines = Vec::new();
@@ -178,9 +186,12 @@ impl GuestImage {
                 progress(&line);
             }
         }
-        let status = child.wait().await?;
+        let status = child
+            .wait()
+            .await
+            .at("waiting for the recipe in", &recipe_dir)?;
         let stderr = err_task.await.unwrap_or_default();
-        std::fs::remove_dir_all(&recipe_dir)?;
+        std::fs::remove_dir_all(&recipe_dir).at("removing the recipe", &recipe_dir)?;
         if !status.success() {
             for line in stderr.iter().rev().take(20).rev() {
                 progress(line);
@@ -188,10 +199,12 @@ impl GuestImage {
             return Err(ImageError::RecipeFailed { status });
         }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(&dir).at("removing the older image", &dir)?;
         }
-        std::fs::rename(&work, &dir)?;
-        storage::Owner::me("guest_image", None).write(&dir)?;
+        std::fs::rename(&work, &dir).at("publishing the image", &dir)?;
+        storage::Owner::me("guest_image", None)
+            .write(&dir)
+            .at("writing the owner marker in", &dir)?;
         Ok(GuestImage {
             name: name.into(),
             dir,
@@ -226,6 +239,7 @@ mod tests {
     fn unknown_images_are_named_with_the_valid_ones() {
         let layout = Layout {
             cache: "/nonexistent".into(),
+            state: "/nonexistent".into(),
             runtime: "/nonexistent".into(),
             data: "/nonexistent".into(),
         };

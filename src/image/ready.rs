@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::GuestImage;
+use crate::storage::{IoContext, IoError};
 use crate::vm::spec::{hex, VmSpec};
 
 /// Bumped when the way a ready state is made changes, so old states are not resumed.
@@ -37,11 +38,12 @@ impl ReadyState {
 
     /// Makes the disk and state read-only: every overlay started from them is backed by these
     /// exact files.
-    pub fn seal(&self) -> std::io::Result<()> {
+    pub fn seal(&self) -> Result<(), IoError> {
         use std::os::unix::fs::PermissionsExt;
         for f in [self.disk(), self.state(), self.ram()] {
             if f.exists() || f != self.ram() {
-                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))?;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444))
+                    .at("making read-only", &f)?;
             }
         }
         Ok(())
@@ -49,15 +51,14 @@ impl ReadyState {
 
     /// Finishes a state saved in this (partial) directory: writes its metadata last, then
     /// puts the directory where `target` goes, replacing an older save.
-    pub fn publish(&self, target: &ReadyState, meta: &serde_json::Value) -> std::io::Result<()> {
-        std::fs::write(
-            self.meta(),
-            serde_json::to_vec_pretty(meta).unwrap_or_default(),
-        )?;
+    pub fn publish(&self, target: &ReadyState, meta: &serde_json::Value) -> Result<(), IoError> {
+        let path = self.meta();
+        std::fs::write(&path, serde_json::to_vec_pretty(meta).unwrap_or_default())
+            .at("writing", &path)?;
         if target.dir.exists() {
-            std::fs::remove_dir_all(&target.dir)?;
+            std::fs::remove_dir_all(&target.dir).at("removing the older save", &target.dir)?;
         }
-        std::fs::rename(&self.dir, &target.dir)
+        std::fs::rename(&self.dir, &target.dir).at("publishing", &target.dir)
     }
 
     pub fn key(qemu_version: &str, spec: &VmSpec) -> String {

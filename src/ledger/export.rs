@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use super::{capture_policy, ReviewMeta, TIMELINE};
 
+use crate::storage::IoContext;
+
 const VIEWER: &str = include_str!("viewer.html");
 
 /// `<session>-<UTC time to the millisecond>`: sorts by time.
@@ -81,7 +83,8 @@ fn is_shot_ref(r: &str) -> bool {
 /// The events of a timeline: whole lines only (a server killed mid-write leaves at most one
 /// partial line, which is dropped), up to `upto` bytes when given.
 pub fn read_timeline(dir: &Path, upto: Option<u64>) -> io::Result<Vec<Value>> {
-    let mut bytes = std::fs::read(dir.join(TIMELINE))?;
+    let path = dir.join(TIMELINE);
+    let mut bytes = std::fs::read(&path).at("reading the timeline", &path)?;
     if let Some(n) = upto {
         bytes.truncate(n as usize);
     }
@@ -130,10 +133,11 @@ pub fn export(
             format!("an export named {name:?} exists; choose another name"),
         ));
     }
-    crate::storage::private_dir(exports)?;
+    crate::storage::private_dir(exports).at("creating the exports dir", exports)?;
     // Its own work dir: two exports of one name at once never touch each other's files.
     let tmp = exports.join(format!(".{name}.{:016x}.partial", rand::random::<u64>()));
-    std::fs::create_dir_all(tmp.join(super::shots::SHOTS_DIR))?;
+    let shots = tmp.join(super::shots::SHOTS_DIR);
+    std::fs::create_dir_all(&shots).at("creating the bundle's work dir", &shots)?;
     let result = write_bundle(review_dir, &tmp, &target, name, upto);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -166,7 +170,7 @@ fn write_bundle(
             Ok(png) => {
                 // A hard link costs nothing; another filesystem gets a copy.
                 if std::fs::hard_link(&src, &dst).is_err() {
-                    std::fs::write(&dst, &png)?;
+                    std::fs::write(&dst, &png).at("writing", &dst)?;
                 }
                 sizes.insert(*r, png.len() as u64);
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
@@ -183,7 +187,8 @@ fn write_bundle(
         timeline.push_str(&e.to_string());
         timeline.push('\n');
     }
-    std::fs::write(tmp.join(TIMELINE), &timeline)?;
+    let path = tmp.join(TIMELINE);
+    std::fs::write(&path, &timeline).at("writing", &path)?;
     let kind = |e: &Value| e["kind"].as_str().unwrap_or_default().to_string();
     let steps = events.iter().filter(|e| kind(e) != "frame").count();
     let failed = events
@@ -224,12 +229,18 @@ fn write_bundle(
     }
     // Both pages again, now with the sizes in their header (each page is a few bytes longer
     // than the size it states, which counts the first rendering).
-    std::fs::write(tmp.join("index.html"), page(json!({}), &review))?;
-    std::fs::write(tmp.join(format!("{name}.html")), page(inlined, &review))?;
-    std::fs::write(
+    let (index, single, meta) = (
+        tmp.join("index.html"),
+        tmp.join(format!("{name}.html")),
         tmp.join("review.json"),
+    );
+    std::fs::write(&index, page(json!({}), &review)).at("writing", &index)?;
+    std::fs::write(&single, page(inlined, &review)).at("writing", &single)?;
+    std::fs::write(
+        &meta,
         serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,
-    )?;
+    )
+    .at("writing", &meta)?;
     // rename(2) onto an existing non-empty directory fails: a bundle is never replaced.
     std::fs::rename(tmp, target).map_err(|e| match e.kind() {
         io::ErrorKind::DirectoryNotEmpty => io::Error::new(

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::storage;
+use crate::storage::IoContext;
 use shots::ShotStore;
 
 pub const FORMAT: &str = "deskvm-review/1";
@@ -94,7 +95,12 @@ impl ReviewMeta {
     }
 
     pub fn read(dir: &Path) -> io::Result<Self> {
-        serde_json::from_slice(&std::fs::read(dir.join(META))?).map_err(io::Error::other)
+        let path = dir.join(META);
+        let bytes = std::fs::read(&path).at("reading", &path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(io::Error::other)
+            .at("parsing", &path)
+            .map_err(io::Error::from)
     }
 }
 
@@ -131,8 +137,12 @@ impl Ledger {
             Ok(f) => io::BufReader::new(f).lines().count() as u64,
             Err(_) => 0,
         };
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = file.metadata()?.len();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .at("opening the timeline", &path)?;
+        let len = file.metadata().at("reading the size of", &path)?.len();
         let ledger = Ledger {
             dir: dir.to_path_buf(),
             shots: ShotStore::open(&dir.join(shots::SHOTS_DIR))?,

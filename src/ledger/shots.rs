@@ -12,6 +12,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::ImageEncoder;
 use tokio::sync::oneshot;
 
+use crate::storage::IoContext;
 use crate::vm::display::Frame;
 
 pub const SHOTS_DIR: &str = "shots";
@@ -83,8 +84,9 @@ fn encoder() -> &'static std::sync::mpsc::SyncSender<Job> {
 impl ShotStore {
     /// A store over `dir` (created if missing); frames already there count as stored.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let known = std::fs::read_dir(dir)?
+        std::fs::create_dir_all(dir).at("creating the frames dir", dir)?;
+        let known = std::fs::read_dir(dir)
+            .at("listing the frames in", dir)?
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -150,8 +152,9 @@ fn write_png(frame: &Frame, dir: &Path, hash: &str) -> io::Result<u64> {
         )
         .map_err(io::Error::other)?;
     let tmp = dir.join(format!("{hash}.png.tmp"));
-    std::fs::write(&tmp, &png)?;
-    std::fs::rename(&tmp, dir.join(format!("{hash}.png")))?;
+    std::fs::write(&tmp, &png).at("writing frame", &tmp)?;
+    let path = dir.join(format!("{hash}.png"));
+    std::fs::rename(&tmp, &path).at("storing frame", &path)?;
     Ok(png.len() as u64)
 }
 

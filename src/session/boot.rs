@@ -8,6 +8,7 @@ use super::SessionError;
 use crate::backend::{Backend, Instance};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::IoContext;
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 use crate::vm::{Button, Vm, VmError};
 
@@ -226,11 +227,13 @@ pub async fn make_ready_state(
     progress("input works; saving the ready state");
     let tmp = target.dir.with_extension("partial");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).at("removing an earlier partial save", &tmp)?;
     }
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).at("creating the ready state's partial dir", &tmp)?;
     // Its builder's marker: a reclaim leaves the state alone while this process saves it.
-    crate::storage::Owner::me("ready_state", None).write(&tmp)?;
+    crate::storage::Owner::me("ready_state", None)
+        .write(&tmp)
+        .at("writing the owner marker in", &tmp)?;
     let partial = ReadyState { dir: tmp.clone() };
     vm.qmp()
         .save_state(&partial.state(), Duration::from_secs(120))
@@ -238,7 +241,7 @@ pub async fn make_ready_state(
         .map_err(VmError::from)?;
     vm.qmp().quit().await;
     instance.stop().await;
-    std::fs::rename(files.disk(), partial.disk())?;
+    std::fs::rename(files.disk(), partial.disk()).at("moving the disk into", &tmp)?;
     partial.seal()?;
     let meta = serde_json::json!({
         "qemu_version": backend.qemu_version(),

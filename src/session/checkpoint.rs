@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::error::SessionError;
 use crate::image::ready::ReadyState;
 use crate::storage::{self, Layout, Owner};
+use crate::storage::{IoContext, IoError};
 
 /// What a checkpoint is and what it needs to run again.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -167,12 +168,14 @@ pub fn delete(layout: &Layout, name: &str) -> Result<u64, SessionError> {
         });
     }
     let bytes = storage::usage::disk_bytes(&ready.dir);
-    std::fs::remove_dir_all(&ready.dir)?;
+    std::fs::remove_dir_all(&ready.dir).at("removing checkpoint", &ready.dir)?;
     if ready.dir.exists() {
-        return Err(SessionError::Io(std::io::Error::other(format!(
-            "{} is still there after removing it",
-            ready.dir.display()
-        ))));
+        return Err(IoError::new(
+            "removing checkpoint",
+            &ready.dir,
+            std::io::Error::other("it is still there after its removal"),
+        )
+        .into());
     }
     Ok(bytes)
 }

@@ -78,8 +78,16 @@ pub enum SessionError {
     TooMany { max: usize },
     #[error("review ledger error")]
     Ledger(#[source] std::io::Error),
-    #[error("I/O error")]
-    Io(#[from] std::io::Error),
+    /// A blocking step run off the async threads panicked or was cancelled.
+    #[error("{what} did not finish")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// Names the operation and the path; the OS error is its source.
+    #[error(transparent)]
+    Io(#[from] crate::storage::IoError),
 }
 
 fn known_list(known: &[String]) -> String {
@@ -117,6 +125,7 @@ impl SessionError {
             SessionError::TooMany { .. } => "too_many_sessions",
             SessionError::Ledger(_) => "ledger",
             SessionError::Io(_) => "io",
+            SessionError::Task { .. } => "internal",
         }
     }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{check_name, record, Session, SessionError, SessionManager};
 use crate::ledger::export::{self, Exported};
 use crate::ledger::{Ledger, ReviewMeta};
+use crate::storage::IoError;
 
 impl SessionManager {
     /// Exports the review of a running, stopped or failed session into the exports dir.
@@ -98,14 +99,18 @@ impl SessionManager {
         let done =
             tokio::task::spawn_blocking(move || export::export(&dir, &exports, &name_owned, upto))
                 .await
-                .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
+                .map_err(|source| SessionError::Task {
+                    what: "the export",
+                    source,
+                })?;
+        let bundle = self.cfg.layout.exports().join(name);
         done.map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => SessionError::InvalidName {
                 field: "name",
                 value: name.to_string(),
                 why: "an export of that name exists; choose another name".into(),
             },
-            _ => SessionError::Io(e),
+            _ => IoError::new("exporting the review to", &bundle, e).into(),
         })
     }
 

@@ -394,26 +394,20 @@ impl SessionManager {
             .session_for("session_stop", id, &json!({}), started)
             .await?;
         self.sessions.write().await.remove(id);
-        let removed = session.end().await;
-        let outcome = match &removed {
-            Ok(()) => Ok(json!({ "ok": true })),
-            Err(e) => Err(SessionError::Io(std::io::Error::new(
-                e.kind(),
-                e.to_string(),
-            ))),
-        };
+        let removed = session.end().await.map_err(SessionError::Io);
+        let ok = json!({ "ok": true });
         let _ = record::append_call(
             &session.ledger,
             "session_stopped",
             "session_stop",
             json!({}),
-            outcome.as_ref(),
+            removed.as_ref().map(|()| &ok),
             started,
             &Default::default(),
         );
         session.close_ledger().await;
         tracing::info!(session = %id, "session stopped");
-        removed.map_err(SessionError::Io)
+        removed
     }
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Outcome, SessionError> {

@@ -145,7 +145,7 @@ impl Session {
     }
 
     /// Ends the VM and removes the runtime dir (the ledger stays).
-    pub(super) async fn end(&self) -> std::io::Result<()> {
+    pub(super) async fn end(&self) -> Result<(), crate::storage::IoError> {
         // Viewers go first: no person's input reaches a VM being stopped, and what they did
         // is on record before the stop is.
         self.view.close();

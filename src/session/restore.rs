@@ -131,7 +131,10 @@ impl SessionManager {
         let cache_lock =
             tokio::task::spawn_blocking(move || crate::storage::CacheLock::shared(&layout))
                 .await
-                .map_err(std::io::Error::other)??;
+                .map_err(|source| SessionError::Task {
+                    what: "locking the image store",
+                    source,
+                })??;
         let (info, ready) = self.usable(name, session.backend.as_ref())?;
         let s = &session.info;
         if (
@@ -282,8 +285,10 @@ impl SessionManager {
             checkpoint::delete(&layout, &owned)
         })
         .await
-        .map_err(std::io::Error::other)
-        .map_err(SessionError::from)
+        .map_err(|source| SessionError::Task {
+            what: "the checkpoint's removal",
+            source,
+        })
         .and_then(|r| r);
         let v = result.as_ref().map(|b| json!({ "bytes_freed": b }));
         self.record_server(

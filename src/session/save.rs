@@ -9,7 +9,7 @@ use super::checkpoint::{dir, meta_path, CheckpointInfo};
 use super::error::SessionError;
 use super::Session;
 use crate::image::ready::ReadyState;
-use crate::storage::{self, Layout, Owner};
+use crate::storage::{self, IoContext, IoError, Layout, Owner};
 use crate::vm::VmError;
 
 /// Puts a frozen file into a checkpoint: a hard link where both are on one filesystem (QEMU
@@ -39,7 +39,8 @@ async fn layer_info(layout: &Layout, disk: &Path) -> Result<(u64, Option<String>
         .args(["info", "--output=json", "-U"])
         .arg(disk)
         .output()
-        .await?;
+        .await
+        .at("running qemu-img info on", disk)?;
     let v = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
     let size = v["virtual-size"].as_u64().ok_or_else(|| {
         SessionError::Setup(format!(
@@ -66,7 +67,8 @@ async fn new_layer(backing: &Path, size: u64, layer: &Path) -> Result<(), Sessio
         .arg(layer)
         .arg(size.to_string())
         .output()
-        .await?;
+        .await
+        .at("running qemu-img create for", layer)?;
     if !out.status.success() {
         return Err(SessionError::Setup(format!(
             "qemu-img create failed: {}",
@@ -127,9 +129,14 @@ impl Session {
         self.check_alive()?;
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
+        // The state root may be new: nothing but this makes its checkpoints dir. Recording
+        // the root in the image store keeps what its checkpoints sit on from any reclaim.
+        let all = layout.checkpoints();
+        storage::private_dir(&all).at("creating the checkpoints dir", &all)?;
+        storage::roots::register(layout)?;
         // The name is taken atomically: a concurrent checkpoint of the same name fails here,
         // before any layer's header can name this directory.
-        match std::fs::create_dir(&target) {
+        match std::fs::create_dir(&target).at("creating checkpoint dir", &target) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SessionError::InvalidName {
                     field: "checkpoint",
@@ -168,7 +175,7 @@ impl Session {
             after_switch(e)
         };
         if let Err(e) = marked {
-            return cleanup(e.into());
+            return cleanup(IoError::new("marking the checkpoint's owner in", &target, e).into());
         }
         let frozen = lane.disk.clone();
         // The header of the new layer names the checkpoint's path: what a restart or a later
@@ -219,8 +226,9 @@ impl Session {
         let pointer = lane.pointer;
         // The frozen layer is read-only to QEMU now, and stays where QEMU opened it: the
         // checkpoint gets a link to it.
-        let moved =
-            link_or_copy(&frozen, &files.disk()).and_then(|()| move_file(&state, &files.state()));
+        let moved = link_or_copy(&frozen, &files.disk())
+            .at("linking the frozen disk layer into", &target)
+            .and_then(|()| move_file(&state, &files.state()).at("moving the state into", &target));
         if let Err(e) = moved {
             unlink_header(lane.vm.qmp(), &node, &frozen).await;
             return after_switch(e.into());
@@ -258,7 +266,8 @@ impl Session {
         let written = serde_json::to_vec_pretty(&info)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, meta_path(&target)));
+            .and_then(|()| std::fs::rename(&tmp, meta_path(&target)))
+            .at("writing", &meta_path(&target));
         if let Err(e) = written {
             // The layer is frozen and linked; only the metadata is missing. The session's
             // new layer must not name a checkpoint that will not exist.

@@ -42,7 +42,10 @@ impl SessionManager {
         let layout = self.cfg.layout.clone();
         let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
             .await
-            .map_err(std::io::Error::other)??;
+            .map_err(|source| SessionError::Task {
+                what: "locking the image store",
+                source,
+            })??;
         // Which engine runs it (with several engines), before anything is made for it; a fork
         // only where QEMU sees this host's files (its checkpoint is one).
         let memory_mb = check_range(

@@ -14,6 +14,7 @@ use super::SessionError;
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::IoContext;
 use crate::storage::{self, Layout, Owner};
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 use crate::vm::{Vm, VmError};
@@ -44,7 +45,10 @@ pub async fn ensure(
     let l = layout.clone();
     let _lock = tokio::task::spawn_blocking(move || storage::CacheLock::exclusive(&l))
         .await
-        .map_err(std::io::Error::other)??;
+        .map_err(|source| SessionError::Task {
+            what: "locking the image store",
+            source,
+        })??;
     if let Some(t) = ReadyState::find_template(image, qemu, spec) {
         return Ok(t);
     }
@@ -187,7 +191,8 @@ async fn move_sparse(from: &Path, to: &Path) -> Result<(), SessionError> {
         .arg(from)
         .arg(to)
         .output()
-        .await?;
+        .await
+        .at("running cp --sparse=always to", to)?;
     if !out.status.success() {
         return Err(SessionError::Setup(format!(
             "could not copy {} into the cache: {}",

@@ -1,6 +1,15 @@
-//! Where deskvm keeps things: a cache (guest images, ready states) that survives restarts, a
-//! runtime root (one private directory per session) that does not, and a data dir (review
-//! ledgers and exported review bundles) that a person reads later.
+//! Where deskvm keeps things, in two roots that never mix:
+//!
+//! - the **image store** (`DESKVM_IMAGE_DIR`, alias `DESKVM_CACHE_DIR`; default
+//!   `~/.cache/deskvm`): content-addressed artifacts that are expensive to make and safe to
+//!   share between servers, tests and state roots (guest images, ready states), builds in
+//!   progress, and the leases that keep what live servers and kept checkpoints use;
+//! - the **state root** (`DESKVM_STATE_DIR`; default `~/.local/state/deskvm`): what one user or
+//!   one test made and may lose (checkpoints), and, when it is given, also the data dir
+//!   (`<state>/data`: review ledgers and exports) and the runtime root (`<state>/run`: one
+//!   private directory per running session) unless those are set on their own.
+//!
+//! Nothing in either root has to exist beforehand: every path that writes makes its directory.
 
 use std::fs;
 use std::io;
@@ -9,46 +18,67 @@ use std::path::{Path, PathBuf};
 
 use crate::vm::spec::RuntimeFiles;
 
+pub mod io_context;
 pub mod janitor;
 pub mod owner;
 pub mod reclaim;
+pub mod roots;
 pub mod usage;
 
+pub use io_context::{IoContext, IoError};
 pub use owner::{Liveness, Owner};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// The image store (see the module docs); the field keeps its old name.
     pub cache: PathBuf,
+    /// The state root: checkpoints.
+    pub state: PathBuf,
     pub runtime: PathBuf,
     pub data: PathBuf,
 }
 
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 impl Layout {
-    /// `DESKVM_CACHE_DIR` / `DESKVM_RUNTIME_DIR` / `DESKVM_DATA_DIR` override the platform
-    /// defaults (`~/.cache/deskvm`, `$XDG_RUNTIME_DIR/deskvm` or `/tmp/deskvm-<uid>`,
-    /// `~/.local/share/deskvm`).
+    /// The roots from the environment (`--image-dir` and `--state-dir` set these variables):
+    /// `DESKVM_IMAGE_DIR` (or `DESKVM_CACHE_DIR`), `DESKVM_STATE_DIR`, `DESKVM_DATA_DIR`,
+    /// `DESKVM_RUNTIME_DIR`, else the platform defaults.
     pub fn from_env() -> Self {
         let dirs = directories::ProjectDirs::from("dev", "deskvm", "deskvm");
-        let cache = std::env::var_os("DESKVM_CACHE_DIR")
-            .map(PathBuf::from)
+        let cache = env_path("DESKVM_IMAGE_DIR")
+            .or_else(|| env_path("DESKVM_CACHE_DIR"))
             .or_else(|| dirs.as_ref().map(|d| d.cache_dir().to_path_buf()))
             .unwrap_or_else(|| std::env::temp_dir().join("deskvm-cache"));
+        let given_state = env_path("DESKVM_STATE_DIR");
+        let state = given_state
+            .clone()
+            .or_else(|| {
+                dirs.as_ref()
+                    .and_then(|d| d.state_dir().map(Path::to_path_buf))
+            })
+            .unwrap_or_else(|| std::env::temp_dir().join("deskvm-state"));
         // Unix socket paths are limited to ~108 bytes, so the runtime root must stay short:
         // $XDG_RUNTIME_DIR when there is one, else /tmp/deskvm-<uid>.
-        let runtime = std::env::var_os("DESKVM_RUNTIME_DIR")
-            .map(PathBuf::from)
+        let runtime = env_path("DESKVM_RUNTIME_DIR")
+            .or_else(|| given_state.as_ref().map(|s| s.join("run")))
             .or_else(|| {
                 dirs.as_ref()
                     .and_then(|d| d.runtime_dir().map(Path::to_path_buf))
             })
             // SAFETY: getuid has no preconditions and cannot fail.
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/deskvm-{}", unsafe { libc::getuid() })));
-        let data = std::env::var_os("DESKVM_DATA_DIR")
-            .map(PathBuf::from)
+        let data = env_path("DESKVM_DATA_DIR")
+            .or_else(|| given_state.as_ref().map(|s| s.join("data")))
             .or_else(|| dirs.as_ref().map(|d| d.data_dir().to_path_buf()))
             .unwrap_or_else(|| std::env::temp_dir().join("deskvm-data"));
         Layout {
             cache,
+            state,
             runtime,
             data,
         }
@@ -72,9 +102,10 @@ impl Layout {
         self.runtime.join("s")
     }
 
-    /// Saved sessions (`checkpoint`): memory and device state, and the disk layer.
+    /// Saved sessions (`checkpoint`): memory and device state, and the disk layer. In the
+    /// state root: a checkpoint is what someone made, not an artifact anyone can rebuild.
     pub fn checkpoints(&self) -> PathBuf {
-        self.cache.join("checkpoints")
+        self.state.join("checkpoints")
     }
 
     /// Build work dirs (runtime image root filesystems) while a build runs.
@@ -118,21 +149,22 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 }
 
 /// A private directory owned by deskvm: mode 0700 and carrying `owner`'s marker.
-pub fn owned_dir(path: &Path, owner: &Owner) -> io::Result<()> {
-    private_dir(path)?;
-    owner.write(path)
+pub fn owned_dir(path: &Path, owner: &Owner) -> Result<(), IoError> {
+    private_dir(path).at("creating directory", path)?;
+    owner.write(path).at("writing the owner marker in", path)
 }
 
 /// A session's runtime dir and its tmpfs companion for screendumps, both marked with `owner`.
 /// Without the companion (no tmpfs, or it could not be made) screendumps go to the runtime dir.
-pub fn session_dirs(files: &RuntimeFiles, owner: &Owner) -> io::Result<()> {
+pub fn session_dirs(files: &RuntimeFiles, owner: &Owner) -> Result<(), IoError> {
     owned_dir(&files.dir, owner)?;
     if let (Some(root), Some(shm)) = (crate::vm::spec::shm_root(), files.shm_dir()) {
         // Made, never chmod-ed: a chmod would follow a planted symlink.
         let root_made = match fs::DirBuilder::new().mode(0o700).create(root) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
             _ => mine(root),
-        };
+        }
+        .at("creating the screendump dir", root);
         let made = root_made.and_then(|()| owned_dir(&shm, owner));
         if let Err(e) = made {
             tracing::warn!(error = %e, dir = %shm.display(), "screendumps stay in the runtime dir");
@@ -163,16 +195,18 @@ fn mine(dir: &Path) -> io::Result<()> {
 }
 
 /// Removes what [`session_dirs`] made (both, even if one fails; the first error is returned).
-pub fn remove_session_dirs(files: &RuntimeFiles) -> io::Result<()> {
+pub fn remove_session_dirs(files: &RuntimeFiles) -> Result<(), IoError> {
     let shm = files.shm_dir().map_or(Ok(()), |d| remove_owned_dir(&d));
     let dir = remove_owned_dir(&files.dir);
     shm.and(dir)
 }
 
 /// Records this server (`owner`: what it runs from) in the cache until [`unregister_instance`].
-pub fn register_instance(layout: &Layout, owner: &Owner) -> io::Result<()> {
-    private_dir(&layout.instances())?;
-    owner.save(&layout.instances().join(format!("{}.json", owner.instance)))
+pub fn register_instance(layout: &Layout, owner: &Owner) -> Result<(), IoError> {
+    let dir = layout.instances();
+    private_dir(&dir).at("creating the instance records dir", &dir)?;
+    let path = dir.join(format!("{}.json", owner.instance));
+    owner.save(&path).at("writing the instance record", &path)
 }
 
 /// Notes what this server exposes in its record (`doctor` lists it).
@@ -195,9 +229,9 @@ pub fn unregister_instance(layout: &Layout) {
 }
 
 /// Removes a directory only if deskvm created it.
-pub fn remove_owned_dir(path: &Path) -> io::Result<()> {
+pub fn remove_owned_dir(path: &Path) -> Result<(), IoError> {
     if path.join(owner::MARKER).exists() {
-        fs::remove_dir_all(path)
+        fs::remove_dir_all(path).at("removing directory", path)
     } else {
         Ok(())
     }
@@ -212,36 +246,38 @@ pub struct CacheLock {
 }
 
 impl CacheLock {
-    pub fn shared(layout: &Layout) -> io::Result<Self> {
+    pub fn shared(layout: &Layout) -> Result<Self, IoError> {
         Self::take(layout, libc::LOCK_SH)
     }
 
-    pub fn exclusive(layout: &Layout) -> io::Result<Self> {
+    pub fn exclusive(layout: &Layout) -> Result<Self, IoError> {
         Self::take(layout, libc::LOCK_EX)
     }
 
     /// One builder at a time of something made from the cache (`name`: a lock file of its
     /// own, e.g. the guest Docker image: two pushes at once build it once).
-    pub fn builder(layout: &Layout, name: &str) -> io::Result<Self> {
+    pub fn builder(layout: &Layout, name: &str) -> Result<Self, IoError> {
         Self::take_on(layout, name, libc::LOCK_EX)
     }
 
-    fn take(layout: &Layout, how: libc::c_int) -> io::Result<Self> {
+    fn take(layout: &Layout, how: libc::c_int) -> Result<Self, IoError> {
         Self::take_on(layout, ".lock", how)
     }
 
-    fn take_on(layout: &Layout, name: &str, how: libc::c_int) -> io::Result<Self> {
+    fn take_on(layout: &Layout, name: &str, how: libc::c_int) -> Result<Self, IoError> {
         use std::os::fd::AsRawFd;
-        private_dir(&layout.cache)?;
+        private_dir(&layout.cache).at("creating the image store", &layout.cache)?;
+        let path = layout.cache.join(name);
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(layout.cache.join(name))?;
+            .open(&path)
+            .at("opening the lock file", &path)?;
         // SAFETY: flock on a descriptor this function owns; it blocks at most while another
         // holder deletes or records, and returns an error code rather than touching memory.
         if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::last_os_error()).at("locking", &path);
         }
         Ok(CacheLock { _file: file })
     }

@@ -12,14 +12,38 @@ pub mod view;
 use deskvm::client::Client;
 use serde_json::{json, Value};
 
-/// A server with its own runtime and data dirs (so cleanup and reviews can be checked) and the
-/// shared image cache. Dropping it removes both dirs; a dropped client ends the server, which
-/// stops its sessions.
+/// A server with its own empty state (runtime dir, data dir, and a state root for checkpoints
+/// inside the data dir: see [`state_env`]) and the shared image store, the only thing tests
+/// share. Dropping it removes its dirs; a dropped client ends the server, which stops its
+/// sessions.
 pub struct Server {
     pub client: Client,
     pub runtime: PathBuf,
     pub data: PathBuf,
     _dirs: TempDirs,
+}
+
+impl Server {
+    /// The state root the server keeps its checkpoints in.
+    pub fn state(&self) -> PathBuf {
+        state_of(&self.data)
+    }
+}
+
+/// A test's state root lives in its data dir, so servers given the same dirs (a restart)
+/// share it and nothing outside the test's own dirs is ever used.
+pub fn state_of(data: &Path) -> PathBuf {
+    data.join("state")
+}
+
+/// The environment that points a deskvm process at a test's own state: its runtime dir, its
+/// data dir and its state root. Every process a test spawns gets it.
+pub fn state_env(runtime: &Path, data: &Path) -> [(&'static str, PathBuf); 3] {
+    [
+        ("DESKVM_RUNTIME_DIR", runtime.to_path_buf()),
+        ("DESKVM_DATA_DIR", data.to_path_buf()),
+        ("DESKVM_STATE_DIR", state_of(data)),
+    ]
 }
 
 /// Removes the server's directories when the test is done with them, however it ends.
@@ -54,15 +78,26 @@ pub async fn server_with(args: &[&str]) -> Result<Server> {
     Ok(s)
 }
 
+/// [`state_env`] as the string pairs `Client::spawn` and `HttpServer::spawn` take.
+pub struct Env(Vec<(&'static str, String)>);
+
+impl Env {
+    pub fn of(runtime: &Path, data: &Path) -> Env {
+        Env(state_env(runtime, data)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 /// A server on directories the caller owns (shared with another server, or kept after it).
 pub async fn server_in(args: &[&str], runtime: &Path, data: &Path) -> Result<Server> {
-    let (rt, dt) = (runtime.to_string_lossy(), data.to_string_lossy());
-    let client = Client::spawn(
-        Path::new(env!("CARGO_BIN_EXE_deskvm")),
-        args,
-        &[("DESKVM_RUNTIME_DIR", &rt), ("DESKVM_DATA_DIR", &dt)],
-    )
-    .await?;
+    let env = Env::of(runtime, data);
+    let client = Client::spawn(Path::new(env!("CARGO_BIN_EXE_deskvm")), args, &env.pairs()).await?;
     Ok(Server {
         client,
         _dirs: TempDirs(Vec::new()),
@@ -108,7 +143,10 @@ pub async fn wait_dead(pid: i32) {
 
 /// Runs `deskvm <args>` with the given directories, returns its exit code and parsed stdout
 /// (JSON when `--json` is among the args).
-pub fn cli(args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, Value, String)> {
+pub fn cli<P: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(&str, P)],
+) -> Result<(i32, Value, String)> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"));
     cmd.args(args);
     for (k, v) in env {

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::IoContext;
 use crate::vm::spec::hex;
 
 pub const GUEST_REPO: &str = "deskvm-guest";
@@ -109,8 +110,10 @@ pub async fn build(
     }
     progress(&format!("building guest image {tag} on {runtime}"));
     let work = cache.join(format!("guest-image-{}", std::process::id()));
-    crate::storage::private_dir(&work)?;
-    crate::storage::Owner::me("image_build", None).write(&work)?;
+    crate::storage::private_dir(&work).at("creating the build dir", &work)?;
+    crate::storage::Owner::me("image_build", None)
+        .write(&work)
+        .at("writing the owner marker in", &work)?;
     let built = build_in(
         docker,
         cache,
@@ -158,8 +161,9 @@ async fn build_in(
     };
     let link = |from: &Path| -> Result<(), BackendError> {
         let to = inside(from)?;
-        std::fs::create_dir_all(to.parent().expect("inside the stage"))?;
-        std::os::unix::fs::symlink(from, &to)?;
+        let dir = to.parent().expect("inside the stage");
+        std::fs::create_dir_all(dir).at("creating the stage dir", dir)?;
+        std::os::unix::fs::symlink(from, &to).at("linking into the stage", &to)?;
         Ok(())
     };
     for f in [image.kernel(), image.initrd(), image.base()] {
@@ -170,13 +174,14 @@ async fn build_in(
         link(&r.state())?;
         link(&r.meta())?;
         let disk = inside(&r.disk())?;
-        std::fs::copy(r.disk(), &disk)?;
+        std::fs::copy(r.disk(), &disk).at("copying the ready state's disk to", &disk)?;
         let out = tokio::process::Command::new("qemu-img")
             .args(["rebase", "-u", "-F", "qcow2", "-b"])
             .arg(&base_inside)
             .arg(&disk)
             .output()
-            .await?;
+            .await
+            .at("running qemu-img rebase on", &disk)?;
         if !out.status.success() {
             return Err(BackendError::Setup(format!(
                 "qemu-img rebase failed: {}",
@@ -214,7 +219,8 @@ async fn build_in(
                 "deskvm",
             ])
             .stdout(std::process::Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .at("running tar in", &stage)?;
         let stdout = tar.stdout.take().expect("piped");
         let body = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20);
         let opts = UploadToContainerOptionsBuilder::new().path("/").build();
@@ -222,7 +228,7 @@ async fn build_in(
             .upload_to_container(&name, Some(opts), bollard::body_try_stream(body))
             .await
             .map_err(|e| docker_err("uploading the guest files", e))?;
-        if !tar.wait().await?.success() {
+        if !tar.wait().await.at("waiting for tar in", &stage)?.success() {
             return Err(BackendError::Setup("tar of the guest files failed".into()));
         }
         let (repo, t) = tag.split_once(':').expect("tag has a colon");

@@ -116,3 +116,14 @@ pub(super) fn scan(layout: &Layout, current: &Current, req: &Request, scan: &mut
         ));
     }
 }
+
+/// Other state roots' checkpoints on this image store are not this reclaim's to judge: all
+/// they sit on (ready states, guest images) stays, whatever their QEMU build.
+pub(super) fn keep_other_roots(layout: &Layout, scan: &mut Scan) {
+    for root in crate::storage::roots::others(layout) {
+        for dir in entries(&root.join("checkpoints")) {
+            scan.in_use
+                .extend(Owner::read(&dir).into_iter().flat_map(|o| o.uses));
+        }
+    }
+}

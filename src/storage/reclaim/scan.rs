@@ -19,6 +19,7 @@ pub(super) fn filesystem(layout: &Layout, current: &Current, req: &Request) -> S
     }
     // Before images: what kept checkpoints sit on is in use.
     super::checkpoints::scan(layout, current, req, &mut scan);
+    super::checkpoints::keep_other_roots(layout, &mut scan);
     images(layout, current, req, &mut scan);
     ledgers(layout, req, &mut scan);
     exports(layout, req, &mut scan);
