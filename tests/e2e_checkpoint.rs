@@ -301,7 +301,10 @@ async fn a_checkpoint_outlives_its_server_and_forks_after_a_restart() -> Result<
 /// checkpoints its fork, and the container's session restores that local checkpoint.
 #[tokio::test]
 async fn docker_checkpoint_and_restore_across_backends() -> Result<()> {
-    let s = server_with(&["--backend", "docker"]).await?;
+    // Checkpoints belong to a state root: both servers share this test's.
+    let (dirs, _guard) = temp_dirs(&["t", "d"])?;
+    let (runtime, data) = (&dirs[0], &dirs[1]);
+    let s = server_in(&["--backend", "docker"], runtime, data).await?;
     let c = &s.client;
     let info = c.call_ok("session_start", json!({})).await?;
     assert_eq!(info["backend"], "docker", "{info}");
@@ -318,7 +321,7 @@ async fn docker_checkpoint_and_restore_across_backends() -> Result<()> {
     assert_eq!(guest(c, &sid, "cat /root/ck.txt").await?, "in-container\n");
     assert_eq!(background(c, &sid).await?, [0xaa, 0, 0xaa]);
 
-    let l = server_with(&["--backend", "local"]).await?;
+    let l = server_in(&["--backend", "local"], runtime, data).await?;
     let lc = &l.client;
     let fork = lc
         .call_ok("session_start", json!({ "from_checkpoint": name }))

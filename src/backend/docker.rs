@@ -172,6 +172,9 @@ pub struct DockerBackend {
     version: std::sync::OnceLock<String>,
     accel: Accel,
     cache_dir: PathBuf,
+    /// The state root's checkpoints (this host's engine): forks and restores run on their
+    /// layers, at the host's paths.
+    checkpoint_dir: PathBuf,
     /// Containers started ahead for the next sessions (`warm`).
     warm: warm::Pool,
     /// The engine's memory (placement), asked once.
@@ -221,6 +224,7 @@ impl DockerBackend {
             version,
             accel,
             cache_dir: cache_dir.to_path_buf(),
+            checkpoint_dir: crate::storage::Layout::from_env().checkpoints(),
             warm: warm::Pool::default(),
             memory_total: Default::default(),
             guest_checked: Default::default(),
@@ -249,11 +253,21 @@ impl DockerBackend {
         &self.engine
     }
 
-    /// The runtime dir, its tmpfs companion and the image cache, at the host's paths.
+    /// The runtime dir, its tmpfs companion, the image store and the checkpoints, at the
+    /// host's paths (read-only but the first two).
     fn host_binds(&self, files: &RuntimeFiles) -> Vec<String> {
         let rt = files.dir.display().to_string();
         let cache = self.cache_dir.display().to_string();
         let mut binds = vec![format!("{rt}:{rt}:rw"), format!("{cache}:{cache}:ro")];
+        // Made here, private, before Docker would make a missing bind source as its own.
+        match crate::storage::private_dir(&self.checkpoint_dir) {
+            Ok(()) => {
+                let ck = self.checkpoint_dir.display();
+                binds.push(format!("{ck}:{ck}:ro"));
+            }
+            Err(e) => tracing::warn!(error = %e, dir = %self.checkpoint_dir.display(),
+                "containers will not see checkpoints: creating the checkpoints dir failed"),
+        }
         // Screendumps go to the session's tmpfs companion dir when it has one.
         if let Some(shm) = files.shm_dir().filter(|_| files.shm_in_use()) {
             let shm = shm.display();
