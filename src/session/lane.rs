@@ -148,8 +148,21 @@ impl Lane {
         Ok(())
     }
 
-    /// Waits at the input barrier when the plan is input that could overtake a click.
+    /// Waits at the input barrier when the plan is input that could overtake a click, and
+    /// before input the window manager handles until it has taken in a keymap that Unicode
+    /// typing gave back.
     pub async fn before(&mut self, plan: &Plan) -> Result<(), VmError> {
+        if matches!(
+            plan,
+            Plan::Click { .. }
+                | Plan::MouseButton { .. }
+                | Plan::MouseMove { .. }
+                | Plan::Drag { .. }
+                | Plan::Scroll { .. }
+                | Plan::Key { .. }
+        ) {
+            self.vm.settle_keymap().await?;
+        }
         if matches!(
             plan,
             Plan::Click { .. }

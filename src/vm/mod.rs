@@ -3,6 +3,7 @@
 
 pub mod display;
 pub mod input;
+pub mod keymap;
 pub mod keynames;
 pub mod link;
 pub mod qga;

@@ -112,6 +112,19 @@ impl Qga {
         timeout: Duration,
         cancel: Option<&tokio_util::sync::CancellationToken>,
     ) -> Result<ExecOutput, QgaError> {
+        self.sh_polled(script, timeout, cancel, Duration::from_millis(100))
+            .await
+    }
+
+    /// [`Qga::sh`], polling for the command's end at most `max_poll` apart (the wait doubles
+    /// from 5 ms): a short command on a typing call's path is polled closely.
+    pub async fn sh_polled(
+        &self,
+        script: &str,
+        timeout: Duration,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+        max_poll: Duration,
+    ) -> Result<ExecOutput, QgaError> {
         let started = Instant::now();
         let pid = self
             .execute(qga::guest_exec {
@@ -151,7 +164,7 @@ impl Qga {
                 });
             }
             tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(Duration::from_millis(100));
+            poll = (poll * 2).min(max_poll);
         }
     }
 

@@ -70,12 +70,20 @@ pub struct Keyboard {
     odd: bool,
     /// Receive buffers the guest posts when idle (the most seen free).
     ring: u16,
+    /// The guest's keymap given back after Unicode typing, until input waits for the window
+    /// manager to take it in (`vm::unicode`).
+    pub given_back: Option<super::unicode::GivenBack>,
 }
 
 impl Keyboard {
     fn tapped(&mut self) {
         self.odd = !self.odd;
         self.expected = self.expected.map(|e| e.wrapping_add(1));
+    }
+
+    /// X confirms every burst: once typing returns, X has handled every key.
+    pub fn confirms(&self) -> bool {
+        self.mode == Mode::Confirmed
     }
 
     fn taps(&self) -> bool {
