@@ -116,9 +116,12 @@ async fn zoom_cursor_buttons_holds_and_modifiers_on_a_real_guest() -> Result<()>
         .await?;
     c.call_ok(
         "type",
-        json!({ "session_id": sid, "text": "clear; echo SELECT-ME-4711\n" }),
+        json!({ "session_id": sid, "text": "clear; echo SELECT-ME-4711; echo > /tmp/shown\n" }),
     )
     .await?;
+    // A quiet screen alone can come before the shell ran the line on a loaded host: the file
+    // says it has printed, then the terminal is let draw it.
+    read_guest_file(c, &sid, "/tmp/shown", 1).await?;
     wait_stable(c, &sid).await?;
     c.call_ok("mouse_down", json!({ "session_id": sid, "x": 52, "y": 79 }))
         .await?;
