@@ -2,10 +2,12 @@
 //! guest agent to run commands. Backend-neutral: it only needs the sockets in the runtime dir.
 
 pub mod display;
+mod gestures;
 pub mod input;
 pub mod keymap;
 pub mod keynames;
 pub mod link;
+mod pointer;
 pub mod qga;
 pub mod qmp;
 pub mod rings;
@@ -16,10 +18,7 @@ pub mod unicode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qapi::qmp::{
-    InputAxis, InputBtnEvent, InputButton, InputEvent, InputKeyEvent, InputMoveEvent, KeyValue,
-    QKeyCode,
-};
+use qapi::qmp::{InputBtnEvent, InputButton, InputEvent, InputKeyEvent, KeyValue, QKeyCode};
 use thiserror::Error;
 use tokio::sync::OnceCell;
 
@@ -48,6 +47,10 @@ pub enum VmError {
         total: usize,
         waited: Duration,
     },
+    #[error("the guest took no pointer input for {}s", .waited.as_secs())]
+    PointerStalled { waited: Duration },
+    #[error("the guest's X did not confirm the input within {}s", .waited.as_secs())]
+    InputUnconfirmed { waited: Duration },
 }
 
 impl VmError {
@@ -60,10 +63,9 @@ impl VmError {
     }
 }
 
-/// Pacing of key combinations and pointer input. QEMU's emulated input queues are short and
-/// drop what does not fit, and a guest under TCG drains them slowly: each press and release is
-/// followed by a pause; with these values bursts of 30 clicks arrived complete (tests). Typed
-/// text is paced by the guest itself instead (`vm::typing`).
+/// Pauses of key combinations and pointer input: how long a key or button is held, and the
+/// gap after it. Pointer pauses count from when the guest took the report (`vm::pointer`);
+/// typed text is paced by X itself (`vm::typing`).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     pub key_hold: Duration,
@@ -113,6 +115,8 @@ pub struct Vm {
     pub pacing: Pacing,
     /// Typing state kept across calls (`vm::typing`).
     keyboard: tokio::sync::Mutex<typing::Keyboard>,
+    /// Pointer state kept across calls (`vm::pointer`).
+    tablet: tokio::sync::Mutex<pointer::Tablet>,
     /// Guest screen size in pixels, refreshed by every screendump.
     pub width: u32,
     pub height: u32,
@@ -167,6 +171,7 @@ impl Vm {
             qga: Arc::new(OnceCell::new()),
             pacing: Pacing::default(),
             keyboard: Default::default(),
+            tablet: Default::default(),
             width,
             height,
         })
@@ -229,168 +234,6 @@ impl Vm {
         self.width = frame.width();
         self.height = frame.height();
         Ok(frame)
-    }
-
-    fn abs(&self, x: u32, y: u32) -> [InputEvent; 2] {
-        [
-            InputEvent::abs(
-                InputMoveEvent {
-                    axis: InputAxis::x,
-                    value: input::to_abs(x, self.width),
-                }
-                .into(),
-            ),
-            InputEvent::abs(
-                InputMoveEvent {
-                    axis: InputAxis::y,
-                    value: input::to_abs(y, self.height),
-                }
-                .into(),
-            ),
-        ]
-    }
-
-    pub async fn move_to(&self, x: u32, y: u32) -> Result<(), VmError> {
-        self.qmp.send_events(self.abs(x, y).to_vec()).await?;
-        tokio::time::sleep(self.pacing.pointer_gap).await;
-        Ok(())
-    }
-
-    /// One press and release. The press travels with the position (one tablet report), so a
-    /// click costs two queue entries.
-    async fn press_release(&self, x: u32, y: u32, button: InputButton) -> Result<(), VmError> {
-        let mut down = self.abs(x, y).to_vec();
-        down.push(btn_event(button, true));
-        self.qmp.send_events(down).await?;
-        tokio::time::sleep(self.pacing.pointer_hold).await;
-        self.qmp.send_events(vec![btn_event(button, false)]).await?;
-        tokio::time::sleep(self.pacing.pointer_gap).await;
-        Ok(())
-    }
-
-    async fn hold(&self, keys: &[QCode], down: bool) -> Result<(), VmError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let events = if down {
-            keys.iter().map(|k| key_event(k, true)).collect()
-        } else {
-            keys.iter().rev().map(|k| key_event(k, false)).collect()
-        };
-        self.qmp.send_events(events).await?;
-        tokio::time::sleep(self.pacing.key_gap).await;
-        Ok(())
-    }
-
-    pub async fn click(
-        &self,
-        x: u32,
-        y: u32,
-        button: Button,
-        count: u32,
-        modifiers: &[QCode],
-    ) -> Result<(), VmError> {
-        self.hold(modifiers, true).await?;
-        let result = async {
-            // Repeats stay well inside the usual 250-400 ms double-click time.
-            for _ in 0..count {
-                self.press_release(x, y, button.qemu()).await?;
-            }
-            Ok::<_, VmError>(())
-        }
-        .await;
-        // Modifiers are released even when the click failed, so no key stays stuck down.
-        let released = self.hold(modifiers, false).await;
-        result.and(released)
-    }
-
-    /// A button pressed or released at (x, y): the position travels in the same report.
-    pub async fn button(&self, x: u32, y: u32, button: Button, down: bool) -> Result<(), VmError> {
-        let mut events = self.abs(x, y).to_vec();
-        events.push(btn_event(button.qemu(), down));
-        self.qmp.send_events(events).await?;
-        tokio::time::sleep(self.pacing.pointer_gap).await;
-        Ok(())
-    }
-
-    /// Presses at the path's first point, moves through every point (segments in steps of ~40
-    /// pixels, at most 12 a segment, so programs that track motion see a drag, not a jump),
-    /// releases at the last; the button and the modifiers are released even when a step fails.
-    pub async fn drag(
-        &self,
-        path: &[(u32, u32)],
-        button: Button,
-        modifiers: &[QCode],
-    ) -> Result<(), VmError> {
-        let Some(&from) = path.first() else {
-            return Ok(());
-        };
-        self.hold(modifiers, true).await?;
-        let result = async {
-            let mut down = self.abs(from.0, from.1).to_vec();
-            down.push(btn_event(button.qemu(), true));
-            self.qmp.send_events(down).await?;
-            tokio::time::sleep(self.pacing.pointer_hold).await;
-            for pair in path.windows(2) {
-                let (a, b) = (pair[0], pair[1]);
-                let len = (a.0 as f64 - b.0 as f64).hypot(a.1 as f64 - b.1 as f64);
-                let steps = ((len / 40.0).ceil() as i64).clamp(1, 12);
-                for i in 1..=steps {
-                    let x = a.0 as i64 + (b.0 as i64 - a.0 as i64) * i / steps;
-                    let y = a.1 as i64 + (b.1 as i64 - a.1 as i64) * i / steps;
-                    self.move_to(x as u32, y as u32).await?;
-                }
-            }
-            Ok::<_, VmError>(())
-        }
-        .await;
-        let up = self
-            .qmp
-            .send_events(vec![btn_event(button.qemu(), false)])
-            .await
-            .map_err(VmError::from);
-        tokio::time::sleep(self.pacing.pointer_gap).await;
-        let released = self.hold(modifiers, false).await;
-        result.and(up).and(released)
-    }
-
-    pub async fn scroll(
-        &self,
-        x: u32,
-        y: u32,
-        dx: i32,
-        dy: i32,
-        modifiers: &[QCode],
-    ) -> Result<(), VmError> {
-        self.move_to(x, y).await?;
-        self.hold(modifiers, true).await?;
-        let result = self.wheel(dx, dy).await;
-        let released = self.hold(modifiers, false).await;
-        result.and(released)
-    }
-
-    async fn wheel(&self, dx: i32, dy: i32) -> Result<(), VmError> {
-        let vertical = if dy > 0 {
-            InputButton::wheel_down
-        } else {
-            InputButton::wheel_up
-        };
-        let horizontal = if dx > 0 {
-            InputButton::wheel_right
-        } else {
-            InputButton::wheel_left
-        };
-        for (button, n) in [
-            (vertical, dy.unsigned_abs()),
-            (horizontal, dx.unsigned_abs()),
-        ] {
-            for _ in 0..n {
-                self.qmp.send_events(vec![btn_event(button, true)]).await?;
-                self.qmp.send_events(vec![btn_event(button, false)]).await?;
-                tokio::time::sleep(self.pacing.pointer_gap).await;
-            }
-        }
-        Ok(())
     }
 
     /// Presses the keys together (in order), holds them `hold` (at least the usual key hold)

@@ -56,6 +56,14 @@ pub struct ExecOutput {
     pub stdout_bytes: Vec<u8>,
 }
 
+/// CPU time of the whole guest (see [`Qga::cpu_times`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub busy_ms: u64,
+    pub all_ms: u64,
+    pub cpus: u32,
+}
+
 impl Qga {
     /// Connects and synchronizes (guest-sync flushes anything a previous client left behind).
     /// The agent may not be up yet while the guest boots, so this retries until `timeout`.
@@ -166,6 +174,26 @@ impl Qga {
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(max_poll);
         }
+    }
+
+    /// The guest's CPU time since boot, summed over its CPUs, in milliseconds: (busy, all),
+    /// and the number of CPUs (`guest-get-cpustats`, agent 7.1+).
+    pub async fn cpu_times(&self) -> Result<CpuTimes, QgaError> {
+        let stats = self.execute(qga::guest_get_cpustats {}).await?;
+        let mut t = CpuTimes::default();
+        for qga::GuestCpuStats::linux(c) in &stats {
+            let waiting = c.idle + c.iowait.unwrap_or(0);
+            let busy = c.user
+                + c.nice
+                + c.system
+                + c.irq.unwrap_or(0)
+                + c.softirq.unwrap_or(0)
+                + c.steal.unwrap_or(0);
+            t.busy_ms += busy;
+            t.all_ms += busy + waiting;
+            t.cpus += 1;
+        }
+        Ok(t)
     }
 
     /// Sets the guest clock from the host's (a resumed ready state wakes up in the past).

@@ -1,5 +1,7 @@
 //! Reading a virtio device's rings over QMP (`x-query-virtio-queue-element`, QEMU 7.2+):
-//! how typing (`vm::typing`) learns what the guest has taken.
+//! how typing (`vm::typing`) and the pointer (`vm::pointer`) learn what the guest has taken.
+
+use qapi::qmp;
 
 use super::qmp::{Qmp, QmpError, Raw, RawName, VirtioQueueElement};
 
@@ -29,5 +31,16 @@ impl Qmp {
                 message: format!("no avail/used index in the reply: {el}"),
             }),
         }
+    }
+
+    /// The name of `parent`'s first child of QOM type `ty` (such as
+    /// `child<virtio-tablet-pci>`), if any.
+    pub async fn find_child(&self, parent: &str, ty: &str) -> Result<Option<String>, QmpError> {
+        let children = self
+            .execute(qmp::qom_list {
+                path: parent.into(),
+            })
+            .await?;
+        Ok(children.into_iter().find(|c| c.type_ == ty).map(|c| c.name))
     }
 }

@@ -136,6 +136,26 @@ impl Vm {
             .map_err(|e| e.or(stalled(typed)))
     }
 
+    /// Waits until X has handled every key sent so far, and every pointer report the guest has
+    /// taken: a double Num Lock tap (Num Lock ends as it was) whose LED echo X sends only once
+    /// it got to the tap. X reads the pointer and the keyboard as two devices, in the order
+    /// the guest kernel queued their events, so a tap sent after the guest took a pointer
+    /// report is handled after it. Without the LED: once the guest kernel has the keys.
+    pub async fn confirm_keys(&self) -> Result<(), VmError> {
+        let mut kb = self.keyboard.lock().await;
+        let stalled = || VmError::InputUnconfirmed { waited: STALL };
+        self.catch_up(&mut kb).await.map_err(|e| e.or(stalled()))?;
+        let tapping = kb.taps();
+        if tapping {
+            let mut taps = tap().to_vec();
+            taps.extend(tap());
+            self.qmp.send_events(taps).await?;
+            kb.tapped();
+            kb.tapped();
+        }
+        self.after_burst(&mut kb).await.map_err(|e| e.or(stalled()))
+    }
+
     /// Before a call: what earlier calls sent is handled, and the indices are current.
     async fn catch_up(&self, kb: &mut Keyboard) -> Result<(), Stall> {
         if kb.mode == Mode::Blind {

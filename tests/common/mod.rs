@@ -362,3 +362,38 @@ pub fn seqs_are_gapless(ev: &[Value]) {
         "seq must be 1..n"
     );
 }
+
+/// CPU hogs beside a test (`yes > /dev/null`, one per process), as another build or test on
+/// the machine would be: input must hold under load. Tests of one binary that run at the same
+/// time share them; the last guard dropped kills them.
+pub struct CpuHogs(Vec<std::process::Child>);
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+static HOGS: std::sync::Mutex<std::sync::Weak<CpuHogs>> =
+    std::sync::Mutex::new(std::sync::Weak::new());
+
+pub fn cpu_hogs(n: usize) -> Result<std::sync::Arc<CpuHogs>> {
+    let mut shared = HOGS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(hogs) = shared.upgrade() {
+        return Ok(hogs);
+    }
+    let mut hogs = CpuHogs(Vec::with_capacity(n));
+    for _ in 0..n {
+        let child = std::process::Command::new("yes")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting a CPU hog (yes)")?;
+        hogs.0.push(child);
+    }
+    let hogs = std::sync::Arc::new(hogs);
+    *shared = std::sync::Arc::downgrade(&hogs);
+    Ok(hogs)
+}
