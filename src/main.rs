@@ -41,6 +41,16 @@ struct Cli {
     /// Allow tcp:// engines without TLS (for tests on a private network only).
     #[arg(long, global = true)]
     insecure_engine: bool,
+    /// Long Engine API calls (`image push`, the guest and runtime images' uploads and commits)
+    /// fail after this many seconds without progress, however long the whole transfer takes.
+    #[arg(
+        long = "stall-timeout-s",
+        global = true,
+        env = "DESKVM_STALL_TIMEOUT_S",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    stall_timeout_s: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -224,6 +234,9 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    deskvm::backend::docker::transfer::set_stall_bound(std::time::Duration::from_secs(
+        cli.stall_timeout_s,
+    ));
     // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
     let mut server_args = vec![
         "--accel".to_string(),
