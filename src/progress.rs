@@ -35,13 +35,7 @@ impl Shown {
 pub fn show(label: String, meter: Arc<Meter>) -> Shown {
     if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "  {msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}, ETA {eta}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
+        bar.set_style(bar_style());
         let task = tokio::spawn(draw_bar(label, meter, bar.clone()));
         Shown {
             task,
@@ -51,6 +45,14 @@ pub fn show(label: String, meter: Arc<Meter>) -> Shown {
         let task = tokio::spawn(print_lines(label, meter));
         Shown { task, bar: None }
     }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "  {msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}, ETA {eta}",
+    )
+    .expect("a valid template (checked by a test)")
+    .progress_chars("=> ")
 }
 
 async fn draw_bar(label: String, meter: Arc<Meter>, bar: ProgressBar) {
@@ -124,6 +126,17 @@ fn seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bar_template_parses() {
+        // Only a terminal draws the bar: a template indicatif refuses would otherwise show up
+        // first in a user's shell, as a panic.
+        let bar = ProgressBar::hidden();
+        bar.set_style(bar_style());
+        bar.set_length(1_600_000_000);
+        bar.set_position(400_000_000);
+        assert_eq!(bar.length(), Some(1_600_000_000));
+    }
 
     #[test]
     fn a_line_says_bytes_rate_and_eta_then_what_the_engine_loads() {

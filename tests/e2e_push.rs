@@ -78,6 +78,14 @@ async fn a_push_to_an_engine_that_stops_fails_within_the_stall_bound() -> Result
         took >= bound && took < bound + Duration::from_secs(5),
         "failed {took:?} after the engine stopped (bound {bound:?}): {said}"
     );
-    eprintln!("push to a stopped engine failed {took:?} after SIGSTOP (bound {bound:?})");
+    let error: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("Error:") || l.contains("no progress"))
+        .map(str::trim)
+        .collect();
+    eprintln!(
+        "push to a stopped engine failed {took:?} after SIGSTOP (bound {bound:?}): {}",
+        error.join(" / ")
+    );
     Ok(())
 }

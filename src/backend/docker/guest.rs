@@ -20,6 +20,7 @@ use super::transfer::{self, Meter, Pinged};
 use super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::owner::LABEL_PID;
 use crate::vm::spec::hex;
 
 pub const GUEST_REPO: &str = "deskvm-guest";
@@ -102,7 +103,9 @@ pub async fn build(
         .join(",");
     if let Ok(img) = docker.inspect_image(&tag).await {
         let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) {
+        // An image that carries its build container's owner labels is rebuilt: see build_in.
+        let owned = labels.get(LABEL_PID).is_some_and(|p| !p.is_empty());
+        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) && !owned {
             progress(&format!("guest image {tag} is up to date"));
             return Ok(tag);
         }
@@ -187,10 +190,11 @@ async fn build_in(
     let name = format!("deskvm-guest-build-{}", std::process::id());
     super::DockerBackend::remove(docker, &name).await;
     // Owner labels: if this process dies mid-build, the janitor finds the container.
+    let owner_labels = crate::storage::Owner::me("image_build", None).labels();
     let body = ContainerCreateBody {
         image: Some(runtime.to_string()),
         cmd: Some(vec!["true".into()]),
-        labels: Some(crate::storage::Owner::me("image_build", None).labels()),
+        labels: Some(owner_labels.clone()),
         ..Default::default()
     };
     docker
@@ -253,6 +257,10 @@ async fn build_in(
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        // A commit keeps every label of the container the config does not set: blank the build
+        // container's owner labels, or every container made from the image (a user's `docker
+        // run` on an engine others share) would look like this dead build's and be reclaimed.
+        .chain(owner_labels.keys().map(|k| (k.clone(), String::new())))
         .collect();
         let config = bollard::models::ContainerConfig {
             labels: Some(labels),
