@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::backend::docker::{self, guest, EngineSpec};
+use crate::backend::docker::{self, guest, transfer, EngineSpec};
 use crate::backend::pool::Engines;
 use crate::image::{GuestImage, DEFAULT_IMAGE};
 use crate::storage::Layout;
@@ -67,8 +67,16 @@ pub async fn push(args: &[String], insecure: bool) -> Result<()> {
             continue;
         }
         let to = target.connect(insecure).await?;
-        say(&format!("pushing {tag} to engine {}", target.name));
-        let pushed = guest::push(&local, &to, &tag).await?;
+        say(&format!(
+            "pushing {tag} to engine {} (fails after {} s without progress)",
+            target.name,
+            transfer::stall_bound().as_secs_f64()
+        ));
+        let meter = transfer::Meter::new(None);
+        let shown = crate::progress::show(format!("engine {}", target.name), meter.clone());
+        let pushed = guest::push(&local, &to, &tag, &target.name, &meter).await;
+        shown.finish();
+        let pushed = pushed?;
         say(&format!(
             "engine {}: {tag} loaded, {:.1} MB in {:.1} s",
             target.name,

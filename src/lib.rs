@@ -20,5 +20,6 @@ pub mod cdp;
 pub mod client;
 pub mod demo;
 pub mod engines;
+pub mod progress;
 pub mod reclaim;
 pub mod review;

@@ -50,6 +50,16 @@ struct Cli {
     /// Default ~/.local/state/deskvm (data and runtime then keep their own defaults).
     #[arg(long, global = true, env = "DESKVM_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Long Engine API calls (`image push`, the guest and runtime images' uploads and commits)
+    /// fail after this many seconds without progress, however long the whole transfer takes.
+    #[arg(
+        long = "stall-timeout-s",
+        global = true,
+        env = "DESKVM_STALL_TIMEOUT_S",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    stall_timeout_s: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -247,6 +257,9 @@ async fn main() -> Result<()> {
             std::env::set_var(var, std::path::absolute(dir)?);
         }
     }
+    deskvm::backend::docker::transfer::set_stall_bound(std::time::Duration::from_secs(
+        cli.stall_timeout_s,
+    ));
     // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
     let mut server_args = vec![
         "--accel".to_string(),

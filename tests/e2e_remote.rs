@@ -12,27 +12,6 @@ use common::engine::TestEngine;
 use common::*;
 use serde_json::{json, Value};
 
-/// `deskvm image push --engine ...`: builds the guest image here (once) and loads it there.
-fn push(engine: &TestEngine) -> Result<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
-        .args(["image", "push", "--engine", &engine.engine_arg()])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "image push failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .last()
-        .context("image push prints a JSON line")?;
-    let v: Value = serde_json::from_str(line)?;
-    assert_eq!(v["engine"], engine.name.as_str(), "{v}");
-    assert!(v["bytes"].as_u64().unwrap_or(0) > 100 << 20, "{v}");
-    Ok(v)
-}
-
 /// The engine's `docker inspect` of a session's container.
 fn inspect(engine: &TestEngine, sid: &str) -> Result<Value> {
     let (ok, out, err) = engine.docker(&["inspect", &format!("deskvm-{sid}")])?;
@@ -105,7 +84,7 @@ fn labelled_container(
 #[tokio::test]
 async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result<()> {
     let engine = TestEngine::start("rmt1", 31)?;
-    let pushed = push(&engine)?;
+    let pushed = engine.push()?;
 
     // Reclaim on an engine others may use: a container of a deskvm on another machine (or one
     // that did not label its machine) is never judged; one of a dead deskvm of this machine
@@ -333,7 +312,7 @@ async fn a_silent_engine_ends_the_call_in_flight(engine: &TestEngine) -> Result<
 #[tokio::test]
 async fn sessions_spread_over_two_engines_and_a_lost_engine_fails_only_its_own() -> Result<()> {
     let engine = TestEngine::start("rmt2", 32)?;
-    push(&engine)?;
+    engine.push()?;
     let arg = engine.engine_arg();
     let s = server_with(&["--backend", "docker", "--engine", "local", "--engine", &arg]).await?;
     let c = &s.client;

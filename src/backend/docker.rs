@@ -24,6 +24,7 @@ pub mod engine;
 pub mod exec;
 pub mod guest;
 mod remote;
+pub mod transfer;
 mod warm;
 
 pub use engine::EngineSpec;
@@ -141,17 +142,32 @@ pub async fn build_runtime_image(
         ])
         .build();
     let imported = async {
-        let body = tokio_util::io::ReaderStream::new(
-            tokio::fs::File::open(&tar)
-                .await
-                .at("opening the runtime root filesystem", &tar)?,
-        );
-        let mut stream =
-            docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| docker_err("docker import failed", e))?;
-        }
-        Ok::<_, BackendError>(())
+        let file = tokio::fs::File::open(&tar)
+            .await
+            .at("opening the runtime root filesystem", &tar)?;
+        // Hundreds of MB the engine answers for only once it has them: bounded by progress
+        // (`transfer`), not by the client's request timeout.
+        let meter = transfer::Meter::new(file.metadata().await.ok().map(|m| m.len()));
+        let body = tokio_util::io::ReaderStream::new(file);
+        let body = transfer::counted(body, meter.clone());
+        let client = transfer::without_deadline(docker);
+        let import = async {
+            let mut stream =
+                client.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+            while let Some(item) = stream.next().await {
+                item.map_err(|e| docker_err("docker import failed", e))?;
+                meter.engine_progress(None, None);
+            }
+            Ok::<_, BackendError>(())
+        };
+        transfer::watched(
+            &meter,
+            transfer::stall_bound(),
+            transfer::Pinged::target(docker),
+            import,
+        )
+        .await
+        .map_err(transfer::stalled("importing the runtime image"))?
     }
     .await;
     // The tarball is hundreds of MB: gone whether the import worked or not.

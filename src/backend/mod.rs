@@ -25,6 +25,14 @@ pub enum BackendError {
     },
     #[error("{0}")]
     Setup(String),
+    /// A long Engine API call (a push, an upload, a commit) that made no progress for the stall
+    /// bound: `what` names the call, the source says how far it got and which side stopped.
+    #[error("{what}")]
+    Stalled {
+        what: String,
+        #[source]
+        source: docker::transfer::Stalled,
+    },
     /// Names the operation and the path; the OS error is its source.
     #[error(transparent)]
     Io(#[from] crate::storage::IoError),

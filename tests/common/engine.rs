@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 
 /// A running engine; dropping it kills everything the engine started and removes its files.
 pub struct TestEngine {
@@ -91,6 +92,60 @@ impl TestEngine {
         ))
     }
 
+    /// `deskvm image push --engine ...`: builds the guest image here (once) and loads it there,
+    /// on the first try (no fixed deadline cuts a big load into a fresh engine short), saying
+    /// how far it got as it goes (stderr is not a terminal: plain progress lines).
+    pub fn push(&self) -> Result<Value> {
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_deskvm"))
+            .args(["image", "push", "--engine", &self.engine_arg()])
+            .output()
+            .context("running deskvm image push")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "image push failed: {stdout}\n{stderr}"
+        );
+        let line = stdout
+            .lines()
+            .last()
+            .context("image push prints a JSON line")?;
+        let v: Value = serde_json::from_str(line)?;
+        assert_eq!(v["engine"], self.name.as_str(), "{v}");
+        assert!(v["bytes"].as_u64().unwrap_or(0) > 100 << 20, "{v}");
+        assert!(
+            stderr.lines().any(|l| self.is_progress(l)),
+            "no progress line in: {stderr}"
+        );
+        eprintln!(
+            "image push to engine {} took {:?} (the build included): {v}",
+            self.name,
+            started.elapsed()
+        );
+        Ok(v)
+    }
+
+    /// Whether `line` is one of `image push`'s progress lines for this engine with bytes sent.
+    pub fn is_progress(&self, line: &str) -> bool {
+        let head = format!("engine {}: sent ", self.name);
+        line.contains(&head) && line.contains("/s") && !line.contains(": sent 0 B")
+    }
+
+    /// Stops the engine's dockerd with SIGSTOP (a daemon that hangs: its sockets stay open, it
+    /// reads and answers nothing) until the returned guard is dropped (SIGCONT).
+    pub fn pause_daemon(&self) -> Result<Paused> {
+        // SAFETY: kill(2) on the pid the test engine reported; no memory is touched.
+        if unsafe { libc::kill(self.dockerd_pid, libc::SIGSTOP) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("SIGSTOP dockerd {}", self.dockerd_pid));
+        }
+        Ok(Paused {
+            pid: self.dockerd_pid,
+            at: std::time::Instant::now(),
+        })
+    }
+
     /// Cuts the engine off the network (tools/test-engine.sh partition): it goes silent, and
     /// no connection to it is reset.
     pub fn partition(&self) -> Result<()> {
@@ -129,5 +184,20 @@ impl Drop for TestEngine {
             ),
             Err(e) => eprintln!("{e:#}"),
         }
+    }
+}
+
+/// A dockerd stopped by [`TestEngine::pause_daemon`]; dropping it continues the daemon (so the
+/// engine can be torn down however the test ends). Drop it before the engine.
+pub struct Paused {
+    pid: i32,
+    /// When the daemon was stopped.
+    pub at: std::time::Instant,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as in `pause_daemon`.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
     }
 }

@@ -9,7 +9,8 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use super::super::BackendError;
 
 /// Seconds any one Engine API request may take (bollard's default is 120 s; an engine that went
-/// away should fail its sessions well before that).
+/// away should fail its sessions well before that). Long transfers (image loads, uploads,
+/// commits) run without it, bounded by their progress instead (`transfer`).
 const REQUEST_TIMEOUT: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

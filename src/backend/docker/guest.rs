@@ -4,7 +4,6 @@
 //! other engines over the Engine API (`deskvm image push`: save here, load there).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +16,11 @@ use bollard::Docker;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::transfer::{self, Meter, Pinged};
 use super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::owner::LABEL_PID;
 use crate::storage::IoContext;
 use crate::vm::spec::hex;
 
@@ -103,7 +104,9 @@ pub async fn build(
         .join(",");
     if let Ok(img) = docker.inspect_image(&tag).await {
         let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) {
+        // An image that carries its build container's owner labels is rebuilt: see build_in.
+        let owned = labels.get(LABEL_PID).is_some_and(|p| !p.is_empty());
+        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) && !owned {
             progress(&format!("guest image {tag} is up to date"));
             return Ok(tag);
         }
@@ -192,10 +195,11 @@ async fn build_in(
     let name = format!("deskvm-guest-build-{}", std::process::id());
     super::DockerBackend::remove(docker, &name).await;
     // Owner labels: if this process dies mid-build, the janitor finds the container.
+    let owner_labels = crate::storage::Owner::me("image_build", None).labels();
     let body = ContainerCreateBody {
         image: Some(runtime.to_string()),
         cmd: Some(vec!["true".into()]),
-        labels: Some(crate::storage::Owner::me("image_build", None).labels()),
+        labels: Some(owner_labels.clone()),
         ..Default::default()
     };
     docker
@@ -222,12 +226,25 @@ async fn build_in(
             .spawn()
             .at("running tar in", &stage)?;
         let stdout = tar.stdout.take().expect("piped");
+        // Gigabytes into this host's engine, which answers only once it has them all: bounded
+        // by progress (`transfer`), not by the client's request timeout.
+        let meter = Meter::new(None);
         let body = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20);
+        let body = transfer::counted(body, meter.clone());
         let opts = UploadToContainerOptionsBuilder::new().path("/").build();
-        docker
-            .upload_to_container(&name, Some(opts), bollard::body_try_stream(body))
-            .await
-            .map_err(|e| docker_err("uploading the guest files", e))?;
+        let client = transfer::without_deadline(docker);
+        let upload = client.upload_to_container(&name, Some(opts), bollard::body_try_stream(body));
+        transfer::watched(
+            &meter,
+            transfer::stall_bound(),
+            Pinged::target(docker),
+            upload,
+        )
+        .await
+        .map_err(transfer::stalled(
+            "uploading the guest files to this host's engine",
+        ))?
+        .map_err(|e| docker_err("uploading the guest files", e))?;
         if !tar.wait().await.at("waiting for tar in", &stage)?.success() {
             return Err(BackendError::Setup("tar of the guest files failed".into()));
         }
@@ -246,16 +263,28 @@ async fn build_in(
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        // A commit keeps every label of the container the config does not set: blank the build
+        // container's owner labels, or every container made from the image (a user's `docker
+        // run` on an engine others share) would look like this dead build's and be reclaimed.
+        .chain(owner_labels.keys().map(|k| (k.clone(), String::new())))
         .collect();
         let config = bollard::models::ContainerConfig {
             labels: Some(labels),
             cmd: Some(vec!["true".into()]),
             ..Default::default()
         };
-        docker
-            .commit_container(opts, config)
-            .await
-            .map_err(|e| docker_err("committing the guest image", e))?;
+        // Writing a layer of gigabytes says nothing until it is done: the engine answering
+        // pings is the only sign it is at work.
+        let commit = client.commit_container(opts, config);
+        transfer::watched(
+            &Meter::working(),
+            transfer::stall_bound(),
+            Pinged::target(docker),
+            commit,
+        )
+        .await
+        .map_err(transfer::stalled("committing the guest image"))?
+        .map_err(|e| docker_err("committing the guest image", e))?;
         Ok(())
     }
     .await;
@@ -271,34 +300,59 @@ pub struct Pushed {
     pub seconds: f64,
 }
 
-/// Streams `tag` from `from` (`docker save`) into `to` (`docker load`); nothing is written to
-/// disk on this host.
-pub async fn push(from: &Docker, to: &Docker, tag: &str) -> Result<Pushed, BackendError> {
+/// Streams `tag` from `from` (`docker save`) into `to`, the engine `engine` (`docker load`);
+/// nothing is written to disk on this host. `meter` counts what `to` took and what it
+/// reported loading; the push fails once that stands still for the stall bound, however long
+/// the whole takes.
+pub async fn push(
+    from: &Docker,
+    to: &Docker,
+    tag: &str,
+    engine: &str,
+    meter: &Arc<Meter>,
+) -> Result<Pushed, BackendError> {
     let started = Instant::now();
-    let bytes = Arc::new(AtomicU64::new(0));
-    let counted = bytes.clone();
-    let saved = from.export_image(tag).map(move |chunk| {
-        if let Ok(b) = &chunk {
-            counted.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-        chunk
-    });
-    let opts = ImportImageOptionsBuilder::new().quiet(true).build();
-    let mut loaded = to.import_image_stream(opts, saved, None);
-    while let Some(item) = loaded.next().await {
-        let info = item.map_err(|e| docker_err("loading the guest image into the engine", e))?;
-        if let Some(e) = info.error_detail.and_then(|d| d.message) {
-            return Err(BackendError::Setup(format!(
-                "the engine refused the guest image: {e}"
-            )));
-        }
+    // The image's size is what the save sends, less the archive's headers: the bar's total.
+    if let Some(size) = from.inspect_image(tag).await.ok().and_then(|i| i.size) {
+        meter.set_total(size.max(0) as u64);
     }
+    let saved = transfer::counted(
+        transfer::without_deadline(from).export_image(tag),
+        meter.clone(),
+    );
+    // Not quiet: the engine's "Loading layer" lines are its progress once the archive is in.
+    let opts = ImportImageOptionsBuilder::new().quiet(false).build();
+    let target = transfer::without_deadline(to);
+    let load = async {
+        let mut loaded = target.import_image_stream(opts, saved, None);
+        while let Some(item) = loaded.next().await {
+            let info =
+                item.map_err(|e| docker_err("loading the guest image into the engine", e))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(BackendError::Setup(format!(
+                    "the engine refused the guest image: {e}"
+                )));
+            }
+            let detail = info.progress_detail.unwrap_or_default();
+            meter.engine_progress(detail.current, detail.total);
+        }
+        Ok(())
+    };
+    let pinged = Pinged {
+        source: Some(from),
+        target: Some(to),
+    };
+    transfer::watched(meter, transfer::stall_bound(), pinged, load)
+        .await
+        .map_err(transfer::stalled(format!(
+            "pushing {tag} to engine {engine}"
+        )))??;
     to.inspect_image(tag)
         .await
         .map_err(|e| docker_err("the engine does not list the pushed image", e))?;
     Ok(Pushed {
         tag: tag.to_string(),
-        bytes: bytes.load(Ordering::Relaxed),
+        bytes: meter.snapshot().sent,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
