@@ -21,8 +21,7 @@ fn records(layout: &Layout) -> PathBuf {
 
 fn record_path(layout: &Layout, root: &Path) -> PathBuf {
     let hash = Sha256::digest(root.as_os_str().as_bytes());
-    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-    records(layout).join(format!("{hex}.path"))
+    records(layout).join(format!("{}.path", crate::vm::spec::hex(&hash[..8])))
 }
 
 /// Records this layout's state root in its image store (idempotent).
