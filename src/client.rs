@@ -175,14 +175,8 @@ impl Client {
     }
 }
 
-/// All text content of a result, joined.
-pub fn text_of(r: &CallToolResult) -> String {
-    r.content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+/// All text content of a result, joined (the server's own calls use it too, so it lives there).
+pub use crate::mcp::text_of;
 
 /// A `deskvm serve --http 127.0.0.1:0 …` child process and the base URL it listens on (from
 /// the first line it prints). Killed when dropped.

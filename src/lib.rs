@@ -6,6 +6,7 @@
 
 pub mod accel;
 pub mod backend;
+pub mod http;
 pub mod image;
 pub mod ledger;
 pub mod mcp;

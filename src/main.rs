@@ -3,9 +3,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use deskvm::app::{self, AccelChoice, BackendChoice};
-use deskvm::mcp::http::auth::Tokens;
-use deskvm::mcp::http::HttpOptions;
-use deskvm::mcp::Transport;
+use deskvm::http::{HttpOptions, Tokens, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum GuestMemory {
@@ -323,7 +321,7 @@ async fn main() -> Result<()> {
             )
             .await?;
             manager.spawn_idle_janitor();
-            deskvm::mcp::serve(manager, transport).await?;
+            deskvm::http::serve(manager, transport).await?;
         }
         Cmd::Setup => app::setup(cli.accel).await?,
         Cmd::Image {

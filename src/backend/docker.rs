@@ -35,12 +35,12 @@ use crate::storage::Owner;
 use crate::vm::link::{HostLink, Link};
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
 
-/// The deskvm version that made a container or runtime image; the owner's labels (instance,
-/// pid and its start time, boot, session) come from [`Owner::labels`].
-pub const LABEL_VERSION: &str = "deskvm.version";
+/// The names deskvm owns in an engine live with the other owner marks, where reclaim (below this
+/// room) judges them; the owner's labels (instance, pid and its start time, boot, session) come
+/// from [`Owner::labels`].
+pub use crate::storage::owner::{IMAGE_REPO, LABEL_VERSION};
 /// Set on the runtime image at import: the QEMU build inside, so no container has to run to ask.
 pub const LABEL_QEMU: &str = "deskvm.qemu-version";
-pub const IMAGE_REPO: &str = "deskvm-runtime";
 
 const RUNTIME_RECIPE: &[u8] = include_bytes!("../../tools/runtime/build-rootfs.sh");
 

@@ -13,11 +13,28 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer};
 use serde_json::{json, Value};
 
-use super::http::auth::Principal;
-use super::http::Connection;
 use super::tools::{structured, tool_error};
 use super::DeskvmServer;
 use crate::session::{chain, Action, Caller, Outcome};
+
+/// The name of the token a request came with, which the HTTP front door (`crate::http`) puts in
+/// the request's extensions after checking it: sessions belong to it. This room only reads it.
+#[derive(Debug, Clone)]
+pub struct Principal(pub String);
+
+/// Which connection a call came over, for calls that do not carry an `Mcp-Session-Id` (the
+/// legacy SSE transport sets it per stream).
+#[derive(Debug, Clone)]
+pub struct Connection(pub String);
+
+/// All text content of a result, joined: how a tool error reads as one message.
+pub fn text_of(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// The caller of a tool call: its token's name and its connection (stdio when the call did not
 /// come over HTTP).
@@ -106,7 +123,7 @@ impl DeskvmServer {
             Ok(CallToolResponse::Complete(r))
                 if r.is_error == Some(true) && r.structured_content.is_none() =>
             {
-                let message = crate::client::text_of(r);
+                let message = text_of(r);
                 r.structured_content =
                     Some(json!({ "error": "invalid_params", "message": message }));
                 Some(message)

@@ -5,15 +5,13 @@
 mod calls;
 mod checkpoint;
 mod computer;
-pub mod http;
 mod input;
 mod params;
 mod reclaim;
 pub mod resources;
-pub mod serve;
 mod tasks;
 mod tools;
 mod view;
 
-pub use serve::{serve, Transport};
+pub use calls::{text_of, Connection, Principal};
 pub use tools::DeskvmServer;

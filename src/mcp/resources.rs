@@ -91,7 +91,7 @@ pub fn bundle_entries(exports: &Path, name: &str) -> Vec<Resource> {
 }
 
 /// The file a `deskvm://exports/...` URI names, refusing anything outside the exports dir.
-pub(super) fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
+pub fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
     let bad = || {
         McpError::invalid_params(
             format!("unknown resource {uri:?}: expected {SCHEME}<export name>/<file>, e.g. {SCHEME}<name>/index.html"),

@@ -20,7 +20,7 @@ pub async fn run(layout: &Layout, docker: Option<&Docker>) -> std::io::Result<Re
     };
     let report = reclaim::run(layout, &Current::default(), docker, &req).await?;
     let record = json!({
-        "at": crate::ledger::now(),
+        "at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         "instance": instance_id(),
         "pid": std::process::id(),
         "docker": docker.is_some(),
@@ -62,9 +62,4 @@ pub async fn run_on_engine(docker: &Docker, engine: &str) {
     for f in report.failed.iter().flatten() {
         tracing::warn!(engine, container = ?f.item.container, error = %f.error, "janitor: could not remove");
     }
-}
-
-/// The latest janitor run's account, if any server has run one with this runtime dir.
-pub fn last(layout: &Layout) -> Option<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(layout.janitor_record()).ok()?).ok()
 }

@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// The marker file in every directory deskvm creates.
-pub const MARKER: &str = ".deskvm-owned";
+/// The marker file in every directory deskvm creates. Defined in `vm::spec`, its lowest user
+/// (a session's tmpfs companion dir counts as in use while it carries one).
+pub use crate::vm::spec::MARKER;
 
 /// In a local session's runtime dir: its QEMU process ([`ProcessRef`]), for cleanup after a crash.
 pub const PROCESS_FILE: &str = "qemu.process";
@@ -25,6 +26,12 @@ pub const LABEL_SESSION: &str = "deskvm.session";
 pub const LABEL_KIND: &str = "deskvm.kind";
 pub const LABEL_CREATED: &str = "deskvm.created";
 pub const LABEL_PID_NS: &str = "deskvm.pid-ns";
+/// The deskvm version that made a container or runtime image.
+pub const LABEL_VERSION: &str = "deskvm.version";
+/// The repository of the runtime images (QEMU in a container) deskvm builds and imports.
+pub const IMAGE_REPO: &str = "deskvm-runtime";
+/// The repository of guest images pushed to engines as Docker images.
+pub const GUEST_REPO: &str = "deskvm-guest";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Owner {

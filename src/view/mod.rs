@@ -9,8 +9,8 @@
 //! the view also sits behind the server's token (`http::auth`).
 
 pub mod bridge;
-pub mod http;
 pub mod human;
+pub mod page;
 pub mod probe;
 pub mod rfb;
 

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// The marker file in every directory deskvm creates (`storage::owner` writes and reads it; it is
+/// here because this room, the lowest, checks it too).
+pub const MARKER: &str = ".deskvm-owned";
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
@@ -65,8 +69,7 @@ impl RuntimeFiles {
     }
     /// The companion dir exists and is deskvm's (carries its owner marker).
     pub fn shm_in_use(&self) -> bool {
-        self.shm_dir()
-            .is_some_and(|d| d.join(crate::storage::owner::MARKER).is_file())
+        self.shm_dir().is_some_and(|d| d.join(MARKER).is_file())
     }
     /// Where screendumps go: the tmpfs companion dir when it was made, else the runtime dir.
     pub fn screen(&self) -> PathBuf {

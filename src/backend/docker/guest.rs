@@ -24,7 +24,7 @@ use crate::storage::owner::LABEL_PID;
 use crate::storage::IoContext;
 use crate::vm::spec::hex;
 
-pub const GUEST_REPO: &str = "deskvm-guest";
+pub use crate::storage::owner::GUEST_REPO;
 /// Where the image carries the cache's files: the same layout under another root.
 pub const CACHE_IN_IMAGE: &str = "/deskvm/cache";
 /// The ready states an image carries (their directory names, comma-separated) and their stamps.

@@ -8,9 +8,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsB
 use bollard::Docker;
 
 use super::{Candidate, Current, Kind, Request, Scan};
-use crate::backend::docker::guest::GUEST_REPO;
-use crate::backend::docker::{IMAGE_REPO, LABEL_VERSION};
-use crate::storage::owner::{Liveness, Owner, LABEL_PID};
+use crate::storage::owner::{Liveness, Owner, GUEST_REPO, IMAGE_REPO, LABEL_PID, LABEL_VERSION};
 
 pub(super) async fn scan(docker: &Docker, current: &Current, req: &Request, scan: &mut Scan) {
     if req.wants(Kind::OrphanSession) {

@@ -345,7 +345,7 @@ pub async fn run(
         bytes_freed: None,
         not_touched: scan.not_touched,
         usage: scan.usage,
-        last_janitor: super::janitor::last(layout),
+        last_janitor: last_janitor(layout),
         docker: docker.map(|_| true),
         took_ms: 0,
     };
@@ -363,4 +363,10 @@ pub async fn run(
     }
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The latest startup janitor's account (`storage::janitor` writes it; the janitor runs reclaim,
+/// so reading it here keeps the arrow one way), if any server has run one with this runtime dir.
+fn last_janitor(layout: &Layout) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(layout.janitor_record()).ok()?).ok()
 }

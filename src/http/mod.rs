@@ -1,29 +1,37 @@
-//! MCP over HTTP: the current streamable HTTP transport at `/mcp` (rmcp's service), the legacy
-//! HTTP+SSE transport at `/sse` + `/messages`, and exported reviews at `/reviews/`, all over one
-//! `DeskvmServer`, behind one guard (Origin allow-list, bearer tokens, a stream cap).
+//! The front door: every way in to deskvm's one MCP handler and its live views. Over HTTP, the
+//! current streamable transport at `/mcp` (rmcp's service), the legacy HTTP+SSE transport at
+//! `/sse` + `/messages`, exported reviews at `/reviews/` and live views at `/view/`, all behind
+//! one guard (Host and Origin allow-lists, bearer tokens, a stream cap); over stdio, the handler
+//! on stdin/stdout and the views on a loopback listener of their own ([`transport`]).
+//!
+//! This room sits above `mcp` and `view`: they provide handlers and know nothing of tokens,
+//! cookies or origins. Who called reaches the MCP handler as [`Principal`] in the request's
+//! extensions, and a view's check as a plain token name.
 
 pub mod auth;
-pub mod reviews;
+mod reviews;
 mod sse;
+mod transport;
+mod view;
+
+pub use auth::Tokens;
+pub use transport::{serve, Transport};
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::DeskvmServer;
-use auth::{Guard, Tokens};
-
-/// Which connection a call came over, for calls that do not carry an `Mcp-Session-Id`.
-#[derive(Debug, Clone)]
-pub struct Connection(pub String);
+use crate::mcp::DeskvmServer;
+use auth::Guard;
 
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
@@ -99,8 +107,8 @@ impl HttpOptions {
     }
 }
 
-/// Serves until `ct` is cancelled. `bound` is told the address (port 0 picks one).
-pub async fn serve(
+/// Serves HTTP until `ct` is cancelled. `bound` is told the address (port 0 picks one).
+async fn serve_http(
     server: DeskvmServer,
     o: HttpOptions,
     ct: CancellationToken,
@@ -126,14 +134,7 @@ pub async fn serve(
     let mcp_server = server.clone();
     let mcp =
         StreamableHttpService::new(move || Ok(mcp_server.clone()), Arc::new(sessions), config);
-    let guard = Guard {
-        tokens: Arc::new(o.tokens.clone()),
-        origins: Arc::new(o.origins()),
-        hosts: o.hosts().map(Arc::new),
-        max_streams: o.max_streams,
-        in_flight: Arc::new(AtomicUsize::new(0)),
-        mcp_sessions: Arc::default(),
-    };
+    let guard = Guard::new(o.tokens.clone(), o.origins(), o.hosts(), o.max_streams);
     let legacy = sse::Legacy::new(server.clone(), o.max_body_bytes, ct.clone());
     let reviews = reviews::Reviews {
         exports: server.exports_dir(),
@@ -145,7 +146,7 @@ pub async fn serve(
         .route("/sse", get(sse::stream).with_state(legacy.clone()))
         .route("/messages", post(sse::message).with_state(legacy))
         .route("/reviews/{*path}", get(reviews::file).with_state(reviews))
-        .merge(crate::view::http::routes(views))
+        .merge(view::routes(views))
         .layer(axum::middleware::from_fn_with_state(
             guard,
             auth::middleware,
@@ -159,4 +160,23 @@ pub async fn serve(
         r = served => r.context("serving HTTP"),
         _ = async { stopping.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
     }
+}
+
+/// Headers of every page and file a browser gets from deskvm: never cached, never named in a
+/// Referer, never sniffed.
+fn no_store(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }

@@ -8,8 +8,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{Principal, QueryToken};
-use crate::mcp::resources;
+use super::auth::{token_to_cookie, QueryToken};
+use crate::mcp::{resources, Principal};
 use crate::session::Caller;
 
 #[derive(Clone)]
@@ -57,23 +57,5 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(resources::mime(&rel)),
     );
-    crate::view::http::no_store(resp)
-}
-
-/// The bearer token came in the URL: keep it in an HttpOnly cookie scoped to `scope`, and send
-/// the browser to the same page without it, so the secret does not stay in the address bar or
-/// history.
-pub fn token_to_cookie(path: &str, token: &str, scope: &str) -> Response {
-    let cookie = format!("deskvm_token={token}; HttpOnly; SameSite=Strict; Path={scope}");
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    let h = resp.headers_mut();
-    if let (Ok(c), Ok(l)) = (HeaderValue::from_str(&cookie), HeaderValue::from_str(path)) {
-        h.insert(header::SET_COOKIE, c);
-        h.insert(header::LOCATION, l);
-    }
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    resp
+    super::no_store(resp)
 }

@@ -1,4 +1,5 @@
-//! One `serve` over the one handler: stdio (the default) or HTTP (streamable + legacy SSE).
+//! One `serve` over the one handler: stdio (the default; the live views get a loopback HTTP
+//! listener of their own) or HTTP (streamable + legacy SSE, views and reviews on the same port).
 
 use std::sync::Arc;
 
@@ -6,8 +7,8 @@ use anyhow::Result;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, HttpOptions};
-use super::DeskvmServer;
+use super::HttpOptions;
+use crate::mcp::DeskvmServer;
 use crate::session::SessionManager;
 
 pub enum Transport {
@@ -27,7 +28,7 @@ pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result
         Transport::Stdio { view_addr } => {
             let views_done = CancellationToken::new();
             let _stop_views = views_done.clone().drop_guard();
-            match crate::view::http::listen(view_addr, manager.views().clone(), views_done).await {
+            match super::view::listen(view_addr, manager.views().clone(), views_done).await {
                 Ok(addr) => {
                     tracing::info!(%addr, "live view listener");
                     crate::storage::describe_instance(
@@ -54,7 +55,7 @@ pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result
                 stop.cancel();
             });
             let layout = manager.layout().clone();
-            http::serve(server, o, ct, |addr, exposed| {
+            super::serve_http(server, o, ct, |addr, exposed| {
                 // stdout is free when serving HTTP: the first line says where (port 0 picks one).
                 println!("deskvm: serving MCP at http://{addr}/mcp");
                 tracing::info!(%exposed, "serving HTTP");

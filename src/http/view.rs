@@ -1,10 +1,10 @@
-//! The view's routes: `/view/<token>` (the page), `/view/<token>/ws` (the RFB WebSocket) and
-//! `/view/assets/…` (deskvm's page script and the noVNC client). Mounted on the HTTP server
+//! The live views' routes: `/view/<token>` (the page), `/view/<token>/ws` (the RFB WebSocket)
+//! and `/view/assets/…` (deskvm's page script and the noVNC client). Mounted on the HTTP server
 //! (behind its guard and tokens), or, when deskvm serves stdio, on a loopback listener of their
-//! own ([`listen`]).
+//! own ([`listen`]). The view room decides who may see a session (`Views::check`) and bridges
+//! the socket; this file is the HTTP around it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -17,11 +17,10 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use super::{Denied, Views};
-use crate::mcp::http::auth::{self, Guard, Principal, QueryToken, Tokens};
-
-const PAGE: &str = include_str!("page.html");
-const SCRIPT: &str = include_str!("page.js");
+use super::auth::{self, token_to_cookie, Guard, QueryToken, Tokens};
+use super::{no_store, LOOPBACK_HOSTS};
+use crate::mcp::Principal;
+use crate::view::{bridge, novnc_dir, novnc_file, page, Denied, Views, MAX_VIEWERS};
 
 /// The view's routes over `views`.
 pub fn routes(views: Arc<Views>) -> Router {
@@ -50,15 +49,13 @@ pub async fn listen(
         .await
         .with_context(|| format!("binding the live view listener on {addr}"))?;
     let bound = listener.local_addr()?;
-    let loopback: Vec<String> = crate::mcp::http::LOOPBACK_HOSTS.map(String::from).to_vec();
-    let guard = Guard {
-        tokens: Arc::new(Tokens::default()),
-        origins: Arc::new(vec![format!("http://{bound}")]),
-        hosts: Some(Arc::new(loopback)),
-        max_streams: 64,
-        in_flight: Arc::new(AtomicUsize::new(0)),
-        mcp_sessions: Arc::default(),
-    };
+    let loopback: Vec<String> = LOOPBACK_HOSTS.map(String::from).to_vec();
+    let guard = Guard::new(
+        Tokens::default(),
+        vec![format!("http://{bound}")],
+        Some(loopback),
+        64,
+    );
     views.set_base(format!("http://{bound}"));
     let app = routes(views).layer(axum::middleware::from_fn_with_state(
         guard,
@@ -90,43 +87,19 @@ fn forbidden(d: Denied) -> Response {
     no_store(r)
 }
 
-/// Headers of every page and file a browser gets from deskvm: never cached, never named in a
-/// Referer, never sniffed.
-pub(crate) fn no_store(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    r
-}
-
 async fn page(
     State(views): State<Arc<Views>>,
     Path(token): Path<String>,
     req: Request,
 ) -> Response {
     if let Some(QueryToken(t)) = req.extensions().get::<QueryToken>() {
-        return crate::mcp::http::reviews::token_to_cookie(req.uri().path(), t, "/view");
+        return token_to_cookie(req.uri().path(), t, "/view");
     }
     let (session, grant) = match views.check(&token, principal(&req).as_deref()) {
         Ok(g) => g,
         Err(d) => return forbidden(d),
     };
-    let expires = humantime::format_rfc3339_seconds(grant.expires_at).to_string();
-    let html = PAGE
-        .replace("{{MODE}}", grant.mode())
-        .replace("{{SESSION}}", session.id())
-        .replace("{{EXPIRES}}", &expires);
-    let mut r = html.into_response();
+    let mut r = page::html(&grant, session.id()).into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -160,17 +133,17 @@ async fn socket(
     let Some(viewer) = session.view().admit() else {
         return (
             StatusCode::TOO_MANY_REQUESTS,
-            format!("this session already has {} viewers\n", super::MAX_VIEWERS),
+            format!("this session already has {MAX_VIEWERS} viewers\n"),
         )
             .into_response();
     };
     ws.protocols(["binary"])
         .max_message_size(1 << 20)
-        .on_upgrade(move |ws| super::bridge::run(ws, session, grant, viewer))
+        .on_upgrade(move |ws| bridge::run(ws, session, grant, viewer))
 }
 
 async fn script() -> Response {
-    let mut r = SCRIPT.into_response();
+    let mut r = page::SCRIPT.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/javascript"),
@@ -179,14 +152,14 @@ async fn script() -> Response {
 }
 
 async fn novnc(Path(rel): Path<String>) -> Response {
-    let Some(dir) = super::novnc_dir() else {
+    let Some(dir) = novnc_dir() else {
         return (
             StatusCode::NOT_FOUND,
             "noVNC is not installed on the deskvm host (apt-get install novnc, or `deskvm setup`)\n",
         )
             .into_response();
     };
-    let Some(file) = super::novnc_file(&dir, &rel) else {
+    let Some(file) = novnc_file(&dir, &rel) else {
         return (StatusCode::NOT_FOUND, "no such file\n").into_response();
     };
     match tokio::fs::read(&file).await {

@@ -1,5 +1,8 @@
 //! Who may talk to the HTTP server: bearer tokens (named, compared in constant time), the
-//! `Origin` allow-list that stops DNS rebinding, and a cap on concurrent requests and streams.
+//! `Host` and `Origin` allow-lists that stop DNS rebinding, and a cap on concurrent requests and
+//! streams. A browser, which cannot send a bearer header on navigation, presents the token once
+//! as `?token=` and then as an HttpOnly cookie; both are parsed (and percent-decoded) by axum's
+//! `Query` and the `cookie` crate.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,16 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cookie::{Cookie, SameSite};
 use http_body_util::BodyExt;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// The name of the token a request came with: sessions belong to it.
-#[derive(Debug, Clone)]
-pub struct Principal(pub String);
+use crate::mcp::Principal;
+
+/// The cookie a browser keeps the token in, once it came as `?token=`.
+const TOKEN_COOKIE: &str = "deskvm_token";
 
 /// Set when the request's credential was a `?token=` query (a browser opening a review page).
 #[derive(Debug, Clone)]
@@ -110,6 +116,26 @@ pub struct Guard {
     pub mcp_sessions: Arc<McpSessions>,
 }
 
+impl Guard {
+    /// `hosts`: None accepts any `Host` (a server bound to every interface, where the token,
+    /// required there, is the guard).
+    pub fn new(
+        tokens: Tokens,
+        origins: Vec<String>,
+        hosts: Option<Vec<String>>,
+        max_streams: usize,
+    ) -> Self {
+        Guard {
+            tokens: Arc::new(tokens),
+            origins: Arc::new(origins),
+            hosts: hosts.map(Arc::new),
+            max_streams,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            mcp_sessions: Arc::default(),
+        }
+    }
+}
+
 /// Whether a `Host` header names an allowed host (any port; IPv6 in brackets).
 pub fn host_allowed(allowed: &[String], host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -140,7 +166,7 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 /// The secret a request presents, and whether it came as a `?token=` query: an
 /// `Authorization: Bearer` header, or for review pages (which a browser opens) the
 /// `deskvm_token` cookie or a `token` query parameter.
-fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<(String, bool)> {
+fn presented(headers: &HeaderMap, uri: &Uri) -> Option<(String, bool)> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -152,16 +178,22 @@ fn presented(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<(String, bool
     if !browser_path(uri.path()) {
         return None;
     }
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("deskvm_token=").map(str::to_string));
-    match cookie {
+    match cookie_token(headers) {
         Some(c) => Some((c, false)),
         None => query_token(uri).map(|q| (q, true)),
     }
+}
+
+/// The token cookie's value, percent-decoded, from any `Cookie` header.
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse_encoded)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == TOKEN_COOKIE)
+        .map(|c| c.value().to_string())
 }
 
 /// Pages a person's browser opens (it cannot send a bearer header on navigation): exported
@@ -181,10 +213,39 @@ fn same_origin(headers: &HeaderMap, path: &str, origin: &str) -> bool {
         && (origin == format!("http://{host}") || origin == format!("https://{host}"))
 }
 
-pub fn query_token(uri: &axum::http::Uri) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The `token` query parameter, percent-decoded; a query that does not parse has none.
+fn query_token(uri: &Uri) -> Option<String> {
+    Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
+}
+
+/// The bearer token came in the URL: keep it in an HttpOnly cookie scoped to `scope`, and send
+/// the browser to the same page without it, so the secret does not stay in the address bar or
+/// history.
+pub fn token_to_cookie(path: &str, token: &str, scope: &str) -> Response {
+    let cookie = Cookie::build((TOKEN_COOKIE, token))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path(scope)
+        .build();
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    if let (Ok(c), Ok(l)) = (
+        HeaderValue::from_str(&cookie.encoded().to_string()),
+        HeaderValue::from_str(path),
+    ) {
+        h.insert(header::SET_COOKIE, c);
+        h.insert(header::LOCATION, l);
+    }
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn refuse(status: StatusCode, why: &str, www: Option<&str>) -> Response {
@@ -198,60 +259,14 @@ fn refuse(status: StatusCode, why: &str, www: Option<&str>) -> Response {
     r
 }
 
-/// Origin, then the stream cap, then the token; the principal goes into the request's
+/// Host and Origin, then the token, then the stream cap; the principal goes into the request's
 /// extensions, where rmcp hands it to the tool handler with the rest of the request.
 pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
-    if let Some(hosts) = &g.hosts {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        if !host.is_some_and(|h| host_allowed(hosts, h)) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "Host not allowed (see --allow-host)",
-                None,
-            );
-        }
+    if let Err(refused) = check_names(&g, &req) {
+        return refused;
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| {
-            origin_allowed(&g.origins, o) || same_origin(req.headers(), req.uri().path(), o)
-        });
-        if !ok {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "Origin not allowed (see --allow-origin)",
-                None,
-            );
-        }
-    }
-    if !g.tokens.is_empty() {
-        match presented(req.headers(), req.uri()) {
-            None => {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token is required (Authorization: Bearer <token>)",
-                    Some("Bearer realm=\"deskvm\""),
-                )
-            }
-            Some((secret, from_query)) => match g.tokens.check(&secret) {
-                Some(name) => {
-                    req.extensions_mut().insert(Principal(name));
-                    if from_query {
-                        req.extensions_mut().insert(QueryToken(secret));
-                    }
-                }
-                None => {
-                    return refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid token",
-                        Some("Bearer realm=\"deskvm\", error=\"invalid_token\""),
-                    )
-                }
-            },
-        }
+    if let Err(refused) = authenticate(&g, &mut req) {
+        return refused;
     }
     // Counted until the response body ends: an SSE stream holds its place while it is open.
     let now = g.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -300,6 +315,57 @@ pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) ->
     Response::from_parts(parts, axum::body::Body::new(body))
 }
 
+/// The DNS-rebinding guard: the `Host` a request names and the `Origin` a browser sends.
+fn check_names(g: &Guard, req: &Request) -> Result<(), Response> {
+    if let Some(hosts) = &g.hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(|h| host_allowed(hosts, h)) {
+            let why = "Host not allowed (see --allow-host)";
+            return Err(refuse(StatusCode::FORBIDDEN, why, None));
+        }
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| {
+            origin_allowed(&g.origins, o) || same_origin(req.headers(), req.uri().path(), o)
+        });
+        if !ok {
+            let why = "Origin not allowed (see --allow-origin)";
+            return Err(refuse(StatusCode::FORBIDDEN, why, None));
+        }
+    }
+    Ok(())
+}
+
+/// With tokens configured, a request must present one; its name becomes the [`Principal`].
+fn authenticate(g: &Guard, req: &mut Request) -> Result<(), Response> {
+    if g.tokens.is_empty() {
+        return Ok(());
+    }
+    let Some((secret, from_query)) = presented(req.headers(), req.uri()) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (Authorization: Bearer <token>)",
+            Some("Bearer realm=\"deskvm\""),
+        ));
+    };
+    let Some(name) = g.tokens.check(&secret) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid token",
+            Some("Bearer realm=\"deskvm\", error=\"invalid_token\""),
+        ));
+    };
+    req.extensions_mut().insert(Principal(name));
+    if from_query {
+        req.extensions_mut().insert(QueryToken(secret));
+    }
+    Ok(())
+}
+
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -329,6 +395,37 @@ mod tests {
         std::fs::write(&f, "short").unwrap();
         assert!(Tokens::load(Some(&f), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_in_queries_and_cookies_are_percent_decoded() {
+        let uri: Uri = "/reviews/a/index.html?x=1&token=ab%2Bcd%20ef"
+            .parse()
+            .unwrap();
+        assert_eq!(query_token(&uri).as_deref(), Some("ab+cd ef"));
+        let none: Uri = "/reviews/a/?tokens=x".parse().unwrap();
+        assert_eq!(query_token(&none), None);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; deskvm_token=ab%3Bcd"),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("ab;cd"));
+        // What `token_to_cookie` sets is what the next request presents.
+        let set = token_to_cookie("/view/x", "s3cret;= +", "/view");
+        let set = set.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            set.contains("HttpOnly")
+                && set.contains("SameSite=Strict")
+                && set.contains("Path=/view")
+        );
+        let sent = set.split(';').next().unwrap().to_string();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_str(&sent).unwrap());
+        assert_eq!(cookie_token(&h).as_deref(), Some("s3cret;= +"));
     }
 
     #[test]

@@ -17,9 +17,7 @@ use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Principal;
-use super::Connection;
-use crate::mcp::DeskvmServer;
+use crate::mcp::{Connection, DeskvmServer, Principal};
 
 struct Open {
     tx: mpsc::Sender<ClientJsonRpcMessage>,
