@@ -16,7 +16,6 @@ pub mod vm;
 
 pub mod app;
 pub mod bench;
-pub mod cdp;
 pub mod client;
 pub mod demo;
 pub mod engines;

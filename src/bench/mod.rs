@@ -1,5 +1,8 @@
 //! `deskvm bench`: the numbers in BENCHMARKS.md, measured through a real MCP client against the
 //! real server and guest, so they include everything an agent would wait for.
+//!
+//! The live view's rows drive headless Chromium through the `deskvm-devtools` test crate, so
+//! they are built only with `--features devtools`.
 
 mod baselines;
 mod checkpoint;
@@ -10,6 +13,7 @@ mod report;
 mod starts;
 mod transport;
 mod typing;
+#[cfg(feature = "devtools")]
 mod view;
 
 pub(crate) use report::{metric, ms, pct, record, summary, METRICS};
@@ -98,8 +102,9 @@ pub async fn run(o: Options) -> Result<()> {
         result = remote::compare(&exe, &env, &r).await;
     }
     if result.is_ok() && o.viewers > 0 {
-        // Beside the main figures: a host without Chromium still gets the rest.
-        if let Err(e) = view::measure(&client, o.viewers, o.shots, (o.clicks / 3).max(5)).await {
+        // Beside the main figures: a host without Chromium (or a build without the DevTools
+        // client) still gets the rest.
+        if let Err(e) = live_view(&client, &o).await {
             println!("{:<38} not measured: {e:#}", "live view");
             record("live view", json!({ "error": format!("{e:#}") }));
         }
@@ -138,6 +143,20 @@ pub async fn run(o: Options) -> Result<()> {
         println!("figures written to {}", path.display());
     }
     result
+}
+
+/// The live view's rows: they drive headless Chromium, so they need the DevTools client.
+async fn live_view(client: &Client, o: &Options) -> Result<()> {
+    #[cfg(feature = "devtools")]
+    return view::measure(client, o.viewers, o.shots, (o.clicks / 3).max(5)).await;
+    #[cfg(not(feature = "devtools"))]
+    {
+        let _ = (client, o);
+        anyhow::bail!(
+            "the view rows need a build with --features devtools \
+             (cargo build --release --features devtools)"
+        )
+    }
 }
 
 async fn run_with(client: &Client, o: &Options) -> Result<()> {

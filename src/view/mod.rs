@@ -11,7 +11,6 @@
 pub mod bridge;
 pub mod http;
 pub mod human;
-pub mod probe;
 pub mod rfb;
 
 use std::collections::HashMap;
