@@ -150,55 +150,8 @@ enum Cmd {
     },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
-        /// Session starts measured (1 s apart), on the Docker backend too when it is there
-        #[arg(long, default_value_t = 10)]
-        starts: usize,
-        #[arg(long, default_value_t = 50)]
-        shots: usize,
-        #[arg(long, default_value_t = 30)]
-        clicks: usize,
-        /// Random printable characters typed and read back, by one guest and by two at once
-        #[arg(long, default_value_t = 10_000)]
-        chars: usize,
-        /// Also measure one cold boot (about a minute under TCG).
-        #[arg(long)]
-        cold: bool,
-        /// Actions in the scripted session that measures the review ledger (0 skips it).
-        #[arg(long, default_value_t = 100)]
-        ledger_actions: usize,
-        /// Timed `reclaim` reports, on this cache and on a made-up one with 8 images (0 skips).
-        #[arg(long, default_value_t = 20)]
-        reclaim_runs: usize,
-        /// Checkpoints, restores and forks measured (0 skips).
-        #[arg(long, default_value_t = 5)]
-        checkpoints: usize,
-        /// Idle sessions started at most to measure density: until their summed PSS reaches
-        /// --budget-gib (0 skips); beside 4 private-memory sessions.
-        #[arg(long, default_value_t = 64)]
-        density: usize,
-        #[arg(long, default_value_t = 16)]
-        budget_gib: u64,
-        /// Live viewers (headless Chromium on session_view links) attached while screenshots
-        /// are measured again, beside none; 0 skips the live view.
-        #[arg(long, default_value_t = 2)]
-        viewers: usize,
-        /// Also write every figure (p50/p95/min/max, n, ratios) as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// `http` adds screenshots over streamable HTTP beside stdio, and --http-clients
-        /// clients at once.
-        #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
-        transport: String,
-        #[arg(long, default_value_t = 4)]
-        http_clients: usize,
-        /// Also measure this engine (`--engine` syntax, e.g. from `tools/test-engine.sh start`)
-        /// beside this host's: image push, starts, screenshots, clicks, typing.
-        #[arg(long)]
-        remote_engine: Option<String>,
-        /// Leave out the baselines (raw QMP and the peers' Xvfb + xdotool + ImageMagick stack);
-        /// without this flag a missing baseline tool is an error.
-        #[arg(long)]
-        no_baselines: bool,
+        #[command(flatten)]
+        options: deskvm::bench::Options,
     },
 }
 
@@ -369,44 +322,10 @@ async fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Cmd::Bench {
-            starts,
-            shots,
-            clicks,
-            chars,
-            cold,
-            ledger_actions,
-            reclaim_runs,
-            checkpoints,
-            density,
-            budget_gib,
-            json,
-            transport,
-            http_clients,
-            remote_engine,
-            viewers,
-            no_baselines,
-        } => {
-            deskvm::bench::run(deskvm::bench::Options {
-                viewers,
-                starts,
-                shots,
-                clicks,
-                chars,
-                cold,
-                ledger_actions,
-                reclaim_runs,
-                checkpoints,
-                density,
-                budget_gib,
-                json,
-                http_clients: (transport == "http").then_some(http_clients),
-                server_args,
-                remote_engine,
-                insecure_engine: cli.insecure_engine,
-                baselines: !no_baselines,
-            })
-            .await?;
+        Cmd::Bench { mut options } => {
+            options.server_args = server_args;
+            options.insecure_engine = cli.insecure_engine;
+            deskvm::bench::run(options).await?;
         }
     }
     Ok(())
