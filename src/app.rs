@@ -258,7 +258,7 @@ pub async fn manager(
     if let Ok(image) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
         let spec = crate::session::machine_spec(&image, probe.accel, DEFAULT_MEMORY_MB, false);
         let ready = ReadyState::find(&image, backend.qemu_version(), &spec);
-        crate::reclaim::adopt(&image, ready.as_ref());
+        crate::session::reclaim::adopt(&image, ready.as_ref());
         me.uses.push(image.dir.clone());
         if ready.is_some() && shared_memory {
             // Made once per cache, in about a second, from the ready state (no boot).
@@ -312,7 +312,7 @@ async fn ensure_ready_state(
     let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
     if !force {
         if let Some(r) = ReadyState::find(image, mgr.backend().qemu_version(), &spec) {
-            crate::reclaim::adopt(image, Some(&r));
+            crate::session::reclaim::adopt(image, Some(&r));
             say(&format!(
                 "ready state for the {} backend is up to date: {}",
                 mgr.backend().name(),
@@ -533,7 +533,7 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
         }
     }
     let req = crate::storage::reclaim::Request::default();
-    match crate::reclaim::run(&layout, &req).await {
+    match crate::session::reclaim::run(&layout, &req).await {
         Ok(r) => {
             let u = &r.usage;
             let h = crate::storage::usage::human;

@@ -315,7 +315,7 @@ async fn main() -> Result<()> {
             {
                 std::process::exit(2);
             }
-            deskvm::reclaim::cli(apply, kinds, include, older_than, json).await?
+            deskvm::reclaim::run(apply, kinds, include, older_than, json).await?
         }
         Cmd::Doctor => {
             if !app::doctor(cli.accel, &cli.engines, cli.insecure_engine).await {
