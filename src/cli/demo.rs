@@ -2,7 +2,7 @@
 //! look, click into the terminal, type a command that visibly changes the desktop, look again,
 //! and export the session's review (a bundle a person opens in a browser).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -97,4 +97,11 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
         review["single_file_html"].as_str().unwrap_or("?")
     );
     Ok(())
+}
+
+/// `deskvm demo` without `--out`: `deskvm-demo` in the working directory.
+pub fn default_demo_dir() -> PathBuf {
+    std::env::current_dir()
+        .unwrap_or_else(|_| PathBuf::from("."))
+        .join("deskvm-demo")
 }
