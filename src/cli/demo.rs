@@ -34,46 +34,7 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
         info["startup"],
         info["startup_ms"]
     );
-    let result = async {
-        let (png, _) = client.screenshot(&sid, json!({})).await?;
-        let before = out.join("1-before.png");
-        std::fs::write(&before, png)?;
-        println!(
-            "first screenshot {} ms after session_start: {}",
-            t.elapsed().as_millis(),
-            before.display()
-        );
-
-        client
-            .call_ok(
-                "click",
-                json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
-            )
-            .await?;
-        client
-            .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
-            .await?;
-        println!(
-            "clicked into the terminal and typed: {}",
-            DEMO_COMMAND.trim_end()
-        );
-        let waited = client
-            .call_ok(
-                "wait",
-                json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
-            )
-            .await?;
-        let (png, _) = client.screenshot(&sid, json!({})).await?;
-        let after = out.join("2-after.png");
-        std::fs::write(&after, png)?;
-        println!(
-            "screen settled (stable: {}); second screenshot: {}",
-            waited["stable"],
-            after.display()
-        );
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
+    let result = steps(&client, &sid, out, t).await;
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
@@ -95,6 +56,48 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     println!(
         "        one file to attach or mail: {}",
         review["single_file_html"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// Look, click into the terminal, type [`DEMO_COMMAND`], wait for the screen to settle, look
+/// again; the screenshots go to `out`. `t` is when `session_start` was called.
+async fn steps(client: &Client, sid: &str, out: &Path, t: Instant) -> Result<()> {
+    let (png, _) = client.screenshot(sid, json!({})).await?;
+    let before = out.join("1-before.png");
+    std::fs::write(&before, png)?;
+    println!(
+        "first screenshot {} ms after session_start: {}",
+        t.elapsed().as_millis(),
+        before.display()
+    );
+
+    client
+        .call_ok(
+            "click",
+            json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
+        )
+        .await?;
+    client
+        .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
+        .await?;
+    println!(
+        "clicked into the terminal and typed: {}",
+        DEMO_COMMAND.trim_end()
+    );
+    let waited = client
+        .call_ok(
+            "wait",
+            json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
+        )
+        .await?;
+    let (png, _) = client.screenshot(sid, json!({})).await?;
+    let after = out.join("2-after.png");
+    std::fs::write(&after, png)?;
+    println!(
+        "screen settled (stable: {}); second screenshot: {}",
+        waited["stable"],
+        after.display()
     );
     Ok(())
 }

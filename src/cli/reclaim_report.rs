@@ -65,51 +65,8 @@ fn print_report(r: &Report) {
         println!("note: the Docker engine did not answer; containers and runtime images were not looked at");
     }
     match (&r.removed, &r.failed) {
-        (Some(removed), Some(failed)) => {
-            for x in removed {
-                let what = format!("{} {}", x.item.kind.as_str(), target(&x.item));
-                println!("removed  {:>10}  {what}", human(x.bytes_freed));
-            }
-            for f in failed {
-                let what = format!("{} {}", f.item.kind.as_str(), target(&f.item));
-                println!(
-                    "FAILED   {:>10}  {what}: {} ({} still held)",
-                    human(f.bytes_freed),
-                    f.error,
-                    human(f.bytes_remaining)
-                );
-            }
-            println!(
-                "reclaim --apply: removed {}, failed {}, freed {} ({} ms)",
-                removed.len(),
-                failed.len(),
-                human(r.bytes_freed.unwrap_or(0)),
-                r.took_ms
-            );
-        }
-        _ => {
-            for c in &r.candidates {
-                let session = c
-                    .session
-                    .as_deref()
-                    .map(|s| format!(" session {s}"))
-                    .unwrap_or_default();
-                println!(
-                    "{:<15} {:>10}  {}{session}\n{:<28}why: {}",
-                    c.kind.as_str(),
-                    human(c.bytes),
-                    target(c),
-                    "",
-                    c.why
-                );
-            }
-            println!(
-                "reclaim report: {} candidate(s), {} ({} ms); `deskvm reclaim --apply` removes them",
-                r.candidates.len(),
-                human(r.candidate_bytes),
-                r.took_ms
-            );
-        }
+        (Some(removed), Some(failed)) => print_applied(r, removed, failed),
+        _ => print_candidates(r),
     }
     for n in &r.not_touched {
         println!("kept     {}: {}", n.what, n.why);
@@ -142,4 +99,53 @@ fn print_report(r: &Report) {
         ),
         None => println!("last janitor run: none recorded"),
     }
+}
+
+/// `--apply`: each item removed or failed, then the totals.
+fn print_applied(r: &Report, removed: &[reclaim::Removed], failed: &[reclaim::Failed]) {
+    for x in removed {
+        let what = format!("{} {}", x.item.kind.as_str(), target(&x.item));
+        println!("removed  {:>10}  {what}", human(x.bytes_freed));
+    }
+    for f in failed {
+        let what = format!("{} {}", f.item.kind.as_str(), target(&f.item));
+        println!(
+            "FAILED   {:>10}  {what}: {} ({} still held)",
+            human(f.bytes_freed),
+            f.error,
+            human(f.bytes_remaining)
+        );
+    }
+    println!(
+        "reclaim --apply: removed {}, failed {}, freed {} ({} ms)",
+        removed.len(),
+        failed.len(),
+        human(r.bytes_freed.unwrap_or(0)),
+        r.took_ms
+    );
+}
+
+/// A report: each candidate with why, then the totals.
+fn print_candidates(r: &Report) {
+    for c in &r.candidates {
+        let session = c
+            .session
+            .as_deref()
+            .map(|s| format!(" session {s}"))
+            .unwrap_or_default();
+        println!(
+            "{:<15} {:>10}  {}{session}\n{:<28}why: {}",
+            c.kind.as_str(),
+            human(c.bytes),
+            target(c),
+            "",
+            c.why
+        );
+    }
+    println!(
+        "reclaim report: {} candidate(s), {} ({} ms); `deskvm reclaim --apply` removes them",
+        r.candidates.len(),
+        human(r.candidate_bytes),
+        r.took_ms
+    );
 }
