@@ -15,12 +15,6 @@ pub mod storage;
 pub mod view;
 pub mod vm;
 
-pub mod app;
 pub mod bench;
-pub mod cdp;
+pub mod cli;
 pub mod client;
-pub mod demo;
-pub mod engines;
-pub mod progress;
-pub mod reclaim;
-pub mod review;

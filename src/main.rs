@@ -1,8 +1,12 @@
+//! `deskvm`: the command line. Parses the flags, turns the global ones into the environment the
+//! rest reads, and hands each command to its function here, which calls the CLI room
+//! (`deskvm::cli`), the MCP server (`deskvm::mcp`) or the bench (`deskvm::bench`).
+
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use deskvm::app::{self, AccelChoice, BackendChoice};
+use deskvm::cli::{self, AccelChoice, BackendChoice};
 use deskvm::http::{HttpOptions, Tokens, Transport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,42 +71,8 @@ enum Cmd {
     /// Serve MCP over stdio (default) or HTTP (--http: streamable HTTP at /mcp, legacy SSE at
     /// /sse, reviews at /reviews/).
     Serve {
-        /// Serve HTTP on this address instead of stdio, e.g. 127.0.0.1:8765 (port 0 picks one;
-        /// the first stdout line says which). Non-loopback addresses need a token.
-        #[arg(long, env = "DESKVM_HTTP")]
-        http: Option<std::net::SocketAddr>,
-        /// Bearer tokens, one per line: `name:secret` (a session belongs to the token that
-        /// started it) or just `secret`.
-        #[arg(long, env = "DESKVM_TOKEN_FILE")]
-        token_file: Option<PathBuf>,
-        /// Origins allowed besides loopback ones, e.g. https://app.example or http://host:*.
-        #[arg(long = "allow-origin")]
-        allow_origins: Vec<String>,
-        /// Host names clients may use besides loopback and the bound address.
-        #[arg(long = "allow-host")]
-        allow_hosts: Vec<String>,
-        /// Largest request body (bytes); bigger ones get 413.
-        #[arg(long, default_value_t = 4 << 20)]
-        max_body_bytes: usize,
-        /// Most concurrent HTTP requests and open streams; more get 503.
-        #[arg(long, default_value_t = 64)]
-        max_streams: usize,
-        /// With stdio: the loopback address the live view (session_view) is served on; port 0
-        /// picks one (doctor lists it while the server runs). With --http the view is served
-        /// there, at /view/.
-        #[arg(long, env = "DESKVM_VIEW_ADDR", default_value = "127.0.0.1:0")]
-        view_addr: std::net::SocketAddr,
-        /// Most sessions at once.
-        #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
-        max_sessions: usize,
-        /// Stop a session after this many seconds without a tool call (0: never).
-        #[arg(long, env = "DESKVM_IDLE_TIMEOUT_S", default_value_t = 1800)]
-        idle_timeout_s: u64,
-        /// Guest RAM: `shared` maps it copy-on-write from a template made from the ready state
-        /// (sessions share the pages they have not written), `private` loads a full copy per
-        /// session (the fallback when no template can be made).
-        #[arg(long, env = "DESKVM_GUEST_MEMORY", value_enum, default_value_t = GuestMemory::Shared)]
-        guest_memory: GuestMemory,
+        #[command(flatten)]
+        args: ServeArgs,
     },
     /// Install host packages (as root), build the guest image and save its ready state.
     Setup,
@@ -148,56 +118,50 @@ enum Cmd {
     },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
-        /// Session starts measured (1 s apart), on the Docker backend too when it is there
-        #[arg(long, default_value_t = 10)]
-        starts: usize,
-        #[arg(long, default_value_t = 50)]
-        shots: usize,
-        #[arg(long, default_value_t = 30)]
-        clicks: usize,
-        /// Random printable characters typed and read back, by one guest and by two at once
-        #[arg(long, default_value_t = 10_000)]
-        chars: usize,
-        /// Also measure one cold boot (about a minute under TCG).
-        #[arg(long)]
-        cold: bool,
-        /// Actions in the scripted session that measures the review ledger (0 skips it).
-        #[arg(long, default_value_t = 100)]
-        ledger_actions: usize,
-        /// Timed `reclaim` reports, on this cache and on a made-up one with 8 images (0 skips).
-        #[arg(long, default_value_t = 20)]
-        reclaim_runs: usize,
-        /// Checkpoints, restores and forks measured (0 skips).
-        #[arg(long, default_value_t = 5)]
-        checkpoints: usize,
-        /// Idle sessions started at most to measure density: until their summed PSS reaches
-        /// --budget-gib (0 skips); beside 4 private-memory sessions.
-        #[arg(long, default_value_t = 64)]
-        density: usize,
-        #[arg(long, default_value_t = 16)]
-        budget_gib: u64,
-        /// Live viewers (headless Chromium on session_view links) attached while screenshots
-        /// are measured again, beside none; 0 skips the live view.
-        #[arg(long, default_value_t = 2)]
-        viewers: usize,
-        /// Also write every figure (p50/p95/min/max, n, ratios) as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// `http` adds screenshots over streamable HTTP beside stdio, and --http-clients
-        /// clients at once.
-        #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
-        transport: String,
-        #[arg(long, default_value_t = 4)]
-        http_clients: usize,
-        /// Also measure this engine (`--engine` syntax, e.g. from `tools/test-engine.sh start`)
-        /// beside this host's: image push, starts, screenshots, clicks, typing.
-        #[arg(long)]
-        remote_engine: Option<String>,
-        /// Leave out the baselines (raw QMP and the peers' Xvfb + xdotool + ImageMagick stack);
-        /// without this flag a missing baseline tool is an error.
-        #[arg(long)]
-        no_baselines: bool,
+        #[command(flatten)]
+        options: deskvm::bench::Options,
     },
+}
+
+// `deskvm serve`'s flags.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Serve HTTP on this address instead of stdio, e.g. 127.0.0.1:8765 (port 0 picks one;
+    /// the first stdout line says which). Non-loopback addresses need a token.
+    #[arg(long, env = "DESKVM_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// Bearer tokens, one per line: `name:secret` (a session belongs to the token that
+    /// started it) or just `secret`.
+    #[arg(long, env = "DESKVM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Origins allowed besides loopback ones, e.g. https://app.example or http://host:*.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// Host names clients may use besides loopback and the bound address.
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
+    /// Largest request body (bytes); bigger ones get 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Most concurrent HTTP requests and open streams; more get 503.
+    #[arg(long, default_value_t = 64)]
+    max_streams: usize,
+    /// With stdio: the loopback address the live view (session_view) is served on; port 0
+    /// picks one (doctor lists it while the server runs). With --http the view is served
+    /// there, at /view/.
+    #[arg(long, env = "DESKVM_VIEW_ADDR", default_value = "127.0.0.1:0")]
+    view_addr: std::net::SocketAddr,
+    /// Most sessions at once.
+    #[arg(long, env = "DESKVM_MAX_SESSIONS", default_value_t = 4)]
+    max_sessions: usize,
+    /// Stop a session after this many seconds without a tool call (0: never).
+    #[arg(long, env = "DESKVM_IDLE_TIMEOUT_S", default_value_t = 1800)]
+    idle_timeout_s: u64,
+    /// Guest RAM: `shared` maps it copy-on-write from a template made from the ready state
+    /// (sessions share the pages they have not written), `private` loads a full copy per
+    /// session (the fallback when no template can be made).
+    #[arg(long, env = "DESKVM_GUEST_MEMORY", value_enum, default_value_t = GuestMemory::Shared)]
+    guest_memory: GuestMemory,
 }
 
 #[derive(Subcommand)]
@@ -245,8 +209,47 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // The roots are read from the environment everywhere (and inherited by the servers `demo`
-    // and `bench` spawn), so the flags become the variables, before any task reads them.
+    apply_globals(&cli)?;
+    let g = Globals::from(&cli);
+    match cli.cmd {
+        Cmd::Serve { args } => serve(&g, args).await,
+        Cmd::Setup => cli::setup::setup(g.accel).await,
+        Cmd::Image { cmd } => image(&g, cmd).await,
+        Cmd::Demo { out } => demo(&g, out).await,
+        Cmd::Review { cmd } => review(cmd),
+        Cmd::Reclaim {
+            apply,
+            kinds,
+            include,
+            older_than,
+            json,
+        } => {
+            // Engines elsewhere first: the main report may exit the process on a failure.
+            if !g.engines.is_empty()
+                && !cli::engines::reclaim(&g.engines, g.insecure_engine, apply).await?
+            {
+                std::process::exit(2);
+            }
+            cli::reclaim_report::run(apply, kinds, include, older_than, json).await
+        }
+        Cmd::Doctor => {
+            if !cli::doctor::doctor(g.accel, &g.engines, g.insecure_engine).await {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Bench { mut options } => {
+            options.server_args = g.server_args();
+            options.insecure_engine = g.insecure_engine;
+            deskvm::bench::run(options).await
+        }
+    }
+}
+
+/// The roots are read from the environment everywhere (and inherited by the servers `demo` and
+/// `bench` spawn), so the flags become the variables, before any task reads them; the stall
+/// bound is set once for every Engine API transfer.
+fn apply_globals(cli: &Cli) -> Result<()> {
     for (var, dir) in [
         ("DESKVM_IMAGE_DIR", &cli.image_dir),
         ("DESKVM_STATE_DIR", &cli.state_dir),
@@ -258,154 +261,115 @@ async fn main() -> Result<()> {
     deskvm::backend::docker::transfer::set_stall_bound(std::time::Duration::from_secs(
         cli.stall_timeout_s,
     ));
-    // What `demo` and `bench` pass on to the `deskvm serve` they spawn.
-    let mut server_args = vec![
-        "--accel".to_string(),
-        cli.accel.to_string(),
-        "--backend".to_string(),
-        format!("{:?}", cli.backend).to_lowercase(),
-    ];
-    for e in &cli.engines {
-        server_args.extend(["--engine".to_string(), e.clone()]);
-    }
-    if cli.insecure_engine {
-        server_args.push("--insecure-engine".into());
-    }
-    match cli.cmd {
-        Cmd::Serve {
-            max_sessions,
-            idle_timeout_s,
-            guest_memory,
-            http,
-            token_file,
-            allow_origins,
-            allow_hosts,
-            max_body_bytes,
-            max_streams,
-            view_addr,
-        } => {
-            if http.is_none() && !view_addr.ip().is_loopback() {
-                anyhow::bail!(
-                    "--view-addr {view_addr}: the stdio server's live view listener takes loopback addresses only \
-                     (it has no token); serve --http with --token-file to show desktops over a network"
-                );
-            }
-            let transport = match http {
-                None => Transport::Stdio { view_addr },
-                Some(addr) => {
-                    // DESKVM_TOKEN is read here and nowhere else; it is never logged.
-                    let env_token = std::env::var("DESKVM_TOKEN").ok();
-                    let o = HttpOptions {
-                        addr,
-                        tokens: Tokens::load(token_file.as_deref(), env_token.as_deref())?,
-                        allow_origins,
-                        allow_hosts,
-                        max_body_bytes,
-                        max_streams,
-                    };
-                    // Refused before anything starts (no VM, no janitor run).
-                    o.check()?;
-                    Transport::Http(o)
-                }
-            };
-            let idle = (idle_timeout_s > 0).then(|| std::time::Duration::from_secs(idle_timeout_s));
-            let shared = guest_memory == GuestMemory::Shared;
-            let manager = app::manager(
-                cli.accel,
-                cli.backend,
-                max_sessions,
-                idle,
-                shared,
-                &cli.engines,
-                cli.insecure_engine,
-            )
-            .await?;
-            manager.spawn_idle_janitor();
-            deskvm::http::serve(manager, transport).await?;
-        }
-        Cmd::Setup => app::setup(cli.accel).await?,
-        Cmd::Image {
-            cmd:
-                ImageCmd::Build {
-                    force,
-                    no_ready,
-                    runtime,
-                },
-        } => {
-            app::build_image(cli.accel, force, !no_ready, runtime).await?;
-        }
-        Cmd::Image {
-            cmd: ImageCmd::Push,
-        } => deskvm::engines::push(&cli.engines, cli.insecure_engine).await?,
-        Cmd::Demo { out } => {
-            app::setup(cli.accel).await?;
-            deskvm::demo::run(&out.unwrap_or_else(app::default_demo_dir), &server_args).await?;
-        }
-        Cmd::Review {
-            cmd: ReviewCmd::List,
-        } => deskvm::review::list()?,
-        Cmd::Review {
-            cmd: ReviewCmd::Export { session_id, name },
-        } => deskvm::review::export(&session_id, name.as_deref())?,
-        Cmd::Reclaim {
-            apply,
-            kinds,
-            include,
-            older_than,
-            json,
-        } => {
-            // Engines elsewhere first: the main report may exit the process on a failure.
-            if !cli.engines.is_empty()
-                && !deskvm::engines::reclaim(&cli.engines, cli.insecure_engine, apply).await?
-            {
-                std::process::exit(2);
-            }
-            deskvm::reclaim::cli(apply, kinds, include, older_than, json).await?
-        }
-        Cmd::Doctor => {
-            if !app::doctor(cli.accel, &cli.engines, cli.insecure_engine).await {
-                std::process::exit(1);
-            }
-        }
-        Cmd::Bench {
-            starts,
-            shots,
-            clicks,
-            chars,
-            cold,
-            ledger_actions,
-            reclaim_runs,
-            checkpoints,
-            density,
-            budget_gib,
-            json,
-            transport,
-            http_clients,
-            remote_engine,
-            viewers,
-            no_baselines,
-        } => {
-            deskvm::bench::run(deskvm::bench::Options {
-                viewers,
-                starts,
-                shots,
-                clicks,
-                chars,
-                cold,
-                ledger_actions,
-                reclaim_runs,
-                checkpoints,
-                density,
-                budget_gib,
-                json,
-                http_clients: (transport == "http").then_some(http_clients),
-                server_args,
-                remote_engine,
-                insecure_engine: cli.insecure_engine,
-                baselines: !no_baselines,
-            })
-            .await?;
-        }
-    }
     Ok(())
+}
+
+/// The global flags the commands use.
+struct Globals {
+    accel: AccelChoice,
+    backend: BackendChoice,
+    engines: Vec<String>,
+    insecure_engine: bool,
+}
+
+impl From<&Cli> for Globals {
+    fn from(cli: &Cli) -> Self {
+        Globals {
+            accel: cli.accel,
+            backend: cli.backend,
+            engines: cli.engines.clone(),
+            insecure_engine: cli.insecure_engine,
+        }
+    }
+}
+
+impl Globals {
+    /// What `demo` and `bench` pass on to the `deskvm serve` they spawn.
+    fn server_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--accel".to_string(),
+            self.accel.to_string(),
+            "--backend".to_string(),
+            format!("{:?}", self.backend).to_lowercase(),
+        ];
+        for e in &self.engines {
+            args.extend(["--engine".to_string(), e.clone()]);
+        }
+        if self.insecure_engine {
+            args.push("--insecure-engine".into());
+        }
+        args
+    }
+}
+
+async fn serve(g: &Globals, a: ServeArgs) -> Result<()> {
+    let transport = transport(&a)?;
+    let idle = (a.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(a.idle_timeout_s));
+    let shared = a.guest_memory == GuestMemory::Shared;
+    let manager = cli::serve::manager(
+        g.accel,
+        g.backend,
+        a.max_sessions,
+        idle,
+        shared,
+        &g.engines,
+        g.insecure_engine,
+    )
+    .await?;
+    manager.spawn_idle_janitor();
+    deskvm::http::serve(manager, transport).await?;
+    Ok(())
+}
+
+/// stdio with a loopback view listener, or HTTP: checked before anything starts (no VM, no
+/// janitor run).
+fn transport(a: &ServeArgs) -> Result<Transport> {
+    let view_addr = a.view_addr;
+    let Some(addr) = a.http else {
+        if !view_addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--view-addr {view_addr}: the stdio server's live view listener takes loopback addresses only \
+                 (it has no token); serve --http with --token-file to show desktops over a network"
+            );
+        }
+        return Ok(Transport::Stdio { view_addr });
+    };
+    // DESKVM_TOKEN is read here and nowhere else; it is never logged.
+    let env_token = std::env::var("DESKVM_TOKEN").ok();
+    let o = HttpOptions {
+        addr,
+        tokens: Tokens::load(a.token_file.as_deref(), env_token.as_deref())?,
+        allow_origins: a.allow_origins.clone(),
+        allow_hosts: a.allow_hosts.clone(),
+        max_body_bytes: a.max_body_bytes,
+        max_streams: a.max_streams,
+    };
+    o.check()?;
+    Ok(Transport::Http(o))
+}
+
+async fn image(g: &Globals, cmd: ImageCmd) -> Result<()> {
+    match cmd {
+        ImageCmd::Build {
+            force,
+            no_ready,
+            runtime,
+        } => cli::setup::build_image(g.accel, force, !no_ready, runtime)
+            .await
+            .map(|_| ()),
+        ImageCmd::Push => cli::engines::push(&g.engines, g.insecure_engine).await,
+    }
+}
+
+async fn demo(g: &Globals, out: Option<PathBuf>) -> Result<()> {
+    cli::setup::setup(g.accel).await?;
+    let out = out.unwrap_or_else(cli::demo::default_demo_dir);
+    cli::demo::run(&out, &g.server_args()).await
+}
+
+fn review(cmd: ReviewCmd) -> Result<()> {
+    match cmd {
+        ReviewCmd::List => cli::review::list(),
+        ReviewCmd::Export { session_id, name } => cli::review::export(&session_id, name.as_deref()),
+    }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use common::view::{canvas_matches_screenshot, link, url};
 use common::*;
-use deskvm::cdp::Browser;
 use deskvm::client::Client;
+use deskvm_devtools::cdp::Browser;
 use serde_json::json;
 
 /// A path under the temp dir that does not exist; removed (if the product made it) on drop.

@@ -412,7 +412,7 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
         .await?;
     assert_eq!(as_alice.status(), 200);
     // A person's browser: the token once in the URL, then the page and its WebSocket by cookie.
-    let browser = deskvm::cdp::Browser::launch(1400, 1000).await?;
+    let browser = deskvm_devtools::cdp::Browser::launch(1400, 1000).await?;
     let page = browser.open(&format!("{view}?token={ALICE}")).await?;
     common::view::canvas_matches_screenshot(&alice, &sid, &page).await?;
     assert!(

@@ -195,10 +195,10 @@ async fn a_remote_engine_runs_a_desktop_through_the_engine_api_alone() -> Result
     // The live view reaches the VM's VNC socket through the Engine API's exec channel too
     // (nothing published, as inspected above): a person types into the terminal.
     let view = common::view::link(c, &sid, true).await?;
-    let browser = deskvm::cdp::Browser::launch(1400, 1000).await?;
+    let browser = deskvm_devtools::cdp::Browser::launch(1400, 1000).await?;
     let page = browser.open(&common::view::url(&view)).await?;
     common::view::canvas_matches_screenshot(c, &sid, &page).await?;
-    let (px, py) = deskvm::view::probe::page_point(&page, 300, 250).await?;
+    let (px, py) = deskvm_devtools::probe::page_point(&page, 300, 250).await?;
     page.click(px, py).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     page.type_text("echo remote-person > /tmp/rp.txt\n").await?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use common::view::{canvas_matches_screenshot, link, status, url, wait_viewers};
 use common::*;
-use deskvm::cdp::Browser;
-use deskvm::view::probe;
+use deskvm_devtools::cdp::Browser;
+use deskvm_devtools::probe;
 use serde_json::json;
 
 /// Screenshots that differ in more than a handful of pixels (the pointer alone moves dozens).

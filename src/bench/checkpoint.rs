@@ -26,9 +26,43 @@ pub async fn measure(client: &Client, n: usize) -> Result<()> {
         )
         .await?;
     client.screenshot(&sid, json!({})).await?;
-    let (mut total, mut pause, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut first_layer, mut layers) = (0.0, Vec::new());
-    let mut names = Vec::new();
+    let saved = save(client, &sid, n).await?;
+    let restore = restores(client, &sid, &saved.names[0], n).await?;
+    // Forks start beside the running source, as an evaluation starts its tasks; the source
+    // first settles from its last restore (two guests catching up at once share 2 cores).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (fork, fork_call) = forks(client, &saved.names[0], n).await?;
+    client
+        .call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    // Newest first: each is a layer on the one before.
+    for name in saved.names.iter().rev() {
+        client
+            .call_ok("checkpoint_delete", json!({ "name": name }))
+            .await?;
+    }
+    saved.print(n);
+    summary("restore to first screenshot", restore);
+    summary("fork to first screenshot", fork);
+    summary("  of which session_start", fork_call);
+    Ok(())
+}
+
+/// `n` checkpoints of one session, each after a little work: their names and figures.
+#[derive(Default)]
+struct Saved {
+    names: Vec<String>,
+    /// The call's time, the VM's pause (ms), the bytes each takes (MiB).
+    total: Vec<f64>,
+    pause: Vec<f64>,
+    bytes: Vec<f64>,
+    /// The first disk layer (the session so far), then each later one (what changed).
+    first_layer: f64,
+    layers: Vec<f64>,
+}
+
+async fn save(client: &Client, sid: &str, n: usize) -> Result<Saved> {
+    let mut s = Saved::default();
     for i in 0..n {
         if i > 0 {
             // Between checkpoints the agent does a little: each layer holds that much.
@@ -38,43 +72,80 @@ pub async fn measure(client: &Client, n: usize) -> Result<()> {
                     json!({ "session_id": sid, "text": format!("date >> /root/list; sync # {i}\n") }),
                 )
                 .await?;
-            client.screenshot(&sid, json!({})).await?;
+            client.screenshot(sid, json!({})).await?;
         }
         let name = format!("bench-{}-{i}", std::process::id());
         let t = Instant::now();
         let ck = client
             .call_ok("checkpoint", json!({ "session_id": sid, "name": name }))
             .await?;
-        total.push(ms(t.elapsed()));
-        pause.push(ck["pause_ms"].as_f64().unwrap_or(f64::NAN));
-        bytes.push(ck["bytes"].as_f64().unwrap_or(f64::NAN) / 1_048_576.0);
+        s.total.push(ms(t.elapsed()));
+        s.pause.push(ck["pause_ms"].as_f64().unwrap_or(f64::NAN));
+        s.bytes
+            .push(ck["bytes"].as_f64().unwrap_or(f64::NAN) / 1_048_576.0);
         let layer = ck["layer_bytes"].as_f64().unwrap_or(f64::NAN) / 1_048_576.0;
         if i == 0 {
-            first_layer = layer;
+            s.first_layer = layer;
         } else {
-            layers.push(layer);
+            s.layers.push(layer);
         }
-        names.push(name);
+        s.names.push(name);
     }
-    let (mut restore, mut fork, mut fork_call) = (Vec::new(), Vec::new(), Vec::new());
+    Ok(s)
+}
+
+impl Saved {
+    fn print(mut self, n: usize) {
+        summary("checkpoint (call)", self.total);
+        summary("checkpoint: VM paused", self.pause);
+        self.bytes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        self.layers.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (bytes, layers, first_layer) = (&self.bytes, &self.layers, self.first_layer);
+        super::record(
+            "checkpoint bytes",
+            json!({ "unit": "MiB", "median": bytes[bytes.len() / 2], "first_layer": first_layer,
+                    "layer_median": layers.get(layers.len() / 2) }),
+        );
+        println!(
+            "{:<38} {:.1} MiB each (median of {n}; state + own disk layer)",
+            "checkpoint: bytes on disk",
+            bytes[bytes.len() / 2]
+        );
+        println!(
+            "{:<38} first {first_layer:.1} MiB (the session so far), then {} MiB each (median; what changed since the one before)",
+            "checkpoint: disk layer",
+            layers
+                .get(layers.len() / 2)
+                .map_or("-".into(), |m| format!("{m:.2}"))
+        );
+    }
+}
+
+/// `n` restores of `checkpoint` into the session, each to its first screenshot (ms).
+async fn restores(client: &Client, sid: &str, checkpoint: &str, n: usize) -> Result<Vec<f64>> {
+    let mut restore = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
         client
             .call_ok(
                 "restore",
-                json!({ "session_id": sid, "checkpoint": names[0] }),
+                json!({ "session_id": sid, "checkpoint": checkpoint }),
             )
             .await?;
-        client.screenshot(&sid, json!({})).await?;
+        client.screenshot(sid, json!({})).await?;
         restore.push(ms(t.elapsed()));
     }
-    // Forks start beside the running source, as an evaluation starts its tasks; the source
-    // first settles from its last restore (two guests catching up at once share 2 cores).
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    Ok(restore)
+}
+
+/// `n` forks of `checkpoint`, one at a time: to the first screenshot, and the `session_start`
+/// call alone (ms).
+async fn forks(client: &Client, checkpoint: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut fork, mut fork_call) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let t = Instant::now();
         let f = client
-            .call_ok("session_start", json!({ "from_checkpoint": names[0] }))
+            .call_ok("session_start", json!({ "from_checkpoint": checkpoint }))
             .await?;
         let fid = super::session_id(&f)?;
         fork_call.push(ms(t.elapsed()));
@@ -84,38 +155,5 @@ pub async fn measure(client: &Client, n: usize) -> Result<()> {
             .call_ok("session_stop", json!({ "session_id": fid }))
             .await?;
     }
-    client
-        .call_ok("session_stop", json!({ "session_id": sid }))
-        .await?;
-    // Newest first: each is a layer on the one before.
-    for name in names.iter().rev() {
-        client
-            .call_ok("checkpoint_delete", json!({ "name": name }))
-            .await?;
-    }
-    summary("checkpoint (call)", total);
-    summary("checkpoint: VM paused", pause);
-    bytes.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    layers.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    super::record(
-        "checkpoint bytes",
-        json!({ "unit": "MiB", "median": bytes[bytes.len() / 2], "first_layer": first_layer,
-                "layer_median": layers.get(layers.len() / 2) }),
-    );
-    println!(
-        "{:<38} {:.1} MiB each (median of {n}; state + own disk layer)",
-        "checkpoint: bytes on disk",
-        bytes[bytes.len() / 2]
-    );
-    println!(
-        "{:<38} first {first_layer:.1} MiB (the session so far), then {} MiB each (median; what changed since the one before)",
-        "checkpoint: disk layer",
-        layers
-            .get(layers.len() / 2)
-            .map_or("-".into(), |m| format!("{m:.2}"))
-    );
-    summary("restore to first screenshot", restore);
-    summary("fork to first screenshot", fork);
-    summary("  of which session_start", fork_call);
-    Ok(())
+    Ok((fork, fork_call))
 }

@@ -130,7 +130,7 @@ pub async fn reclaim_report_time(client: &Client, runs: usize) -> Result<()> {
         let req = crate::storage::reclaim::Request::default();
         for _ in 0..runs {
             let t = Instant::now();
-            let r = crate::reclaim::run(&layout, &req).await?;
+            let r = crate::session::reclaim::run(&layout, &req).await?;
             inproc.push(ms(t.elapsed()));
             anyhow::ensure!(
                 r.candidates.len() == images,

@@ -22,38 +22,7 @@ pub struct Remote<'a> {
 
 pub async fn compare(exe: &std::path::Path, env: &[(&str, &str)], r: &Remote<'_>) -> Result<()> {
     let spec = crate::backend::docker::EngineSpec::parse(r.engine).map_err(anyhow::Error::msg)?;
-    let mut push = std::process::Command::new(exe);
-    push.args(["image", "push", "--engine", r.engine]);
-    if r.insecure {
-        push.arg("--insecure-engine");
-    }
-    let t = Instant::now();
-    let out = push.envs(env.iter().copied()).output()?;
-    if !out.status.success() {
-        bail!(
-            "image push failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let pushed: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())
-        .context("image push printed no JSON")?;
-    let (bytes, secs) = (
-        pushed["bytes"].as_f64().unwrap_or(0.0),
-        pushed["seconds"].as_f64().unwrap_or(0.0),
-    );
-    record(
-        "image push",
-        json!({ "bytes": bytes, "seconds": secs, "with_build_check_seconds": t.elapsed().as_secs_f64() }),
-    );
-    println!(
-        "{:<38} {:.0} MB in {secs:.1} s ({:.0} MB/s; {:.1} s with the build check)",
-        format!("image push to {}", spec.name),
-        bytes / 1e6,
-        bytes / 1e6 / secs.max(1e-9),
-        t.elapsed().as_secs_f64()
-    );
-
+    push(exe, env, r, &spec.name)?;
     let mut args = vec![
         "--backend",
         "docker",
@@ -80,6 +49,48 @@ pub async fn compare(exe: &std::path::Path, env: &[(&str, &str)], r: &Remote<'_>
     }
     client.close().await?;
     result?;
+    ratios();
+    Ok(())
+}
+
+/// `deskvm image push` to the remote engine: its time and bytes, as it printed them.
+fn push(exe: &std::path::Path, env: &[(&str, &str)], r: &Remote<'_>, name: &str) -> Result<()> {
+    let mut push = std::process::Command::new(exe);
+    push.args(["image", "push", "--engine", r.engine]);
+    if r.insecure {
+        push.arg("--insecure-engine");
+    }
+    let t = Instant::now();
+    let out = push.envs(env.iter().copied()).output()?;
+    if !out.status.success() {
+        bail!(
+            "image push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let pushed: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or_default())
+        .context("image push printed no JSON")?;
+    let (bytes, secs) = (
+        pushed["bytes"].as_f64().unwrap_or(0.0),
+        pushed["seconds"].as_f64().unwrap_or(0.0),
+    );
+    record(
+        "image push",
+        json!({ "bytes": bytes, "seconds": secs, "with_build_check_seconds": t.elapsed().as_secs_f64() }),
+    );
+    println!(
+        "{:<38} {:.0} MB in {secs:.1} s ({:.0} MB/s; {:.1} s with the build check)",
+        format!("image push to {name}"),
+        bytes / 1e6,
+        bytes / 1e6 / secs.max(1e-9),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Remote over local for each figure both engines have (typing: local over remote, a rate).
+fn ratios() {
     for what in ["start", "screenshot", "click", "click after idle", "type"] {
         let (l, m) = (
             format!("{what} on local engine"),
@@ -99,7 +110,6 @@ pub async fn compare(exe: &std::path::Path, env: &[(&str, &str)], r: &Remote<'_>
             );
         }
     }
-    Ok(())
 }
 
 async fn one_engine(client: &Client, engine: &str, label: &str, r: &Remote<'_>) -> Result<()> {

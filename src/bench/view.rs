@@ -2,16 +2,20 @@
 //! latency with no viewer and with N viewers attached (headless Chromium tabs on view links),
 //! and the time from an agent's click to the change on a viewer's canvas (the pointer arriving
 //! where the click went).
+//!
+//! Built only with `--features devtools`: the DevTools client is test code, kept out of the
+//! product binary.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use deskvm_devtools::cdp::{Browser, Page};
+use deskvm_devtools::probe;
+
 use super::{metric, record, session_id, summary};
-use crate::cdp::{Browser, Page};
 use crate::client::Client;
-use crate::view::probe;
 
 pub async fn measure(client: &Client, viewers: usize, shots: usize, clicks: usize) -> Result<()> {
     let info = client.call_ok("session_start", json!({})).await?;

@@ -42,10 +42,10 @@ pub fn entry(exports: &Path, name: &str, file: &str, description: &str) -> Resou
     r
 }
 
-/// Whether `caller` may read the bundle `name` (a bundle of a session another token started
-/// is not there for it).
+/// Whether `caller` may read the bundle `name`: [`Caller::sees_bundle`], kept here for the HTTP
+/// reviews route until it asks the caller itself.
 pub fn visible(exports: &Path, name: &str, caller: &Caller) -> bool {
-    crate::ledger::export::bundle_owner(&exports.join(name)).is_some_and(|o| caller.sees(&o))
+    caller.sees_bundle(exports, name)
 }
 
 /// The main files of every bundle in `exports` this caller may see (frames are reachable by
@@ -55,7 +55,7 @@ pub fn list(exports: &Path, caller: &Caller) -> Vec<Resource> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| visible(exports, &e.file_name().to_string_lossy(), caller))
+        .filter(|e| caller.sees_bundle(exports, &e.file_name().to_string_lossy()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();

@@ -70,4 +70,10 @@ impl Caller {
     pub fn sees(&self, principal: &Option<String>) -> bool {
         self.system || &self.principal == principal
     }
+
+    /// Whether this caller may read the exported review bundle `name` in `exports` (a bundle of
+    /// a session another token started is not there for it).
+    pub fn sees_bundle(&self, exports: &std::path::Path, name: &str) -> bool {
+        crate::ledger::export::bundle_owner(&exports.join(name)).is_some_and(|o| self.sees(&o))
+    }
 }

@@ -13,7 +13,7 @@ mod geometry;
 mod idle;
 mod lane;
 mod ledgers;
-mod reclaim;
+pub mod reclaim;
 mod record;
 mod restore;
 mod run;

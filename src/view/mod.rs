@@ -11,7 +11,6 @@
 pub mod bridge;
 pub mod human;
 pub mod page;
-pub mod probe;
 pub mod rfb;
 
 use std::collections::HashMap;

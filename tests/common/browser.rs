@@ -6,13 +6,13 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 fn chromium() -> Result<PathBuf> {
-    deskvm::cdp::chromium().context("the viewer tests need a real browser")
+    deskvm_devtools::cdp::chromium().context("the viewer tests need a real browser")
 }
 
 fn run(url: &str, extra: &[String]) -> Result<std::process::Output> {
     let profile = std::env::temp_dir().join(format!("dvchrome-{}", rand::random::<u64>()));
     let out = Command::new(chromium()?)
-        .args(deskvm::cdp::HEADLESS)
+        .args(deskvm_devtools::cdp::HEADLESS)
         .arg("--virtual-time-budget=5000")
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)

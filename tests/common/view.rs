@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use deskvm::cdp::Page;
 use deskvm::client::Client;
-use deskvm::view::probe;
+use deskvm_devtools::cdp::Page;
+use deskvm_devtools::probe;
 use serde_json::{json, Value};
 
 /// A `session_view` link.

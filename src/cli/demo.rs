@@ -2,7 +2,7 @@
 //! look, click into the terminal, type a command that visibly changes the desktop, look again,
 //! and export the session's review (a bundle a person opens in a browser).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -34,46 +34,7 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
         info["startup"],
         info["startup_ms"]
     );
-    let result = async {
-        let (png, _) = client.screenshot(&sid, json!({})).await?;
-        let before = out.join("1-before.png");
-        std::fs::write(&before, png)?;
-        println!(
-            "first screenshot {} ms after session_start: {}",
-            t.elapsed().as_millis(),
-            before.display()
-        );
-
-        client
-            .call_ok(
-                "click",
-                json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
-            )
-            .await?;
-        client
-            .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
-            .await?;
-        println!(
-            "clicked into the terminal and typed: {}",
-            DEMO_COMMAND.trim_end()
-        );
-        let waited = client
-            .call_ok(
-                "wait",
-                json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
-            )
-            .await?;
-        let (png, _) = client.screenshot(&sid, json!({})).await?;
-        let after = out.join("2-after.png");
-        std::fs::write(&after, png)?;
-        println!(
-            "screen settled (stable: {}); second screenshot: {}",
-            waited["stable"],
-            after.display()
-        );
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
+    let result = steps(&client, &sid, out, t).await;
     client
         .call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
@@ -97,4 +58,53 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
         review["single_file_html"].as_str().unwrap_or("?")
     );
     Ok(())
+}
+
+/// Look, click into the terminal, type [`DEMO_COMMAND`], wait for the screen to settle, look
+/// again; the screenshots go to `out`. `t` is when `session_start` was called.
+async fn steps(client: &Client, sid: &str, out: &Path, t: Instant) -> Result<()> {
+    let (png, _) = client.screenshot(sid, json!({})).await?;
+    let before = out.join("1-before.png");
+    std::fs::write(&before, png)?;
+    println!(
+        "first screenshot {} ms after session_start: {}",
+        t.elapsed().as_millis(),
+        before.display()
+    );
+
+    client
+        .call_ok(
+            "click",
+            json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
+        )
+        .await?;
+    client
+        .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
+        .await?;
+    println!(
+        "clicked into the terminal and typed: {}",
+        DEMO_COMMAND.trim_end()
+    );
+    let waited = client
+        .call_ok(
+            "wait",
+            json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
+        )
+        .await?;
+    let (png, _) = client.screenshot(sid, json!({})).await?;
+    let after = out.join("2-after.png");
+    std::fs::write(&after, png)?;
+    println!(
+        "screen settled (stable: {}); second screenshot: {}",
+        waited["stable"],
+        after.display()
+    );
+    Ok(())
+}
+
+/// `deskvm demo` without `--out`: `deskvm-demo` in the working directory.
+pub fn default_demo_dir() -> PathBuf {
+    std::env::current_dir()
+        .unwrap_or_else(|_| PathBuf::from("."))
+        .join("deskvm-demo")
 }

@@ -1,4 +1,4 @@
-//! The view page as a program sees it through Chromium (`crate::cdp`): whether it is live, its
+//! The view page as a program sees it through Chromium ([`crate::cdp`]): whether it is live, its
 //! canvas's pixels, where a screen pixel is on the page, when the canvas changed. The bench
 //! and the tests use these.
 

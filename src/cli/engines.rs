@@ -73,7 +73,7 @@ pub async fn push(args: &[String], insecure: bool) -> Result<()> {
             transfer::stall_bound().as_secs_f64()
         ));
         let meter = transfer::Meter::new(None);
-        let shown = crate::progress::show(format!("engine {}", target.name), meter.clone());
+        let shown = super::progress::show(format!("engine {}", target.name), meter.clone());
         let pushed = guest::push(&local, &to, &tag, &target.name, &meter).await;
         shown.finish();
         let pushed = pushed?;
