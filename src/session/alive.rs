@@ -18,7 +18,8 @@ impl Session {
             .is_some_and(|r| r != "stopped")
     }
 
-    pub(super) fn check_alive(&self) -> Result<(), SessionError> {
+    /// `Ok` while its VM runs, else the error that says how it ended.
+    pub fn check_alive(&self) -> Result<(), SessionError> {
         match self.exited().borrow().clone() {
             Some(reason) => Err(self.gone(reason)),
             None => Ok(()),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{check_name, record, Session, SessionError, SessionManager};
 use crate::ledger::export::{self, Exported};
@@ -12,6 +12,56 @@ use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::IoError;
 
 impl SessionManager {
+    /// Records a call on a running session in its ledger. A failed write is logged, not raised:
+    /// the call has run, and failing it now would make an agent repeat it.
+    pub(super) fn record_on(
+        &self,
+        session: &Session,
+        tool: &str,
+        args: Value,
+        r: Result<&Value, &SessionError>,
+        started: Instant,
+    ) {
+        let recorded = record::append_call(
+            &session.ledger,
+            "",
+            tool,
+            args,
+            r,
+            started,
+            &Default::default(),
+        );
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, tool, "could not record a call in the review ledger");
+        }
+    }
+
+    /// Runs `call` on the running session `id` and records it in its ledger as `tool`: for the
+    /// calls whose work a room above the session does (the view's `session_view`), so that room
+    /// needs no way into the ledger. Of a success the ledger keeps what `kept` returns (a view
+    /// link's token must stay out of the review).
+    pub async fn call_recorded(
+        &self,
+        tool: &str,
+        id: &str,
+        args: Value,
+        call: impl FnOnce(&Arc<Session>) -> Result<Value, SessionError>,
+        kept: impl FnOnce(&Value) -> Value,
+    ) -> Result<Value, SessionError> {
+        let started = Instant::now();
+        let session = self.session_for(tool, id, &args, started).await?;
+        let result = call(&session);
+        let outcome = result.as_ref().map(kept);
+        self.record_on(
+            &session,
+            tool,
+            args,
+            outcome.as_ref().map_err(|e| *e),
+            started,
+        );
+        result
+    }
+
     /// Exports the review of a running, stopped or failed session into the exports dir.
     pub async fn export_review(
         &self,

@@ -2,6 +2,11 @@
 //! call becomes an [`Action`] on a session (checked into a [`Plan`] before it queues) and comes
 //! back as an [`Outcome`] or a [`SessionError`]; every one of them, refused or failed included,
 //! is written to a ledger (`record`).
+//!
+//! The session sits below the view, the MCP tools and the HTTP front door, and imports none of
+//! them: it depends on `backend`, `image`, `ledger`, `storage` and `vm` only. What it must know
+//! of its live viewers (how many, a person's input) it owns in [`viewers`] and [`human`]; the
+//! `view` room fills those in.
 
 pub mod action;
 mod alive;
@@ -10,6 +15,7 @@ pub mod caller;
 pub mod checkpoint;
 pub mod error;
 mod geometry;
+pub mod human;
 mod idle;
 mod lane;
 mod ledgers;
@@ -20,7 +26,7 @@ mod run;
 mod save;
 mod start;
 pub mod template;
-mod view;
+pub mod viewers;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -142,8 +148,14 @@ pub struct Session {
     after: std::sync::Mutex<Option<AfterFrame>>,
     /// When the latest tool call on this session began or ended (the idle timeout's clock).
     last_call: std::sync::Mutex<Instant>,
-    /// Its live view: the link to its VNC socket, its viewers, a person's input.
-    view: Arc<crate::view::SessionView>,
+    /// Its live viewers: the link to its VNC socket, how many, a person's input.
+    viewers: Arc<viewers::Viewers>,
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.info.session_id
+    }
 }
 
 pub struct ManagerConfig {
@@ -171,8 +183,6 @@ pub struct SessionManager {
     stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
     /// Keep a VM prepared for the next session where the backend gains from it ([`SessionManager::keep_warm`]).
     warm: std::sync::atomic::AtomicBool,
-    /// Every live view link, and where views are served.
-    views: Arc<crate::view::Views>,
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
@@ -239,7 +249,6 @@ impl SessionManager {
             server_ledger: std::sync::OnceLock::new(),
             stopped_idle: std::sync::Mutex::new(HashMap::new()),
             warm: std::sync::atomic::AtomicBool::new(false),
-            views: Arc::default(),
         }
     }
 
@@ -369,7 +378,7 @@ impl SessionManager {
                 if s.exited().borrow().is_some() {
                     info.state = "failed".into();
                 }
-                info.viewers = Some(s.view.viewers());
+                info.viewers = Some(s.viewers.count());
                 info.disk = Some(storage::usage::SessionDisk {
                     runtime_bytes: storage::usage::disk_bytes(&s.files.dir),
                     ledger_bytes: storage::usage::disk_bytes(&s.ledger.dir),

@@ -148,10 +148,8 @@ impl Session {
     pub(super) async fn end(&self) -> Result<(), crate::storage::IoError> {
         // Viewers go first: no person's input reaches a VM being stopped, and what they did
         // is on record before the stop is.
-        self.view.close();
-        if let Some(b) = self.view.human.take() {
-            self.append_human(&b);
-        }
+        self.viewers.close();
+        self.record_pending_human();
         self.finish_capture().await;
         let mut lane = self.lane.lock().await;
         if self.check_alive().is_ok() {
@@ -171,7 +169,8 @@ impl Session {
         });
     }
 
-    pub(crate) fn touch(&self) {
+    /// Restarts the idle timeout's clock: a tool call, or a person using the desktop.
+    pub fn touch(&self) {
         *self.last_call.lock().expect("clock poisoned") = Instant::now();
     }
 
@@ -238,15 +237,13 @@ impl Session {
             }
         };
         // A person's input through a control view goes on record ahead of this call.
-        if let Some(b) = self.view.human.take() {
-            self.append_human(&b);
-        }
+        self.record_pending_human();
         // The previous action's after-frame capture yields to this call: it stops looking and
         // records the last frame it took.
         let waited_for_capture = Instant::now();
         let had_capture = self.finish_capture().await;
         let mut lane = self.lane.lock().await;
-        if let Some(pointer) = self.view.human.take_touched() {
+        if let Some(pointer) = self.viewers.human.take_touched() {
             // The screen may have changed, and the pointer moved, without the lane knowing.
             lane.changed_since_frame = true;
             if let Some((x, y)) = pointer {

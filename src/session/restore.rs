@@ -6,9 +6,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::checkpoint::{self, CheckpointInfo};
-use super::{
-    boot, record, watch_exit, MemoryMode, Session, SessionError, SessionManager, StartRequest,
-};
+use super::{boot, watch_exit, MemoryMode, Session, SessionError, SessionManager, StartRequest};
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
@@ -20,28 +18,6 @@ fn default_name(session: &str) -> String {
 }
 
 impl SessionManager {
-    fn record_on(
-        &self,
-        session: &Session,
-        tool: &str,
-        args: Value,
-        r: Result<&Value, &SessionError>,
-        started: Instant,
-    ) {
-        let recorded = record::append_call(
-            &session.ledger,
-            "",
-            tool,
-            args,
-            r,
-            started,
-            &Default::default(),
-        );
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, tool, "could not record a call in the review ledger");
-        }
-    }
-
     /// The checkpoint a checkpoint-bound call names, checked against this server's QEMU build.
     fn usable(
         &self,
@@ -195,7 +171,7 @@ impl SessionManager {
         *session.exited.lock().expect("exit watch poisoned") = exited;
         lane.disk = session.files.disk();
         lane.vm = booted.vm;
-        session.view.set_link(lane.vm.link());
+        session.viewers.set_link(lane.vm.link());
         lane.instance = booted.instance;
         lane.latest = None;
         lane.changed_since_frame = true;

@@ -189,9 +189,9 @@ impl SessionManager {
             height,
             scale: 1.0,
         }));
-        let view = Arc::new(crate::view::SessionView::new(booted.vm.link()));
+        let viewers = Arc::new(viewers::Viewers::new(booted.vm.link()));
         let session = Arc::new(Session {
-            view,
+            viewers,
             info: info.clone(),
             lane: Mutex::new(Lane {
                 memory,

@@ -96,7 +96,7 @@ pub async fn run(ws: WebSocket, session: Arc<Session>, grant: Grant, viewer: Vie
                             continue;
                         }
                         if !inputs.is_empty() {
-                            view.human.add(viewer.id, &mut tracker, &inputs);
+                            tracker.feed(&view.human, viewer.id, &inputs);
                             // A person using the desktop keeps it from the idle timeout.
                             session.touch();
                         }
