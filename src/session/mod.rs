@@ -8,7 +8,9 @@
 //! of its live viewers (how many, a person's input) it owns in [`viewers`] and [`human`]; the
 //! `view` room fills those in.
 
+mod act;
 pub mod action;
+mod after;
 mod alive;
 pub mod boot;
 pub mod caller;
@@ -20,11 +22,10 @@ mod idle;
 mod lane;
 mod ledgers;
 mod reclaim;
-mod record;
 mod restore;
-mod run;
 mod save;
 mod start;
+mod stop;
 pub mod template;
 pub mod viewers;
 
@@ -43,11 +44,12 @@ use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
 pub use action::{Action, Outcome, Plan, Point};
+use after::AfterFrame;
 pub use boot::Startup;
 pub use caller::Caller;
 pub use error::{chain, check_range, SessionError};
 use lane::Lane;
-use record::AfterFrame;
+pub use start::StartRequest;
 
 /// The machine every ready state is saved with; a session's own size is set with xrandr after
 /// resume, so one ready state serves every screen size.
@@ -57,25 +59,6 @@ pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
 pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
 pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
 pub const DEFAULT_MEMORY_MB: u32 = 1024;
-
-#[derive(Debug, Clone, Default)]
-pub struct StartRequest {
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub image: Option<String>,
-    pub memory_mb: Option<u32>,
-    pub network: bool,
-    /// Start as a fork of this checkpoint (its size, memory, image and network).
-    pub from_checkpoint: Option<String>,
-    /// Run on this engine of the server's pool (`--engine`).
-    pub engine: Option<String>,
-}
-
-impl StartRequest {
-    fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
-    }
-}
 
 /// How a session's guest RAM is held.
 #[derive(
@@ -282,38 +265,6 @@ impl SessionManager {
         ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec).is_none()
     }
 
-    pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
-        let started = Instant::now();
-        let args = req.record();
-        let result = self.start_inner(req, started).await;
-        match &result {
-            Ok(info) => {
-                let session = self.get(&info.session_id).await?;
-                let recorded = session.record_ok(
-                    "session_started",
-                    "session_start",
-                    args,
-                    serde_json::to_value(info).unwrap_or_default(),
-                    started,
-                );
-                match recorded {
-                    Ok(seq) => {
-                        // The desktop as the session starts, once it is still.
-                        let mut lane = session.lane.lock().await;
-                        lane.awaiting_after = Some((seq, Instant::now()));
-                        record::spawn_after_frame(&session, seq);
-                    }
-                    // The desktop runs: failing the call now would leave it with nobody's id.
-                    Err(e) => {
-                        tracing::error!(error = %chain(&e), "could not record the session start")
-                    }
-                }
-            }
-            Err(e) => self.record_server("session_start", args, Err(e), started),
-        }
-        result
-    }
-
     async fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {
         let caller = Caller::current();
         let sessions = self.sessions.read().await;
@@ -395,35 +346,5 @@ impl SessionManager {
             started,
         );
         list
-    }
-
-    pub async fn stop(&self, id: &str) -> Result<(), SessionError> {
-        let started = Instant::now();
-        let session = self
-            .session_for("session_stop", id, &json!({}), started)
-            .await?;
-        self.sessions.write().await.remove(id);
-        let removed = session.end().await.map_err(SessionError::Io);
-        let ok = json!({ "ok": true });
-        let _ = record::append_call(
-            &session.ledger,
-            "session_stopped",
-            "session_stop",
-            json!({}),
-            removed.as_ref().map(|()| &ok),
-            started,
-            &Default::default(),
-        );
-        session.close_ledger().await;
-        tracing::info!(session = %id, "session stopped");
-        removed
-    }
-
-    pub async fn act(&self, id: &str, action: Action) -> Result<Outcome, SessionError> {
-        let started = Instant::now();
-        let session = self
-            .session_for(action.name(), id, &action.record(), started)
-            .await?;
-        session.act(action, started).await
     }
 }

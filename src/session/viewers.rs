@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::after::{spawn_after_frame, AfterFrame};
 use super::human::{Burst, HumanLog};
-use super::record::{spawn_after_frame, AfterFrame};
 use super::Session;
 use crate::vm::link::Link;
 
