@@ -21,6 +21,7 @@ pub mod human;
 mod idle;
 mod lane;
 mod ledgers;
+mod placement;
 mod reclaim;
 mod restore;
 mod save;
@@ -45,6 +46,7 @@ use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
 pub use action::{Action, Outcome, Plan, Point};
 use after::AfterFrame;
+use alive::watch_exit;
 pub use boot::Startup;
 pub use caller::Caller;
 pub use error::{chain, check_range, SessionError};
@@ -184,19 +186,6 @@ pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: b
         paused: false,
         backing: None,
     }
-}
-
-/// Records a VM's exit when it happens, not only when the next call trips over it (a VM
-/// stopped on purpose, by session_stop or a restore, is not a failure).
-fn watch_exit(id: &str, exited: watch::Receiver<Option<String>>, ledger: Arc<Ledger>) {
-    let id = id.to_string();
-    tokio::spawn(async move {
-        if let Some(reason) = boot::exit_reason(exited).await.filter(|r| r != "stopped") {
-            tracing::warn!(session = %id, %reason, "session failed: its VM exited");
-            let _ = ledger.append("session_failed", json!({ "reason": reason }));
-            let _ = ledger.update_meta(|m| m.state = "failed".into());
-        }
-    });
 }
 
 /// 64 random bits: session ids name ledgers and are the only key to a desktop.
