@@ -1,7 +1,7 @@
 //! Sessions: one VM each, one serialized command lane each, one review ledger each. Every tool
 //! call becomes an [`Action`] on a session (checked into a [`Plan`] before it queues) and comes
 //! back as an [`Outcome`] or a [`SessionError`]; every one of them, refused or failed included,
-//! is written to a ledger (`record`).
+//! is written to a ledger (`ledgers`, `act`).
 //!
 //! The session sits below the view, the MCP tools and the HTTP front door, and imports none of
 //! them: it depends on `backend`, `image`, `ledger`, `storage` and `vm` only. What it must know
