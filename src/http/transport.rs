@@ -28,7 +28,7 @@ pub async fn serve(manager: Arc<SessionManager>, transport: Transport) -> Result
         Transport::Stdio { view_addr } => {
             let views_done = CancellationToken::new();
             let _stop_views = views_done.clone().drop_guard();
-            match super::view::listen(view_addr, manager.views().clone(), views_done).await {
+            match super::view::listen(view_addr, server.views(), views_done).await {
                 Ok(addr) => {
                     tracing::info!(%addr, "live view listener");
                     crate::storage::describe_instance(

@@ -27,6 +27,8 @@ use crate::session::{Action, SessionError, SessionManager, StartRequest};
 #[derive(Clone)]
 pub struct DeskvmServer {
     pub(super) manager: Arc<SessionManager>,
+    /// Every live view link, and where views are served.
+    pub(super) views: Arc<crate::view::Views>,
     /// `http://host:port/reviews` when serving HTTP: export_review then returns a URL.
     review_base: Option<Arc<str>>,
     /// Long calls of clients that speak the tasks extension (`tasks.rs`).
@@ -55,6 +57,7 @@ impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
         DeskvmServer {
             manager,
+            views: Arc::default(),
             review_base: None,
             tasks: rmcp::task_manager::TaskManager::new(),
             tool_router: Self::tool_router()
@@ -73,7 +76,7 @@ impl DeskvmServer {
     }
 
     pub fn views(&self) -> std::sync::Arc<crate::view::Views> {
-        self.manager.views().clone()
+        self.views.clone()
     }
 
     pub fn exports_dir(&self) -> std::path::PathBuf {
@@ -344,7 +347,7 @@ impl ServerHandler for DeskvmServer {
     ) -> Result<ReadResourceResponse, McpError> {
         let caller = super::calls::caller(&context);
         if request.uri == super::view::APP_URI {
-            let base = self.manager.views().base_for(caller.host.as_deref());
+            let base = self.views.base_for(caller.host.as_deref());
             let contents = super::view::app_contents(base.as_deref());
             return Ok(ReadResourceResult::new(vec![contents]).into());
         }

@@ -34,8 +34,8 @@ impl DeskvmServer {
     ) -> Result<CallToolResult, McpError> {
         Ok(
             match self
-                .manager
-                .view(&a.session_id, a.control, a.expires_in_s)
+                .views
+                .offer(&self.manager, &a.session_id, a.control, a.expires_in_s)
                 .await
             {
                 Ok(v) => structured(v),

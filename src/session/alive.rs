@@ -1,9 +1,32 @@
 //! Whether a session's VM is still there: the exit watch its backend fills in (QEMU exited,
 //! its container did, its engine went away) and what calls do with it.
 
+use std::sync::Arc;
+
+use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Session, SessionError};
+use super::{boot, Session, SessionError};
+use crate::ledger::Ledger;
+
+/// Records a VM's exit when it happens, not only when the next call trips over it (a VM
+/// stopped on purpose, by session_stop or a restore, is not a failure).
+pub(super) fn watch_exit(id: &str, exited: watch::Receiver<Option<String>>, ledger: Arc<Ledger>) {
+    let id = id.to_string();
+    tokio::spawn(async move {
+        if let Some(reason) = boot::exit_reason(exited).await.filter(|r| r != "stopped") {
+            tracing::warn!(session = %id, %reason, "session failed: its VM exited");
+            // Logged, not raised: nobody waits on this task, and the VM is gone either way
+            // (the next call says so).
+            if let Err(e) = ledger.append("session_failed", json!({ "reason": reason })) {
+                tracing::error!(error = %e, session = %id, "could not record a session failure in the review ledger");
+            }
+            if let Err(e) = ledger.update_meta(|m| m.state = "failed".into()) {
+                tracing::error!(error = %e, session = %id, "could not mark the review as failed");
+            }
+        }
+    });
+}
 
 impl Session {
     pub(super) fn exited(&self) -> watch::Receiver<Option<String>> {
@@ -18,7 +41,8 @@ impl Session {
             .is_some_and(|r| r != "stopped")
     }
 
-    pub(super) fn check_alive(&self) -> Result<(), SessionError> {
+    /// `Ok` while its VM runs, else the error that says how it ended.
+    pub fn check_alive(&self) -> Result<(), SessionError> {
         match self.exited().borrow().clone() {
             Some(reason) => Err(self.gone(reason)),
             None => Ok(()),

@@ -1,17 +1,166 @@
-//! The manager's side of the review ledgers: exports, and the server's own ledger for calls
-//! that name no running session.
+//! Calls on record: the event each call writes to a review ledger, the server's own ledger for
+//! calls that name no running session, and exports.
+//!
+//! A failed ledger write never fails a call that has run (an agent would repeat it): it is
+//! logged with tracing. Only a call whose record is its purpose (`session_start`, whose id
+//! the ledger names) raises [`SessionError::Ledger`].
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::{check_name, record, Session, SessionError, SessionManager};
+use super::geometry::Trace;
+use super::{check_name, Session, SessionError, SessionManager};
 use crate::ledger::export::{self, Exported};
-use crate::ledger::{Ledger, ReviewMeta};
+use crate::ledger::{redact, Ledger, ReviewMeta};
 use crate::storage::IoError;
 
+/// What the ledger keeps of a call besides tool, arguments and outcome.
+#[derive(Default)]
+pub struct Extra {
+    pub trace: Trace,
+    pub before: Option<String>,
+    pub shot: Option<String>,
+    /// The call carried a secret: an error message, which may quote the input, is withheld.
+    pub secret: bool,
+}
+
+/// Appends a call's event: `kind` (or `action`/`action_failed` when empty), tool, arguments,
+/// outcome or error, duration, pointer and frames.
+pub fn append_call(
+    ledger: &Ledger,
+    kind: &str,
+    tool: &str,
+    args: Value,
+    outcome: Result<&Value, &SessionError>,
+    started: Instant,
+    extra: &Extra,
+) -> std::io::Result<u64> {
+    let kind = match (kind, &outcome) {
+        ("", Ok(_)) => "action",
+        ("", Err(_)) => "action_failed",
+        (k, _) => k,
+    };
+    let (outcome, error) = match outcome {
+        Ok(v) => (Some(redact::outcome(v)), None),
+        Err(e) if extra.secret => (
+            None,
+            Some(
+                json!({ "error": e.kind(), "message": "withheld from the review: it could quote the secret text" }),
+            ),
+        ),
+        Err(e) => (None, Some(e.to_json())),
+    };
+    let xy = |(x, y): (u32, u32)| json!({ "x": x, "y": y });
+    // Arguments left out are left out of the record too.
+    let args = match args {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    };
+    ledger.append(
+        kind,
+        json!({
+            "tool": tool,
+            "args": args,
+            "outcome": outcome,
+            "error": error,
+            "duration_ms": started.elapsed().as_millis() as u64,
+            "pointer": extra.trace.pointer.map(xy),
+            "path": extra.trace.path.as_ref().map(|p| p.iter().copied().map(xy).collect::<Vec<_>>()),
+            "region": extra.trace.region.map(|(x, y, w, h)| json!({ "x": x, "y": y, "width": w, "height": h })),
+            "before": extra.before,
+            "shot": extra.shot,
+        }),
+    )
+}
+
+/// Records a call refused before any handler ran: `args` as the client sent them (redacted).
+pub fn append_refused(ledger: &Ledger, tool: &str, raw_args: &Value, message: &str) {
+    let args = redact::raw_args(raw_args);
+    let extra = Extra {
+        secret: redact::has_secret(raw_args),
+        ..Extra::default()
+    };
+    let e = SessionError::InvalidParams(message.to_string());
+    if let Err(e) = append_call(ledger, "", tool, args, Err(&e), Instant::now(), &extra) {
+        tracing::error!(error = %e, tool, "could not record a refused call in the review ledger");
+    }
+}
+
+impl Session {
+    pub(super) fn record_ok(
+        &self,
+        kind: &str,
+        tool: &str,
+        args: Value,
+        outcome: Value,
+        started: Instant,
+    ) -> Result<u64, SessionError> {
+        append_call(
+            &self.ledger,
+            kind,
+            tool,
+            args,
+            Ok(&outcome),
+            started,
+            &Extra::default(),
+        )
+        .map_err(SessionError::Ledger)
+    }
+}
+
 impl SessionManager {
+    /// Records a call on a running session in its ledger. A failed write is logged, not raised:
+    /// the call has run, and failing it now would make an agent repeat it.
+    pub(super) fn record_on(
+        &self,
+        session: &Session,
+        tool: &str,
+        args: Value,
+        r: Result<&Value, &SessionError>,
+        started: Instant,
+    ) {
+        let recorded = append_call(
+            &session.ledger,
+            "",
+            tool,
+            args,
+            r,
+            started,
+            &Default::default(),
+        );
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, tool, "could not record a call in the review ledger");
+        }
+    }
+
+    /// Runs `call` on the running session `id` and records it in its ledger as `tool`: for the
+    /// calls whose work a room above the session does (the view's `session_view`), so that room
+    /// needs no way into the ledger. Of a success the ledger keeps what `kept` returns (a view
+    /// link's token must stay out of the review).
+    pub async fn call_recorded(
+        &self,
+        tool: &str,
+        id: &str,
+        args: Value,
+        call: impl FnOnce(&Arc<Session>) -> Result<Value, SessionError>,
+        kept: impl FnOnce(&Value) -> Value,
+    ) -> Result<Value, SessionError> {
+        let started = Instant::now();
+        let session = self.session_for(tool, id, &args, started).await?;
+        let result = call(&session);
+        let outcome = result.as_ref().map(kept);
+        self.record_on(
+            &session,
+            tool,
+            args,
+            outcome.as_ref().map_err(|e| *e),
+            started,
+        );
+        result
+    }
+
     /// Exports the review of a running, stopped or failed session into the exports dir.
     pub async fn export_review(
         &self,
@@ -29,17 +178,7 @@ impl SessionManager {
         let summary = result.as_ref().map(Exported::summary);
         let outcome = summary.as_ref().map_err(|e| *e);
         match &running {
-            Ok(s) => {
-                let _ = record::append_call(
-                    &s.ledger,
-                    "",
-                    "export_review",
-                    args,
-                    outcome,
-                    started,
-                    &Default::default(),
-                );
-            }
+            Ok(s) => self.record_on(s, "export_review", args, outcome, started),
             // A session not running here has no writer of its ledger in this process; its
             // export is recorded with the server's calls.
             Err(_) => {
@@ -65,7 +204,11 @@ impl SessionManager {
                 // every frame those events refer to on disk before it is copied.
                 let upto = s.ledger.timeline_len();
                 s.ledger.shots.flush().await;
-                let _ = s.ledger.save_meta();
+                // Logged, not raised: the export still holds every event and frame; only its
+                // summary (session.json) may lag behind them.
+                if let Err(e) = s.ledger.save_meta() {
+                    tracing::error!(error = %e, session = %id, "could not save the review's summary before exporting it");
+                }
                 Some(upto)
             }
             // Not running here: its ledger on disk, if this caller may see it (a session
@@ -135,8 +278,12 @@ impl SessionManager {
         outcome: Result<&serde_json::Value, &SessionError>,
         started: Instant,
     ) {
-        if let Some(l) = self.server_ledger() {
-            let _ = record::append_call(l, "", tool, args, outcome, started, &Default::default());
+        let Some(l) = self.server_ledger() else {
+            return;
+        };
+        // Logged, not raised: these calls have run (or been refused) whatever the record says.
+        if let Err(e) = append_call(l, "", tool, args, outcome, started, &Default::default()) {
+            tracing::error!(error = %e, tool, "could not record a call in the server's review ledger");
         }
     }
 
@@ -157,7 +304,7 @@ impl SessionManager {
             .map(|s| s.ledger.clone())
             .or_else(|| self.server_ledger().cloned());
         if let Some(l) = ledger {
-            record::append_refused(&l, tool, raw_args, message);
+            append_refused(&l, tool, raw_args, message);
         }
     }
 }

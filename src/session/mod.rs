@@ -1,26 +1,34 @@
 //! Sessions: one VM each, one serialized command lane each, one review ledger each. Every tool
 //! call becomes an [`Action`] on a session (checked into a [`Plan`] before it queues) and comes
 //! back as an [`Outcome`] or a [`SessionError`]; every one of them, refused or failed included,
-//! is written to a ledger (`record`).
+//! is written to a ledger (`ledgers`, `act`).
+//!
+//! The session sits below the view, the MCP tools and the HTTP front door, and imports none of
+//! them: it depends on `backend`, `image`, `ledger`, `storage` and `vm` only. What it must know
+//! of its live viewers (how many, a person's input) it owns in [`viewers`] and [`human`]; the
+//! `view` room fills those in.
 
+mod act;
 pub mod action;
+mod after;
 mod alive;
 pub mod boot;
 pub mod caller;
 pub mod checkpoint;
 pub mod error;
 mod geometry;
+pub mod human;
 mod idle;
 mod lane;
 mod ledgers;
+mod placement;
 pub mod reclaim;
-mod record;
 mod restore;
-mod run;
 mod save;
 mod start;
+mod stop;
 pub mod template;
-mod view;
+pub mod viewers;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -37,11 +45,13 @@ use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
 pub use action::{Action, Outcome, Plan, Point};
+use after::AfterFrame;
+use alive::watch_exit;
 pub use boot::Startup;
 pub use caller::Caller;
 pub use error::{chain, check_range, SessionError};
 use lane::Lane;
-use record::AfterFrame;
+pub use start::StartRequest;
 
 /// The machine every ready state is saved with; a session's own size is set with xrandr after
 /// resume, so one ready state serves every screen size.
@@ -51,25 +61,6 @@ pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
 pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
 pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
 pub const DEFAULT_MEMORY_MB: u32 = 1024;
-
-#[derive(Debug, Clone, Default)]
-pub struct StartRequest {
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub image: Option<String>,
-    pub memory_mb: Option<u32>,
-    pub network: bool,
-    /// Start as a fork of this checkpoint (its size, memory, image and network).
-    pub from_checkpoint: Option<String>,
-    /// Run on this engine of the server's pool (`--engine`).
-    pub engine: Option<String>,
-}
-
-impl StartRequest {
-    fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
-    }
-}
 
 /// How a session's guest RAM is held.
 #[derive(
@@ -142,8 +133,14 @@ pub struct Session {
     after: std::sync::Mutex<Option<AfterFrame>>,
     /// When the latest tool call on this session began or ended (the idle timeout's clock).
     last_call: std::sync::Mutex<Instant>,
-    /// Its live view: the link to its VNC socket, its viewers, a person's input.
-    view: Arc<crate::view::SessionView>,
+    /// Its live viewers: the link to its VNC socket, how many, a person's input.
+    viewers: Arc<viewers::Viewers>,
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.info.session_id
+    }
 }
 
 pub struct ManagerConfig {
@@ -171,8 +168,6 @@ pub struct SessionManager {
     stopped_idle: std::sync::Mutex<HashMap<String, (u64, Option<String>)>>,
     /// Keep a VM prepared for the next session where the backend gains from it ([`SessionManager::keep_warm`]).
     warm: std::sync::atomic::AtomicBool,
-    /// Every live view link, and where views are served.
-    views: Arc<crate::view::Views>,
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
@@ -191,19 +186,6 @@ pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: b
         paused: false,
         backing: None,
     }
-}
-
-/// Records a VM's exit when it happens, not only when the next call trips over it (a VM
-/// stopped on purpose, by session_stop or a restore, is not a failure).
-fn watch_exit(id: &str, exited: watch::Receiver<Option<String>>, ledger: Arc<Ledger>) {
-    let id = id.to_string();
-    tokio::spawn(async move {
-        if let Some(reason) = boot::exit_reason(exited).await.filter(|r| r != "stopped") {
-            tracing::warn!(session = %id, %reason, "session failed: its VM exited");
-            let _ = ledger.append("session_failed", json!({ "reason": reason }));
-            let _ = ledger.update_meta(|m| m.state = "failed".into());
-        }
-    });
 }
 
 /// 64 random bits: session ids name ledgers and are the only key to a desktop.
@@ -239,7 +221,6 @@ impl SessionManager {
             server_ledger: std::sync::OnceLock::new(),
             stopped_idle: std::sync::Mutex::new(HashMap::new()),
             warm: std::sync::atomic::AtomicBool::new(false),
-            views: Arc::default(),
         }
     }
 
@@ -271,38 +252,6 @@ impl SessionManager {
         };
         let spec = self.machine_spec(&image, memory_mb.unwrap_or(DEFAULT_MEMORY_MB), network);
         ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec).is_none()
-    }
-
-    pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
-        let started = Instant::now();
-        let args = req.record();
-        let result = self.start_inner(req, started).await;
-        match &result {
-            Ok(info) => {
-                let session = self.get(&info.session_id).await?;
-                let recorded = session.record_ok(
-                    "session_started",
-                    "session_start",
-                    args,
-                    serde_json::to_value(info).unwrap_or_default(),
-                    started,
-                );
-                match recorded {
-                    Ok(seq) => {
-                        // The desktop as the session starts, once it is still.
-                        let mut lane = session.lane.lock().await;
-                        lane.awaiting_after = Some((seq, Instant::now()));
-                        record::spawn_after_frame(&session, seq);
-                    }
-                    // The desktop runs: failing the call now would leave it with nobody's id.
-                    Err(e) => {
-                        tracing::error!(error = %chain(&e), "could not record the session start")
-                    }
-                }
-            }
-            Err(e) => self.record_server("session_start", args, Err(e), started),
-        }
-        result
     }
 
     async fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {
@@ -369,7 +318,7 @@ impl SessionManager {
                 if s.exited().borrow().is_some() {
                     info.state = "failed".into();
                 }
-                info.viewers = Some(s.view.viewers());
+                info.viewers = Some(s.viewers.count());
                 info.disk = Some(storage::usage::SessionDisk {
                     runtime_bytes: storage::usage::disk_bytes(&s.files.dir),
                     ledger_bytes: storage::usage::disk_bytes(&s.ledger.dir),
@@ -386,35 +335,5 @@ impl SessionManager {
             started,
         );
         list
-    }
-
-    pub async fn stop(&self, id: &str) -> Result<(), SessionError> {
-        let started = Instant::now();
-        let session = self
-            .session_for("session_stop", id, &json!({}), started)
-            .await?;
-        self.sessions.write().await.remove(id);
-        let removed = session.end().await.map_err(SessionError::Io);
-        let ok = json!({ "ok": true });
-        let _ = record::append_call(
-            &session.ledger,
-            "session_stopped",
-            "session_stop",
-            json!({}),
-            removed.as_ref().map(|()| &ok),
-            started,
-            &Default::default(),
-        );
-        session.close_ledger().await;
-        tracing::info!(session = %id, "session stopped");
-        removed
-    }
-
-    pub async fn act(&self, id: &str, action: Action) -> Result<Outcome, SessionError> {
-        let started = Instant::now();
-        let session = self
-            .session_for(action.name(), id, &action.record(), started)
-            .await?;
-        session.act(action, started).await
     }
 }

@@ -6,13 +6,24 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::checkpoint::{self, CheckpointInfo};
-use super::{
-    boot, record, watch_exit, MemoryMode, Session, SessionError, SessionManager, StartRequest,
-};
+use super::{boot, watch_exit, Session, SessionError, SessionManager, StartRequest};
 use crate::backend::Backend;
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
+use crate::storage::{IoError, Owner};
 use crate::vm::spec::VmSpec;
+
+/// The session's disk layers go before a restore (a checkpoint keeps its own link to the ones
+/// it froze). A layer left behind only takes space until the session's runtime dir goes.
+fn remove_layers(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("disk") && n.ends_with(".qcow2") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
 
 /// Checkpoint names: `<session>-<n>` when none is given.
 fn default_name(session: &str) -> String {
@@ -20,28 +31,6 @@ fn default_name(session: &str) -> String {
 }
 
 impl SessionManager {
-    fn record_on(
-        &self,
-        session: &Session,
-        tool: &str,
-        args: Value,
-        r: Result<&Value, &SessionError>,
-        started: Instant,
-    ) {
-        let recorded = record::append_call(
-            &session.ledger,
-            "",
-            tool,
-            args,
-            r,
-            started,
-            &Default::default(),
-        );
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, tool, "could not record a call in the review ledger");
-        }
-    }
-
     /// The checkpoint a checkpoint-bound call names, checked against this server's QEMU build.
     fn usable(
         &self,
@@ -127,14 +116,54 @@ impl SessionManager {
     ) -> Result<Value, SessionError> {
         session.on_this_host("restore")?;
         // Held until the session's marker names the checkpoint, as a fork's start does.
-        let layout = self.cfg.layout.clone();
-        let cache_lock =
-            tokio::task::spawn_blocking(move || crate::storage::CacheLock::shared(&layout))
-                .await
-                .map_err(|source| SessionError::Task {
-                    what: "locking the image store",
-                    source,
-                })??;
+        let cache_lock = self.lock_cache_shared().await?;
+        let (info, ready) = self.restorable(session, name)?;
+        let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
+        let spec = self.machine_spec(&image, info.memory_mb, info.network);
+        session.finish_capture().await;
+        let mut lane = session.lane.lock().await;
+        lane.stop_vm(true).await;
+        remove_layers(&session.files.dir);
+        let mut booted = boot::start_vm(
+            session.backend.as_ref(),
+            &session.info.session_id,
+            &image,
+            spec,
+            Some(&ready),
+            &session.files,
+        )
+        .await?;
+        booted.vm.sync_clock_in_background();
+        // Fails the restore, as a failed boot would: without the marker naming the checkpoint,
+        // a reclaim could delete the disk the new VM runs on.
+        if let Err(e) = self.mark_runs_on(session, &ready) {
+            booted.instance.stop().await;
+            return Err(e.into());
+        }
+        drop(cache_lock);
+        let exited = booted.instance.exited();
+        watch_exit(
+            &session.info.session_id,
+            exited.clone(),
+            session.ledger.clone(),
+        );
+        *session.exited.lock().expect("exit watch poisoned") = exited;
+        lane.replace_vm(booted.vm, booted.instance, info.pointer);
+        session.viewers.set_link(lane.link());
+        let first = lane.look().await?;
+        drop(lane);
+        let shot = session.ledger.shots.put(&first.frame, &first.hash);
+        let ms = started.elapsed().as_millis() as u64;
+        Ok(json!({ "ok": true, "checkpoint": name, "restore_ms": ms, "shot": shot }))
+    }
+
+    /// Checkpoint `name`, if it can replace the session's machine: this QEMU build's, and of the
+    /// session's image, size, memory and network.
+    fn restorable(
+        &self,
+        session: &Session,
+        name: &str,
+    ) -> Result<(CheckpointInfo, ReadyState), SessionError> {
         let (info, ready) = self.usable(name, session.backend.as_ref())?;
         let s = &session.info;
         if (
@@ -153,62 +182,21 @@ impl SessionManager {
                 ),
             });
         }
-        let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
-        let spec = self.machine_spec(&image, info.memory_mb, info.network);
-        session.finish_capture().await;
-        let mut lane = session.lane.lock().await;
-        lane.vm.qmp().quit().await;
-        lane.instance.stop().await;
-        // The session's layers go (a checkpoint keeps its own link to the ones it froze).
-        for e in std::fs::read_dir(&session.files.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with("disk") && n.ends_with(".qcow2") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let booted = boot::start_vm(
-            session.backend.as_ref(),
-            &s.session_id,
-            &image,
-            spec,
-            Some(&ready),
-            &session.files,
-        )
-        .await?;
-        booted.vm.sync_clock_in_background();
-        // The session now runs on this checkpoint's disk alone (the layers it had are gone):
-        // its marker says so, so this checkpoint is not deleted under it and others may be.
-        if let Some(mut owner) = crate::storage::Owner::read(&session.files.dir) {
-            let checkpoints = self.cfg.layout.checkpoints();
-            owner.uses.retain(|u| !u.starts_with(&checkpoints));
-            owner.uses.push(ready.dir.clone());
-            let _ = owner.write(&session.files.dir);
-        }
-        drop(cache_lock);
-        let exited = booted.instance.exited();
-        watch_exit(&s.session_id, exited.clone(), session.ledger.clone());
-        *session.exited.lock().expect("exit watch poisoned") = exited;
-        lane.disk = session.files.disk();
-        lane.vm = booted.vm;
-        session.view.set_link(lane.vm.link());
-        lane.instance = booted.instance;
-        lane.latest = None;
-        lane.changed_since_frame = true;
-        lane.awaiting_after = None;
-        lane.pointer = info.pointer;
-        // Checkpoints hold every page and load into private memory.
-        lane.memory = MemoryMode::Private;
-        lane.held.clear();
-        let first = lane.look().await?;
-        drop(lane);
-        let shot = session.ledger.shots.put(&first.frame, &first.hash);
-        let ms = started.elapsed().as_millis() as u64;
-        Ok(json!({ "ok": true, "checkpoint": name, "restore_ms": ms, "shot": shot }))
+        Ok((info, ready))
+    }
+
+    /// The session now runs on this checkpoint's disk alone (the layers it had are gone): its
+    /// marker says so, so this checkpoint is not deleted under it and others may be.
+    fn mark_runs_on(&self, session: &Session, ready: &ReadyState) -> Result<(), IoError> {
+        let dir = &session.files.dir;
+        let op = "recording the restored checkpoint in the owner marker of";
+        let mut owner = Owner::read(dir).ok_or_else(|| {
+            IoError::new(op, dir, std::io::Error::other("the marker is unreadable"))
+        })?;
+        let checkpoints = self.cfg.layout.checkpoints();
+        owner.uses.retain(|u| !u.starts_with(&checkpoints));
+        owner.uses.push(ready.dir.clone());
+        owner.write(dir).map_err(|e| IoError::new(op, dir, e))
     }
 
     /// A fork's starting point: the checkpoint as its ready state and where its pointer was;

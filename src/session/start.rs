@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::Mutex;
 
+use super::checkpoint::CheckpointInfo;
 use super::*;
 use crate::backend::pool::Placement;
 
@@ -29,23 +30,168 @@ impl Drop for Reservation<'_> {
     }
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub image: Option<String>,
+    pub memory_mb: Option<u32>,
+    pub network: bool,
+    /// Start as a fork of this checkpoint (its size, memory, image and network).
+    pub from_checkpoint: Option<String>,
+    /// Run on this engine of the server's pool (`--engine`).
+    pub engine: Option<String>,
+}
+
+impl StartRequest {
+    fn record(&self) -> serde_json::Value {
+        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
+    }
+}
+
+/// The desktop a start asks for, checked.
+struct Desktop {
+    width: u32,
+    height: u32,
+    memory_mb: u32,
+    network: bool,
+    image: GuestImage,
+}
+
+impl Desktop {
+    fn of(layout: &Layout, req: &StartRequest) -> Result<Self, SessionError> {
+        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
+        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
+        let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
+        let image = GuestImage::locate(layout, req.image.as_deref().unwrap_or(DEFAULT_IMAGE))?;
+        Ok(Desktop {
+            width,
+            height,
+            memory_mb,
+            network: req.network,
+            image,
+        })
+    }
+}
+
+/// How a desktop starts: the machine as it boots, the state it loads (a ready state, a
+/// template or the fork's checkpoint), the private ready state beneath a template, and where
+/// the guest's pointer is.
+struct Launch {
+    spec: VmSpec,
+    ready: Option<ReadyState>,
+    beneath: Option<ReadyState>,
+    pointer: (u32, u32),
+}
+
+/// A start whose VM booted.
+struct Started {
+    id: String,
+    desktop: Desktop,
+    files: RuntimeFiles,
+    backend: Arc<dyn crate::backend::Backend>,
+    placement: Option<Placement>,
+    memory: MemoryMode,
+    started: Instant,
+}
+
+impl Started {
+    fn info(&self, caller: &Caller, startup: Startup, accel: Accel) -> SessionInfo {
+        let d = &self.desktop;
+        SessionInfo {
+            session_id: self.id.clone(),
+            width: d.width,
+            height: d.height,
+            image: d.image.name.clone(),
+            memory_mb: d.memory_mb,
+            network: d.network,
+            accelerator: accel,
+            backend: self.backend.name().to_string(),
+            engine: self.placement.as_ref().map(|p| p.engine.clone()),
+            placement: self.placement.as_ref().map(|p| p.reason.clone()),
+            startup,
+            memory: self.memory,
+            startup_ms: self.started.elapsed().as_millis() as u64,
+            state: "running".into(),
+            connection: caller.connection.clone(),
+            token: caller.principal.clone(),
+            disk: None,
+            viewers: None,
+        }
+    }
+}
+
+/// The session's runtime dir, with its owner marker naming what it runs on (image, ready
+/// state, template's ready state, runtime image): reclaim keeps those while it runs.
+fn make_dirs(
+    backend: &dyn crate::backend::Backend,
+    id: &str,
+    files: &RuntimeFiles,
+    desktop: &Desktop,
+    launch: &Launch,
+) -> Result<(), SessionError> {
+    let uses = std::iter::once(desktop.image.dir.clone())
+        .chain(launch.ready.as_ref().map(|r| r.dir.clone()))
+        .chain(launch.beneath.as_ref().map(|r| r.dir.clone()));
+    let mut owner = storage::Owner::me("session", Some(id)).uses(uses);
+    owner.images.extend(backend.runtime_image());
+    storage::session_dirs(files, &owner)?;
+    Ok(())
+}
+
 impl SessionManager {
+    pub async fn start(&self, req: StartRequest) -> Result<SessionInfo, SessionError> {
+        let started = Instant::now();
+        let args = req.record();
+        let result = self.start_inner(req, started).await;
+        match &result {
+            Ok(info) => {
+                let session = self.get(&info.session_id).await?;
+                let recorded = session.record_ok(
+                    "session_started",
+                    "session_start",
+                    args,
+                    serde_json::to_value(info).unwrap_or_default(),
+                    started,
+                );
+                match recorded {
+                    Ok(seq) => {
+                        // The desktop as the session starts, once it is still.
+                        session.lane.lock().await.await_after(seq);
+                        super::after::spawn_after_frame(&session, seq);
+                    }
+                    // The desktop runs: failing the call now would leave it with nobody's id.
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "could not record the session start")
+                    }
+                }
+            }
+            Err(e) => self.record_server("session_start", args, Err(e), started),
+        }
+        result
+    }
+
+    /// The image store's lock, shared: held by a start or a restore until the session's marker
+    /// names what it runs on, so a reclaim (which takes it exclusively) sees those in use.
+    pub(super) async fn lock_cache_shared(&self) -> Result<storage::CacheLock, SessionError> {
+        let layout = self.cfg.layout.clone();
+        tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
+            .await
+            .map_err(|source| SessionError::Task {
+                what: "locking the image store",
+                source,
+            })?
+            .map_err(SessionError::from)
+    }
+
     pub(super) async fn start_inner(
         &self,
         req: StartRequest,
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
-        let caller = Caller::current();
         let mut req = req;
-        // Held until this session's marker says which image and ready state it runs from:
-        // a reclaim (which takes the lock exclusively) then sees them in use.
-        let layout = self.cfg.layout.clone();
-        let cache_lock = tokio::task::spawn_blocking(move || storage::CacheLock::shared(&layout))
-            .await
-            .map_err(|source| SessionError::Task {
-                what: "locking the image store",
-                source,
-            })??;
+        let cache_lock = self.lock_cache_shared().await?;
         // Which engine runs it (with several engines), before anything is made for it; a fork
         // only where QEMU sees this host's files (its checkpoint is one).
         let memory_mb = check_range(
@@ -63,14 +209,7 @@ impl SessionManager {
             Some(name) => Some(self.fork_source(&name, &mut req, backend)?),
             None => None,
         };
-        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
-        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
-        let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
-        let image = GuestImage::locate(
-            &self.cfg.layout,
-            req.image.as_deref().unwrap_or(DEFAULT_IMAGE),
-        )?;
+        let desktop = Desktop::of(&self.cfg.layout, &req)?;
         // Starts in flight count too, or concurrent starts could overshoot the limit.
         let in_flight = self.starting.fetch_add(1, Ordering::SeqCst);
         let _reservation = Reservation(&self.starting);
@@ -79,7 +218,41 @@ impl SessionManager {
                 max: self.cfg.max_sessions,
             });
         }
-        let spec = self.machine_spec(&image, memory_mb, req.network);
+        let launch = self.launch(&desktop, fork, backend);
+        // A container the backend started ahead for a session like this one, if any.
+        let id = backend.take_prepared(&launch.spec).unwrap_or_else(new_id);
+        // A start that fails before launching gives the prepared container back.
+        let _release = Release(backend, &id);
+        let files = RuntimeFiles {
+            dir: self.cfg.layout.sessions().join(&id),
+        };
+        make_dirs(backend, &id, &files, &desktop, &launch)?;
+        drop(cache_lock);
+        let (booted, memory) = self.boot(backend, &id, &desktop, &launch, &files).await?;
+        let start = Started {
+            id: id.clone(),
+            desktop,
+            files,
+            backend: backend_arc.clone(),
+            placement,
+            memory,
+            started,
+        };
+        let info = self.open(start, booted, launch.pointer).await?;
+        // On the engine this one went to: its next start there is the one to make faster.
+        self.prepare_next(backend, &launch.spec);
+        Ok(info)
+    }
+
+    /// How `desktop` starts: from the fork's checkpoint, else as [`SessionManager::resume_plan`]
+    /// says.
+    fn launch(
+        &self,
+        desktop: &Desktop,
+        fork: Option<(ReadyState, CheckpointInfo)>,
+        backend: &dyn crate::backend::Backend,
+    ) -> Launch {
+        let spec = self.machine_spec(&desktop.image, desktop.memory_mb, desktop.network);
         // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
         // clicked (a cold boot puts it there).
         let pointer = fork
@@ -90,200 +263,132 @@ impl SessionManager {
         let (spec, ready, beneath) = match fork {
             // A checkpoint holds every page: it loads into private memory.
             Some((checkpoint, _)) => (spec, Some(checkpoint), None),
-            None => self.resume_plan(&image, spec, backend),
+            None => self.resume_plan(&desktop.image, spec, backend),
         };
         if ready.is_none() {
             tracing::warn!("no ready state for this QEMU build and machine; cold-booting (run `deskvm image build` to save one)");
         }
-        // A container the backend started ahead for a session like this one, if any.
-        let id = backend.take_prepared(&spec).unwrap_or_else(new_id);
-        // A start that fails before launching gives the prepared container back.
-        let _release = Release(backend, &id);
-        let next = spec.clone();
-        let files = RuntimeFiles {
-            dir: self.cfg.layout.sessions().join(&id),
-        };
-        let uses = std::iter::once(image.dir.clone())
-            .chain(ready.as_ref().map(|r| r.dir.clone()))
-            .chain(beneath.as_ref().map(|r| r.dir.clone()));
-        let mut owner = storage::Owner::me("session", Some(&id)).uses(uses);
-        owner.images.extend(backend.runtime_image());
-        storage::session_dirs(&files, &owner)?;
-        drop(cache_lock);
-        let mut memory = if spec.shares_memory() {
+        Launch {
+            spec,
+            ready,
+            beneath,
+            pointer,
+        }
+    }
+
+    /// Boots the session's VM, and says how its RAM is held. A start from the shared-memory
+    /// template that fails is tried again with private memory; a start that fails altogether
+    /// takes its runtime dir with it.
+    async fn boot(
+        &self,
+        backend: &dyn crate::backend::Backend,
+        id: &str,
+        desktop: &Desktop,
+        launch: &Launch,
+        files: &RuntimeFiles,
+    ) -> Result<(boot::Booted, MemoryMode), SessionError> {
+        let mut memory = if launch.spec.shares_memory() {
             MemoryMode::Shared
         } else {
             MemoryMode::Private
         };
-        let private_spec = self.machine_spec(&image, memory_mb, req.network);
-        let mut booted = boot::start_vm(backend, &id, &image, spec, ready.as_ref(), &files).await;
-        if let (Err(e), MemoryMode::Shared, Some(private)) = (&booted, memory, &beneath) {
+        let image = &desktop.image;
+        let spec = launch.spec.clone();
+        let mut booted =
+            boot::start_vm(backend, id, image, spec, launch.ready.as_ref(), files).await;
+        if let (Err(e), MemoryMode::Shared, Some(private)) = (&booted, memory, &launch.beneath) {
             // The private path works wherever the template does not (a host that cannot map
             // the file, say): it is slower to start, not broken.
             tracing::warn!(error = %super::error::chain(e), "starting from the shared-memory template failed; starting with private memory");
             memory = MemoryMode::Private;
-            booted =
-                boot::start_vm(backend, &id, &image, private_spec, Some(private), &files).await;
+            let private_spec = self.machine_spec(image, desktop.memory_mb, desktop.network);
+            booted = boot::start_vm(backend, id, image, private_spec, Some(private), files).await;
         }
-        let mut booted = match booted {
-            Ok(b) => b,
+        match booted {
+            Ok(b) => Ok((b, memory)),
             Err(e) => {
-                let _ = storage::remove_session_dirs(&files);
-                return Err(e);
+                let _ = storage::remove_session_dirs(files);
+                Err(e)
             }
-        };
-        let ready_ledger = async {
-            // A resumed desktop has its pointer where the ready state's builder clicked; a cold
-            // boot's is put there, so the lane knows where it is either way.
-            if booted.startup != Startup::ReadyState {
-                let (x, y) = boot::TERMINAL_POINT;
-                booted.vm.move_to(x, y).await?;
-            }
-            if (width, height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
-                boot::set_resolution(&mut booted.vm, width, height).await?;
-            }
-            let mut meta = ReviewMeta::new(&id, "session");
-            meta.image = Some(image.name.clone());
-            meta.backend = Some(backend.name().to_string());
-            meta.accelerator = Some(self.cfg.accel.as_str().to_string());
-            (meta.width, meta.height) = (Some(width), Some(height));
-            meta.token = caller.principal.clone();
-            Ledger::create(&self.cfg.layout.reviews().join(&id), meta).map_err(SessionError::Ledger)
         }
-        .await;
-        let ledger = match ready_ledger {
+    }
+
+    /// The booted desktop made ready (pointer, size) with its ledger, and the session that
+    /// runs it, open to calls. A desktop that cannot be made ready is stopped and removed.
+    async fn open(
+        &self,
+        start: Started,
+        mut booted: boot::Booted,
+        pointer: (u32, u32),
+    ) -> Result<SessionInfo, SessionError> {
+        let caller = Caller::current();
+        let ledger = match self.make_ready(&start, &mut booted, &caller).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 booted.instance.stop().await;
-                let _ = storage::remove_session_dirs(&files);
+                let _ = storage::remove_session_dirs(&start.files);
                 return Err(e);
             }
         };
-        let info = SessionInfo {
-            session_id: id.clone(),
-            width,
-            height,
-            image: image.name.clone(),
-            memory_mb,
-            network: req.network,
-            accelerator: self.cfg.accel,
-            backend: backend.name().to_string(),
-            engine: placement.as_ref().map(|p| p.engine.clone()),
-            placement: placement.as_ref().map(|p| p.reason.clone()),
-            startup: booted.startup,
-            memory,
-            startup_ms: started.elapsed().as_millis() as u64,
-            state: "running".into(),
-            connection: caller.connection.clone(),
-            token: caller.principal.clone(),
-            disk: None,
-            viewers: None,
-        };
+        let info = start.info(&caller, booted.startup, self.cfg.accel);
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
         }
         let exited = booted.instance.exited();
-        watch_exit(&id, exited.clone(), ledger.clone());
+        watch_exit(&start.id, exited.clone(), ledger.clone());
+        let d = &start.desktop;
         let geometry = Arc::new(std::sync::Mutex::new(geometry::Geometry {
-            width,
-            height,
+            width: d.width,
+            height: d.height,
             scale: 1.0,
         }));
-        let view = Arc::new(crate::view::SessionView::new(booted.vm.link()));
+        let viewers = Arc::new(viewers::Viewers::new(booted.vm.link()));
+        let lane = Lane::new(booted.vm, booted.instance, geometry.clone(), pointer);
         let session = Arc::new(Session {
-            view,
+            viewers,
             info: info.clone(),
-            lane: Mutex::new(Lane {
-                memory,
-                ..Lane::new(booted.vm, booted.instance, geometry.clone(), pointer)
-            }),
+            lane: Mutex::new(lane),
             geometry,
             exited: std::sync::Mutex::new(exited),
-            files,
-            backend: backend_arc.clone(),
+            files: start.files,
+            backend: start.backend,
             ledger,
             after: std::sync::Mutex::new(None),
             last_call: std::sync::Mutex::new(Instant::now()),
         });
-        self.sessions.write().await.insert(id.clone(), session);
-        tracing::info!(session = %id, startup_ms = info.startup_ms, startup = ?info.startup, engine = ?info.engine, "session started");
-        // On the engine this one went to: its next start there is the one to make faster.
-        self.prepare_next(backend, &next);
+        self.sessions
+            .write()
+            .await
+            .insert(start.id.clone(), session);
+        tracing::info!(session = %start.id, startup_ms = info.startup_ms, startup = ?info.startup, engine = ?info.engine, "session started");
         Ok(info)
     }
 
-    /// The engine a session goes to: the pool's choice or the one `engine` names; without a
-    /// pool, the one backend (and `engine` is refused by name).
-    async fn place(
+    /// Puts the pointer where the lane thinks it is and the screen at the size asked for, and
+    /// makes the session's review ledger.
+    async fn make_ready(
         &self,
-        req: &StartRequest,
-        fork: bool,
-        memory_mb: u32,
-    ) -> Result<(Arc<dyn crate::backend::Backend>, Option<Placement>), SessionError> {
-        let Some(engines) = &self.cfg.engines else {
-            if let Some(e) = &req.engine {
-                return Err(SessionError::InvalidParams(format!(
-                    "engine {e:?}: this server runs one backend ({}); start it with --engine to pool engines",
-                    self.cfg.backend.name()
-                )));
-            }
-            return Ok((self.cfg.backend.clone(), None));
-        };
-        let placed = engines
-            .place(req.engine.as_deref(), fork, u64::from(memory_mb) + 768)
-            .await
-            .map_err(|e| match req.engine {
-                Some(_) => SessionError::InvalidParams(e.to_string()),
-                None => SessionError::Backend(e),
-            })?;
-        if fork && !placed.backend.files_on_host() {
-            return Err(SessionError::NotOnEngine {
-                what: "from_checkpoint",
-                engine: placed.engine,
-            });
+        start: &Started,
+        booted: &mut boot::Booted,
+        caller: &Caller,
+    ) -> Result<Ledger, SessionError> {
+        // A resumed desktop has its pointer where the ready state's builder clicked; a cold
+        // boot's is put there, so the lane knows where it is either way.
+        if booted.startup != Startup::ReadyState {
+            let (x, y) = boot::TERMINAL_POINT;
+            booted.vm.move_to(x, y).await?;
         }
-        Ok((placed.backend.clone(), Some(placed)))
-    }
-
-    /// From now on keeps a VM prepared for the next session where the backend gains from it
-    /// (Docker), starting with one like a default `session_start`'s. Servers do; one-off
-    /// managers (image builds) do not, so nothing is left prepared behind them.
-    pub fn keep_warm(&self) {
-        self.warm.store(true, Ordering::SeqCst);
-        if let Ok(image) = GuestImage::locate(&self.cfg.layout, DEFAULT_IMAGE) {
-            let spec = self.machine_spec(&image, DEFAULT_MEMORY_MB, false);
-            for backend in self.backends() {
-                self.prepare_next(backend.as_ref(), &spec);
-            }
+        let d = &start.desktop;
+        if (d.width, d.height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
+            boot::set_resolution(&mut booted.vm, d.width, d.height).await?;
         }
-    }
-
-    /// Every backend sessions may run on: each engine of the pool, or the one backend.
-    pub(super) fn backends(&self) -> Vec<Arc<dyn crate::backend::Backend>> {
-        match &self.cfg.engines {
-            Some(pool) => pool
-                .up()
-                .into_iter()
-                .map(|b| b as Arc<dyn crate::backend::Backend>)
-                .collect(),
-            None => vec![self.cfg.backend.clone()],
-        }
-    }
-
-    /// Has the backend prepare a VM for a next session like `spec`, in a runtime dir of its
-    /// own (marked `warm`, so `doctor` does not list it as a session and reclaim removes it
-    /// once this server is gone).
-    fn prepare_next(&self, backend: &dyn crate::backend::Backend, spec: &VmSpec) {
-        if !self.warm.load(Ordering::SeqCst) || !backend.prepares_ahead() {
-            return;
-        }
-        let id = new_id();
-        let files = RuntimeFiles {
-            dir: self.cfg.layout.sessions().join(&id),
-        };
-        match storage::session_dirs(&files, &storage::Owner::me("warm", Some(&id))) {
-            Ok(()) => backend.prepare(id, spec, files),
-            Err(e) => tracing::warn!(error = %e, "cannot prepare a VM for the next session"),
-        }
+        let mut meta = ReviewMeta::new(&start.id, "session");
+        meta.image = Some(d.image.name.clone());
+        meta.backend = Some(start.backend.name().to_string());
+        meta.accelerator = Some(self.cfg.accel.as_str().to_string());
+        (meta.width, meta.height) = (Some(d.width), Some(d.height));
+        meta.token = caller.principal.clone();
+        let dir = self.cfg.layout.reviews().join(&start.id);
+        Ledger::create(&dir, meta).map_err(SessionError::Ledger)
     }
 }

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::time::{timeout, Instant};
 
 use super::human::Tracker;
 use super::rfb::ClientFilter;
 use super::{Grant, Viewer};
+use crate::session::viewers::Viewers;
 use crate::session::Session;
-use crate::vm::link::Socket;
+use crate::vm::link::{Conn, Socket};
 
 /// Close codes (the application's range) with a reason, for the browser's console and logs.
 pub const CLOSE_ENDED: u16 = 4001;
@@ -39,46 +41,52 @@ fn close(code: u16, why: &str) -> Message {
     }))
 }
 
+/// Why a viewer ended, for its close frame (`None`: the browser is gone, no frame to send).
+type Ending = Option<(u16, String)>;
+
+type ToBrowser = SplitSink<WebSocket, Message>;
+type ToVm = WriteHalf<Conn>;
+
+/// Sends `m` to the browser, within [`SEND_LIMIT`]; whether it went.
+async fn send(to_browser: &mut ToBrowser, m: Message) -> bool {
+    matches!(timeout(SEND_LIMIT, to_browser.send(m)).await, Ok(Ok(())))
+}
+
+fn gone() -> Ending {
+    Some((CLOSE_ENDED, "the desktop closed the connection".to_string()))
+}
+
 pub async fn run(ws: WebSocket, session: Arc<Session>, grant: Grant, viewer: Viewer) {
     let (mut to_browser, mut from_browser) = ws.split();
     let view = session.view().clone();
-    let link = view.link();
-    let conn = tokio::select! {
-        c = timeout(SEND_LIMIT, link.open(Socket::Vnc)) => c.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        _ = view.closed().cancelled() => {
-            let _ = timeout(SEND_LIMIT, to_browser.send(close(CLOSE_ENDED, "the session has ended"))).await;
-            return;
-        }
-    };
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(session = %grant.session_id, error = %e, "live view: no connection to the VM's VNC socket");
-            let why = "the desktop's screen is not reachable";
-            let _ = timeout(SEND_LIMIT, to_browser.send(close(CLOSE_UNAVAILABLE, why))).await;
-            return;
-        }
+    let Some(conn) = connect(&view, &grant, &mut to_browser).await else {
+        return;
     };
     tracing::info!(session = %grant.session_id, viewer = viewer.id, mode = grant.mode(), "live view: viewer connected");
     let (mut from_vm, mut to_vm) = tokio::io::split(conn);
-    let mut filter = ClientFilter::new(grant.control);
-    let mut tracker = Tracker::default();
+    let mut v = Viewing {
+        filter: ClientFilter::new(grant.control),
+        tracker: Tracker::default(),
+        session,
+        view,
+        grant,
+        viewer,
+    };
     let mut buf = vec![0u8; 256 * 1024];
-    let expiry = tokio::time::sleep_until(grant.expires.into());
+    let expiry = tokio::time::sleep_until(v.grant.expires.into());
     tokio::pin!(expiry);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut heard = Instant::now();
     let mut pinged = Instant::now();
-    let gone = || Some((CLOSE_ENDED, "the desktop closed the connection".to_string()));
     let ending = loop {
         tokio::select! {
-            _ = view.closed().cancelled() => break Some((CLOSE_ENDED, "the session has ended".to_string())),
+            _ = v.view.closed().cancelled() => break Some((CLOSE_ENDED, "the session has ended".to_string())),
             _ = &mut expiry => break Some((CLOSE_EXPIRED, "this view link has expired".to_string())),
             n = from_vm.read(&mut buf) => match n {
                 Ok(0) | Err(_) => break gone(),
                 Ok(n) => {
                     let bytes = axum::body::Bytes::copy_from_slice(&buf[..n]);
-                    if !matches!(timeout(SEND_LIMIT, to_browser.send(Message::Binary(bytes))).await, Ok(Ok(()))) {
+                    if !send(&mut to_browser, Message::Binary(bytes)).await {
                         break None;
                     }
                 }
@@ -87,21 +95,8 @@ pub async fn run(ws: WebSocket, session: Arc<Session>, grant: Grant, viewer: Vie
                 heard = Instant::now();
                 match m {
                     Some(Ok(Message::Binary(b))) => {
-                        let (mut out, mut inputs) = (Vec::new(), Vec::new());
-                        if let Err(e) = filter.feed(&b, &mut out, &mut inputs) {
-                            break Some((CLOSE_PROTOCOL, e.to_string()));
-                        }
-                        // A session stopping takes no more input, on screen or on record.
-                        if view.closed().is_cancelled() {
-                            continue;
-                        }
-                        if !inputs.is_empty() {
-                            view.human.add(viewer.id, &mut tracker, &inputs);
-                            // A person using the desktop keeps it from the idle timeout.
-                            session.touch();
-                        }
-                        if !out.is_empty() && !matches!(timeout(SEND_LIMIT, to_vm.write_all(&out)).await, Ok(Ok(()))) {
-                            break gone();
+                        if let Err(ending) = v.on_browser_bytes(&b, &mut to_vm).await {
+                            break ending;
                         }
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
@@ -111,34 +106,115 @@ pub async fn run(ws: WebSocket, session: Arc<Session>, grant: Grant, viewer: Vie
                 }
             }
             _ = tick.tick() => {
-                if heard.elapsed() >= SILENT_FOR {
-                    break Some((CLOSE_SILENT, "the browser stopped answering".to_string()));
-                }
-                if pinged.elapsed() >= PING_EVERY {
-                    pinged = Instant::now();
-                    let ping = Message::Ping(axum::body::Bytes::from_static(b"deskvm"));
-                    if !matches!(timeout(SEND_LIMIT, to_browser.send(ping)).await, Ok(Ok(()))) {
-                        break None;
-                    }
-                }
-                if let Some(b) = view.human.take_if_quiet() {
-                    session.record_human(b);
+                if let Err(ending) = v.tick(heard, &mut pinged, &mut to_browser).await {
+                    break ending;
                 }
             }
         }
     };
-    if grant.control && !view.closed().is_cancelled() {
-        let release = tracker.release_all();
-        if !release.is_empty() {
-            let _ = timeout(SEND_LIMIT, to_vm.write_all(&release)).await;
-        }
-        if let Some(b) = view.human.take() {
-            session.record_human(b);
-        }
-    }
+    v.leave(&mut to_vm).await;
     if let Some((code, why)) = ending {
         let _ = timeout(SEND_LIMIT, to_browser.send(close(code, &why))).await;
     }
     let _ = timeout(SEND_LIMIT, to_browser.close()).await;
-    tracing::info!(session = %grant.session_id, viewer = viewer.id, "live view: viewer left");
+    tracing::info!(session = %v.grant.session_id, viewer = v.viewer.id, "live view: viewer left");
+}
+
+/// A new connection to the VM's VNC socket, or the browser told why there is none.
+async fn connect(view: &Viewers, grant: &Grant, to_browser: &mut ToBrowser) -> Option<Conn> {
+    let link = view.link();
+    let conn = tokio::select! {
+        c = timeout(SEND_LIMIT, link.open(Socket::Vnc)) => c.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        _ = view.closed().cancelled() => {
+            let _ = timeout(SEND_LIMIT, to_browser.send(close(CLOSE_ENDED, "the session has ended"))).await;
+            return None;
+        }
+    };
+    match conn {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(session = %grant.session_id, error = %e, "live view: no connection to the VM's VNC socket");
+            let why = "the desktop's screen is not reachable";
+            let _ = timeout(SEND_LIMIT, to_browser.send(close(CLOSE_UNAVAILABLE, why))).await;
+            None
+        }
+    }
+}
+
+/// One viewer's side of the bridge: its session, its link's grant, and what it sent.
+struct Viewing {
+    session: Arc<Session>,
+    view: Arc<Viewers>,
+    grant: Grant,
+    viewer: Viewer,
+    filter: ClientFilter,
+    tracker: Tracker,
+}
+
+impl Viewing {
+    /// RFB bytes from the browser: through the filter to the VM, and a person's input noted
+    /// for the session's ledger.
+    async fn on_browser_bytes(&mut self, b: &[u8], to_vm: &mut ToVm) -> Result<(), Ending> {
+        let (mut out, mut inputs) = (Vec::new(), Vec::new());
+        if let Err(e) = self.filter.feed(b, &mut out, &mut inputs) {
+            return Err(Some((CLOSE_PROTOCOL, e.to_string())));
+        }
+        // A session stopping takes no more input, on screen or on record.
+        if self.view.closed().is_cancelled() {
+            return Ok(());
+        }
+        if !inputs.is_empty() {
+            self.tracker.feed(&self.view.human, self.viewer.id, &inputs);
+            // A person using the desktop keeps it from the idle timeout.
+            self.session.touch();
+        }
+        if !out.is_empty()
+            && !matches!(timeout(SEND_LIMIT, to_vm.write_all(&out)).await, Ok(Ok(())))
+        {
+            return Err(gone());
+        }
+        Ok(())
+    }
+
+    /// Every half second: a browser silent too long is dropped, a quiet one pinged, and a
+    /// burst of a person's input that has ended goes on record.
+    async fn tick(
+        &self,
+        heard: Instant,
+        pinged: &mut Instant,
+        to_browser: &mut ToBrowser,
+    ) -> Result<(), Ending> {
+        if heard.elapsed() >= SILENT_FOR {
+            return Err(Some((
+                CLOSE_SILENT,
+                "the browser stopped answering".to_string(),
+            )));
+        }
+        if pinged.elapsed() >= PING_EVERY {
+            *pinged = Instant::now();
+            let ping = Message::Ping(axum::body::Bytes::from_static(b"deskvm"));
+            if !send(to_browser, ping).await {
+                return Err(None);
+            }
+        }
+        if let Some(b) = self.view.human.take_if_quiet() {
+            self.session.record_human(b);
+        }
+        Ok(())
+    }
+
+    /// A control viewer leaving releases what it holds (a key or button left down would stay
+    /// down for the agent) and puts its last input on record.
+    async fn leave(&mut self, to_vm: &mut ToVm) {
+        if !self.grant.control || self.view.closed().is_cancelled() {
+            return;
+        }
+        let release = self.tracker.release_all();
+        if !release.is_empty() {
+            let _ = timeout(SEND_LIMIT, to_vm.write_all(&release)).await;
+        }
+        if let Some(b) = self.view.human.take() {
+            self.session.record_human(b);
+        }
+    }
 }

@@ -1,34 +1,36 @@
 //! The live view: a person watches a session's screen in a browser, and with a control link
 //! takes over its mouse and keyboard. deskvm serves noVNC (Debian's `novnc` package) and
 //! bridges its WebSocket to the VNC server QEMU keeps on a unix socket in the session's runtime
-//! dir, through the session's [`Link`] (so a desktop on a remote engine is reached through the
-//! Engine API like everything else: no TCP port on the VM, none published).
+//! dir, through the session's [`Link`](crate::vm::link::Link) (so a desktop on a remote engine
+//! is reached through the Engine API like everything else: no TCP port on the VM, none
+//! published).
 //!
 //! Access is by link: every `session_view` call issues its own random token, scoped to one
 //! session and one mode, that expires and dies with the session. Over HTTP with bearer tokens
 //! the view also sits behind the server's token (`http::auth`).
+//!
+//! The view sits on the floor above the session and depends on it, never the reverse: the
+//! session keeps what it must know of its viewers ([`crate::session::viewers`]: how many, the
+//! signal that ends them, a person's input as [`crate::session::human::Burst`]s), and this room
+//! fills that in, reading the VNC protocol and serving the links.
 
 pub mod bridge;
 pub mod human;
+mod offer;
 pub mod page;
 pub mod rfb;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_util::sync::CancellationToken;
-
+pub use crate::session::viewers::{Viewer, MAX_VIEWERS};
 use crate::session::Session;
-use crate::vm::link::Link;
 
 /// How long a view link works unless the call says otherwise, and the longest it may.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 pub const TTL_RANGE_S: (u64, u64) = (10, 7 * 24 * 3600);
-/// Viewers one session may have at once.
-pub const MAX_VIEWERS: u32 = 8;
 /// Where Debian's `novnc` package puts the client (overridden by `DESKVM_NOVNC_DIR`).
 pub const NOVNC_DIR: &str = "/usr/share/novnc";
 
@@ -38,74 +40,6 @@ pub fn novnc_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(NOVNC_DIR));
     dir.join("core/rfb.js").is_file().then_some(dir)
-}
-
-/// A session's side of the live view: the way to its VNC socket, who is watching, and what a
-/// person did in control mode.
-pub struct SessionView {
-    /// Cancelled when the session ends: every viewer is cut off and every link dies.
-    closed: CancellationToken,
-    /// The VM's link; replaced when a restore starts a new VM.
-    link: Mutex<Arc<dyn Link>>,
-    pub human: human::HumanLog,
-    open: AtomicU32,
-    next_viewer: AtomicU32,
-}
-
-impl SessionView {
-    pub fn new(link: Arc<dyn Link>) -> Self {
-        SessionView {
-            closed: CancellationToken::new(),
-            link: Mutex::new(link),
-            human: human::HumanLog::default(),
-            open: AtomicU32::new(0),
-            next_viewer: AtomicU32::new(1),
-        }
-    }
-
-    pub fn set_link(&self, link: Arc<dyn Link>) {
-        *self.link.lock().expect("view link poisoned") = link;
-    }
-
-    pub fn link(&self) -> Arc<dyn Link> {
-        self.link.lock().expect("view link poisoned").clone()
-    }
-
-    /// Ends every view of the session (it is stopping).
-    pub fn close(&self) {
-        self.closed.cancel();
-    }
-
-    pub fn closed(&self) -> &CancellationToken {
-        &self.closed
-    }
-
-    pub fn viewers(&self) -> u32 {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// A place for one more viewer (its number), or `None` when the session has
-    /// [`MAX_VIEWERS`].
-    pub fn admit(self: &Arc<Self>) -> Option<Viewer> {
-        let n = self.open.fetch_add(1, Ordering::SeqCst);
-        let seat = Viewer {
-            view: self.clone(),
-            id: self.next_viewer.fetch_add(1, Ordering::SeqCst),
-        };
-        (n < MAX_VIEWERS).then_some(seat)
-    }
-}
-
-/// One open viewer; its place is given back when dropped.
-pub struct Viewer {
-    view: Arc<SessionView>,
-    pub id: u32,
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.view.open.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// What one view link allows.
@@ -223,7 +157,7 @@ impl Grant {
     fn live(&self) -> Option<Arc<Session>> {
         self.session
             .upgrade()
-            .filter(|s| !s.view().closed.is_cancelled() && !s.failed())
+            .filter(|s| !s.view().closed().is_cancelled() && !s.failed())
     }
 }
 

@@ -16,20 +16,7 @@ fn modifiers(names: &[String]) -> Result<Vec<QCode>, SessionError> {
 impl Action {
     pub fn validate(&self) -> Result<Plan, SessionError> {
         Ok(match self {
-            Action::Screenshot { scale, max_width } => {
-                let scale = match *scale {
-                    None => 1.0,
-                    // Below 0.01 a 1280-pixel screen would be under 13 pixels wide.
-                    Some(s) => check_range("scale", s, (0.01, 1.0))?,
-                };
-                if let Some(mw) = *max_width {
-                    check_range("max_width", mw, (64, 7680))?;
-                }
-                Plan::Screenshot {
-                    scale,
-                    max_width: *max_width,
-                }
-            }
+            Action::Screenshot { scale, max_width } => screenshot(*scale, *max_width)?,
             Action::Zoom { region, scale } => {
                 check_range("width", region.width, (1.0, f64::from(MAX_ZOOM_SIDE)))?;
                 check_range("height", region.height, (1.0, f64::from(MAX_ZOOM_SIDE)))?;
@@ -90,67 +77,89 @@ impl Action {
             Action::Type { text, .. } => Plan::Type {
                 pieces: crate::vm::unicode::pieces_for_text(text)?,
             },
-            Action::Key { keys, hold_ms } => {
-                let parts: Vec<&str> = keys.split_whitespace().collect();
-                if parts.is_empty() {
-                    return Err(InputError::EmptyCombo(keys.clone()).into());
-                }
-                check_range(
-                    "number of key combinations",
-                    parts.len(),
-                    (1, MAX_KEY_COMBOS),
-                )?;
-                let hold_ms = check_range("hold_ms", hold_ms.unwrap_or(0), (0, MAX_WAIT_MS))?;
-                // One call holds the lane no longer than a wait may.
-                check_range(
-                    "hold_ms x number of key combinations",
-                    hold_ms * parts.len() as u64,
-                    (0, MAX_WAIT_MS),
-                )?;
-                Plan::Key {
-                    combos: parts
-                        .into_iter()
-                        .map(input::parse_combo)
-                        .collect::<Result<_, _>>()?,
-                    hold_ms,
-                }
-            }
+            Action::Key { keys, hold_ms } => key_combos(keys, *hold_ms)?,
             Action::Wait {
                 ms,
                 until_stable,
                 timeout_ms,
-            } => {
-                let ms = check_range(
-                    "ms",
-                    ms.unwrap_or(if *until_stable { 0 } else { 1000 }),
-                    (0, MAX_WAIT_MS),
-                )?;
-                let t = check_range("timeout_ms", timeout_ms.unwrap_or(10_000), (0, MAX_WAIT_MS))?;
-                Plan::Wait {
-                    ms,
-                    stable_timeout_ms: until_stable.then_some(t),
-                }
-            }
+            } => wait(*ms, *until_stable, *timeout_ms)?,
             Action::Exec {
                 command,
                 timeout_ms,
-            } => {
-                check_range(
-                    "command length in bytes",
-                    command.len(),
-                    (1, MAX_COMMAND_BYTES),
-                )?;
-                Plan::Exec {
-                    command: command.clone(),
-                    timeout_ms: check_range(
-                        "timeout_ms",
-                        timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS),
-                        (1, MAX_EXEC_TIMEOUT_MS),
-                    )?,
-                }
-            }
+            } => exec(command, *timeout_ms)?,
         })
     }
+}
+
+fn screenshot(scale: Option<f64>, max_width: Option<u32>) -> Result<Plan, SessionError> {
+    let scale = match scale {
+        None => 1.0,
+        // Below 0.01 a 1280-pixel screen would be under 13 pixels wide.
+        Some(s) => check_range("scale", s, (0.01, 1.0))?,
+    };
+    if let Some(mw) = max_width {
+        check_range("max_width", mw, (64, 7680))?;
+    }
+    Ok(Plan::Screenshot { scale, max_width })
+}
+
+fn key_combos(keys: &str, hold_ms: Option<u64>) -> Result<Plan, SessionError> {
+    let parts: Vec<&str> = keys.split_whitespace().collect();
+    if parts.is_empty() {
+        return Err(InputError::EmptyCombo(keys.to_string()).into());
+    }
+    check_range(
+        "number of key combinations",
+        parts.len(),
+        (1, MAX_KEY_COMBOS),
+    )?;
+    let hold_ms = check_range("hold_ms", hold_ms.unwrap_or(0), (0, MAX_WAIT_MS))?;
+    // One call holds the lane no longer than a wait may.
+    check_range(
+        "hold_ms x number of key combinations",
+        hold_ms * parts.len() as u64,
+        (0, MAX_WAIT_MS),
+    )?;
+    Ok(Plan::Key {
+        combos: parts
+            .into_iter()
+            .map(input::parse_combo)
+            .collect::<Result<_, _>>()?,
+        hold_ms,
+    })
+}
+
+fn wait(
+    ms: Option<u64>,
+    until_stable: bool,
+    timeout_ms: Option<u64>,
+) -> Result<Plan, SessionError> {
+    let ms = check_range(
+        "ms",
+        ms.unwrap_or(if until_stable { 0 } else { 1000 }),
+        (0, MAX_WAIT_MS),
+    )?;
+    let t = check_range("timeout_ms", timeout_ms.unwrap_or(10_000), (0, MAX_WAIT_MS))?;
+    Ok(Plan::Wait {
+        ms,
+        stable_timeout_ms: until_stable.then_some(t),
+    })
+}
+
+fn exec(command: &str, timeout_ms: Option<u64>) -> Result<Plan, SessionError> {
+    check_range(
+        "command length in bytes",
+        command.len(),
+        (1, MAX_COMMAND_BYTES),
+    )?;
+    Ok(Plan::Exec {
+        command: command.to_string(),
+        timeout_ms: check_range(
+            "timeout_ms",
+            timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS),
+            (1, MAX_EXEC_TIMEOUT_MS),
+        )?,
+    })
 }
 
 #[cfg(test)]

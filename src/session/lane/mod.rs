@@ -1,7 +1,10 @@
 //! One serialized lane per session: the VM handle and what the lane knows of the screen (the
-//! latest frame, the scale agents' coordinates are in), and the input barrier.
+//! latest frame, the scale agents' coordinates are in), and the input barrier. What it does
+//! for each plan is in `run`.
 
-use std::path::PathBuf;
+mod run;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,8 @@ use super::geometry::Geometry;
 use crate::backend::Instance;
 use crate::ledger::shots::frame_hash;
 use crate::vm::display::Frame;
+use crate::vm::link::Link;
+use crate::vm::qmp::Qmp;
 use crate::vm::{Button, Vm, VmError};
 
 /// A frame the lane has seen, and when.
@@ -23,31 +28,31 @@ pub struct Seen {
     pub settled: bool,
 }
 
+/// The lane's state is its own: callers name what happened (a frame seen, the screen changed,
+/// an after-frame recorded) and the lane keeps its fields consistent.
 pub struct Lane {
-    pub vm: Vm,
-    pub instance: Box<dyn Instance>,
+    vm: Vm,
+    instance: Box<dyn Instance>,
     /// Shared with the session, which checks coordinates against it before taking the lane.
-    pub geometry: Arc<std::sync::Mutex<Geometry>>,
+    geometry: Arc<std::sync::Mutex<Geometry>>,
     /// When the latest click or drag was sent (see [`Lane::input_barrier`]).
-    pub last_pointer: Option<Instant>,
+    last_pointer: Option<Instant>,
     /// The latest frame any screendump of this lane produced.
-    pub latest: Option<Seen>,
+    latest: Option<Seen>,
     /// Whether an action that can change the screen ran after `latest` was taken.
-    pub changed_since_frame: bool,
+    changed_since_frame: bool,
     /// The action (seq, when it ended) whose "after" frame is still to be recorded: by its
     /// capture task, or else by the next call that looks at the screen.
-    pub awaiting_after: Option<(u64, Instant)>,
+    awaiting_after: Option<(u64, Instant)>,
     /// Where the pointer is, in screen pixels: every pointer event deskvm sends is absolute,
     /// so the last one sent is where the guest's pointer is.
-    pub pointer: (u32, u32),
+    pointer: (u32, u32),
     /// Buttons pressed by `mouse_down` and not yet released.
-    pub held: Vec<Button>,
+    held: Vec<Button>,
     /// The disk layer the guest writes to: the runtime dir's `disk.qcow2` until a checkpoint
     /// freezes it and adds a layer of another name above it. Layers are never renamed while
     /// QEMU runs: it reopens a layer by its name when it changes its access mode.
-    pub disk: PathBuf,
-    /// Whether the guest's RAM is mapped from a shared-memory template.
-    pub memory: super::MemoryMode,
+    disk: PathBuf,
 }
 
 /// A frame younger than this counts as the current screen even if it was still changing.
@@ -67,7 +72,6 @@ impl Lane {
     ) -> Self {
         Lane {
             disk: vm.files.disk(),
-            memory: super::MemoryMode::Private,
             vm,
             instance,
             geometry,
@@ -80,13 +84,102 @@ impl Lane {
         }
     }
 
+    pub fn qmp(&self) -> &Qmp {
+        self.vm.qmp()
+    }
+
+    /// The way to the VM's sockets (its VNC socket for the live view).
+    pub fn link(&self) -> Arc<dyn Link> {
+        self.vm.link()
+    }
+
+    /// Where the guest's pointer is, in screen pixels.
+    pub fn pointer(&self) -> (u32, u32) {
+        self.pointer
+    }
+
+    /// The disk layer the guest writes to now.
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    /// The guest writes to `layer` from now on (a checkpoint froze the one below it).
+    pub fn switch_disk(&mut self, layer: PathBuf) {
+        self.disk = layer;
+    }
+
+    /// Something the lane did not do may have changed the screen (a checkpoint's pause, say):
+    /// the latest frame is not the current screen any more.
+    pub fn mark_changed(&mut self) {
+        self.changed_since_frame = true;
+    }
+
+    /// A person's input reached the guest through a control view: the screen may have changed,
+    /// and the pointer is where they left it (if they moved it).
+    pub fn note_human_input(&mut self, pointer: Option<(u16, u16)>) {
+        self.changed_since_frame = true;
+        if let Some((x, y)) = pointer {
+            self.pointer = (u32::from(x), u32::from(y));
+        }
+    }
+
+    /// Action `seq`, which ended now, waits for its "after" frame.
+    pub fn await_after(&mut self, seq: u64) {
+        self.awaiting_after = Some((seq, Instant::now()));
+    }
+
+    /// The action still waiting for its "after" frame (its seq, when it ended) and a frame
+    /// taken since `since` that shows the screen after it: the waiting ends, since the caller
+    /// records that frame. `None` (and it goes on waiting) without such a frame.
+    pub fn take_awaiting_after(&mut self, since: Instant) -> Option<(u64, Instant, Seen)> {
+        let fresh = self.latest.clone().filter(|s| s.at >= since)?;
+        let (seq, ended) = self.awaiting_after.take()?;
+        Some((seq, ended, fresh))
+    }
+
+    /// The "after" frame of action `of_seq` is recorded: no later call need record one.
+    pub fn after_recorded(&mut self, of_seq: u64) {
+        if self.awaiting_after.is_some_and(|(seq, _)| seq == of_seq) {
+            self.awaiting_after = None;
+        }
+    }
+
+    /// The latest frame showed a still screen: the next action may reuse it as its "before".
+    pub fn mark_settled(&mut self) {
+        if let Some(l) = self.latest.as_mut() {
+            l.settled = true;
+        }
+    }
+
+    /// Stops the VM: asks QEMU to quit first when it still runs (`quit`), then stops its
+    /// instance (process or container) either way.
+    pub async fn stop_vm(&mut self, quit: bool) {
+        if quit {
+            self.vm.qmp().quit().await;
+        }
+        self.instance.stop().await;
+    }
+
+    /// A new VM (a restore's) in place of the stopped one: nothing the lane knew of the old
+    /// screen, pointer, buttons or pending frames holds for it.
+    pub fn replace_vm(&mut self, vm: Vm, instance: Box<dyn Instance>, pointer: (u32, u32)) {
+        self.disk = vm.files.disk();
+        self.vm = vm;
+        self.instance = instance;
+        self.latest = None;
+        self.changed_since_frame = true;
+        self.awaiting_after = None;
+        self.pointer = pointer;
+        self.held.clear();
+    }
+
     /// A screendump, remembered as the latest frame.
     pub async fn look(&mut self) -> Result<Seen, VmError> {
         let frame = Arc::new(self.vm.frame().await?);
         Ok(self.saw(frame, false))
     }
 
-    pub(super) fn saw(&mut self, frame: Arc<Frame>, settled: bool) -> Seen {
+    fn saw(&mut self, frame: Arc<Frame>, settled: bool) -> Seen {
         let hash = frame_hash(&frame);
         // The same pixels as a settled frame with no action in between: still settled.
         let still = !self.changed_since_frame
@@ -120,7 +213,7 @@ impl Lane {
         }
     }
 
-    pub(super) async fn settle(
+    async fn settle(
         &mut self,
         timeout: Duration,
         interval: Duration,
