@@ -1,8 +1,12 @@
 //! deskvm: an MCP server that gives AI agents a real desktop in a QEMU virtual machine.
 //!
-//! Data path, top to bottom: [`mcp`] (tool calls) → [`session`] (one lane per session, typed
-//! actions and errors) → [`vm`] (QMP display/input, guest agent) → [`backend`] (where QEMU runs),
-//! with [`image`] providing guest images and ready states and [`storage`] the directories.
+//! The rooms, top floor first; each uses only rooms below it (`docs/architecture.md`, checked by
+//! `tests/architecture.rs`):
+//! [`bench`] → [`cli`] → [`client`] → [`http`] (the front door: transports, auth, routes) →
+//! [`mcp`] (the one tool handler) → [`view`] (live views) → [`session`] (one lane per session,
+//! typed actions and errors) → [`backend`] (where QEMU runs) → [`ledger`] (review ledgers),
+//! [`guest_image`] (guest images, ready states), [`accel`] → [`storage`] (the roots, owner
+//! marks, reclaim) → [`vm`] (the QEMU machine: QMP display/input, guest agent).
 
 pub mod accel;
 pub mod backend;

@@ -31,7 +31,7 @@ pub async fn file(State(r): State<Reviews>, req: Request) -> Response {
     // A review of a session another token started is not there for this one.
     let principal = req.extensions().get::<Principal>().map(|p| p.0.clone());
     let name = rel.split('/').next().unwrap_or_default();
-    if !resources::visible(&r.exports, name, &Caller::new(principal, "http")) {
+    if !Caller::new(principal, "http").sees_bundle(&r.exports, name) {
         return (StatusCode::NOT_FOUND, "no such review file\n").into_response();
     }
     // The token came in the URL: keep it in a cookie, and send the browser to the same page

@@ -1,6 +1,7 @@
 //! The MCP face of deskvm: tool parameter types and thin handlers that turn each call into a
 //! session [`Action`](crate::session::Action), one hand-written `call_tool` that every call
-//! passes, and exported reviews as resources.
+//! passes, and exported reviews as resources. Transports and auth are the front door's
+//! (`crate::http`, above this room): a call arrives here with who made it ([`Principal`]).
 
 mod calls;
 mod checkpoint;

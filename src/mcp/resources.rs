@@ -42,12 +42,6 @@ pub fn entry(exports: &Path, name: &str, file: &str, description: &str) -> Resou
     r
 }
 
-/// Whether `caller` may read the bundle `name`: [`Caller::sees_bundle`], kept here for the HTTP
-/// reviews route until it asks the caller itself.
-pub fn visible(exports: &Path, name: &str, caller: &Caller) -> bool {
-    caller.sees_bundle(exports, name)
-}
-
 /// The main files of every bundle in `exports` this caller may see (frames are reachable by
 /// URI too).
 pub fn list(exports: &Path, caller: &Caller) -> Vec<Resource> {
@@ -113,7 +107,7 @@ pub fn resolve(exports: &Path, uri: &str) -> Result<PathBuf, McpError> {
 pub fn read(exports: &Path, uri: &str, caller: &Caller) -> Result<ResourceContents, McpError> {
     let path = resolve(exports, uri)?;
     let name = uri[SCHEME.len()..].split('/').next().unwrap_or_default();
-    if !visible(exports, name, caller) {
+    if !caller.sees_bundle(exports, name) {
         return Err(McpError::resource_not_found(
             format!("no such review: {uri}"),
             None,
