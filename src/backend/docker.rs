@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -24,13 +24,14 @@ pub mod engine;
 pub mod exec;
 pub mod guest;
 mod remote;
+mod runtime_image;
 pub mod transfer;
 mod warm;
 
 pub use engine::EngineSpec;
+pub use runtime_image::build_runtime_image;
 
 use super::{Backend, BackendError, Instance};
-use crate::storage::IoContext;
 use crate::storage::Owner;
 use crate::vm::link::{HostLink, Link};
 use crate::vm::spec::{hex, Accel, RuntimeFiles, VmSpec};
@@ -69,112 +70,6 @@ pub async fn image_qemu_version(docker: &Docker, tag: &str) -> Option<String> {
             .cloned()
             .unwrap_or_else(|| "unknown QEMU (image without deskvm label)".into()),
     )
-}
-
-/// Builds the runtime image without any registry: debootstrap a rootfs with QEMU, import it.
-pub async fn build_runtime_image(
-    docker: &Docker,
-    work_root: &Path,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<String, BackendError> {
-    let tag = runtime_image_tag();
-    if image_qemu_version(docker, &tag).await.is_some() {
-        progress(&format!("runtime image {tag} is up to date"));
-        return Ok(tag);
-    }
-    if !crate::storage::is_root() {
-        return Err(BackendError::Setup(
-            "building the runtime image needs root (debootstrap); run `sudo deskvm setup`".into(),
-        ));
-    }
-    progress(&format!(
-        "building runtime image {tag} (Debian bookworm + QEMU from bookworm-backports)"
-    ));
-    // In the cache, marked as this build's: a crash leaves it for reclaim, never for a guess.
-    let work = work_root.join(format!("runtime-{}", std::process::id()));
-    crate::storage::private_dir(&work).at("creating the build dir", &work)?;
-    let script = work.join("build-rootfs.sh");
-    std::fs::write(&script, RUNTIME_RECIPE).at("writing", &script)?;
-    let tar = work.join("rootfs.tar");
-    let child = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(&tar)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .at("running", &script)?;
-    // The recipe goes on if this process dies: while it runs, the work dir is alive.
-    let mut builder = Owner::me("runtime_build", None);
-    builder.helper = child.id().and_then(crate::storage::owner::ProcessRef::of);
-    builder
-        .write(&work)
-        .at("writing the owner marker in", &work)?;
-    let out = child.wait_with_output().await.at("waiting for", &script)?;
-    for line in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-    {
-        progress(line);
-    }
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&work);
-        return Err(BackendError::Setup(format!(
-            "the runtime image recipe failed ({})",
-            out.status
-        )));
-    }
-    let version = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("QEMU emulator version"))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    progress("importing the root filesystem into Docker");
-    let (repo, t) = tag.split_once(':').unwrap_or((&tag, "latest"));
-    let options = CreateImageOptionsBuilder::new()
-        .from_src("-")
-        .repo(repo)
-        .tag(t)
-        .changes(vec![
-            format!("LABEL {LABEL_QEMU}=\"{version}\""),
-            format!("LABEL {LABEL_VERSION}={}", env!("CARGO_PKG_VERSION")),
-        ])
-        .build();
-    let imported = async {
-        let file = tokio::fs::File::open(&tar)
-            .await
-            .at("opening the runtime root filesystem", &tar)?;
-        // Hundreds of MB the engine answers for only once it has them: bounded by progress
-        // (`transfer`), not by the client's request timeout.
-        let meter = transfer::Meter::new(file.metadata().await.ok().map(|m| m.len()));
-        let body = tokio_util::io::ReaderStream::new(file);
-        let body = transfer::counted(body, meter.clone());
-        let client = transfer::without_deadline(docker);
-        let import = async {
-            let mut stream =
-                client.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
-            while let Some(item) = stream.next().await {
-                item.map_err(|e| docker_err("docker import failed", e))?;
-                meter.engine_progress(None, None);
-            }
-            Ok::<_, BackendError>(())
-        };
-        transfer::watched(
-            &meter,
-            transfer::stall_bound(),
-            transfer::Pinged::target(docker),
-            import,
-        )
-        .await
-        .map_err(transfer::stalled("importing the runtime image"))?
-    }
-    .await;
-    // The tarball is hundreds of MB: gone whether the import worked or not.
-    let _ = std::fs::remove_dir_all(&work);
-    imported?;
-    progress(&format!("runtime image {tag} ready ({version})"));
-    Ok(tag)
 }
 
 pub struct DockerBackend {

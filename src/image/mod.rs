@@ -130,6 +130,39 @@ impl GuestImage {
             return Err(ImageError::NeedsRoot);
         }
         let dir = Self::dir_for(layout, name);
+        let mut build = Build::prepare(layout, &dir)?;
+        progress(&format!(
+            "building guest image {name} (recipe {}) in {}",
+            recipe_hash(),
+            build.work.display()
+        ));
+        build.run(progress).await?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).at("removing the older image", &dir)?;
+        }
+        std::fs::rename(&build.work, &dir).at("publishing the image", &dir)?;
+        storage::Owner::me("guest_image", None)
+            .write(&dir)
+            .at("writing the owner marker in", &dir)?;
+        Ok(GuestImage {
+            name: name.into(),
+            dir,
+        })
+    }
+}
+
+/// One build of an image: the recipe's output dir (`<image>.partial`, the image once it is
+/// done), the recipe's own dir (`<image>.recipe`), and the owner marker both carry.
+struct Build {
+    work: PathBuf,
+    recipe_dir: PathBuf,
+    builder: storage::Owner,
+}
+
+impl Build {
+    /// Clears what an earlier build of the image in `dir` left, writes the recipe, and marks
+    /// both dirs as this build's.
+    fn prepare(layout: &Layout, dir: &Path) -> Result<Self, ImageError> {
         let work = dir.with_extension("partial");
         let recipe_dir = work.with_extension("recipe");
         for d in [&work, &recipe_dir] {
@@ -142,45 +175,41 @@ impl GuestImage {
         write_recipe(&recipe_dir).at("writing the recipe to", &recipe_dir)?;
         // The builder's marker: a reclaim leaves both alone while this process runs.
         std::fs::create_dir_all(&work).at("creating the build dir", &work)?;
-        let builder = storage::Owner::me("image_build", None);
-        let mark = |b: &storage::Owner| -> Result<(), ImageError> {
-            for d in [&work, &recipe_dir] {
-                b.write(d).at("writing the owner marker in", d)?;
-            }
-            Ok(())
+        let build = Build {
+            work,
+            recipe_dir,
+            builder: storage::Owner::me("image_build", None),
         };
-        mark(&builder)?;
-        progress(&format!(
-            "building guest image {name} (recipe {}) in {}",
-            recipe_hash(),
-            work.display()
-        ));
+        build.mark()?;
+        Ok(build)
+    }
+
+    fn mark(&self) -> Result<(), ImageError> {
+        for d in [&self.work, &self.recipe_dir] {
+            self.builder.write(d).at("writing the owner marker in", d)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the recipe, its output lines as progress; on failure, the last 20 lines of its
+    /// errors too. The recipe's dir is gone afterwards either way.
+    async fn run(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<(), ImageError> {
+        let recipe_dir = &self.recipe_dir;
         let mut child = tokio::process::Command::new("bash")
             .arg(recipe_dir.join("build-rootfs.sh"))
-            .arg(&work)
+            .arg(&self.work)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .at("running the recipe in", &recipe_dir)?;
+            .at("running the recipe in", recipe_dir)?;
         // The recipe (and debootstrap under it) goes on if this process dies: while it runs,
         // its work dirs are alive for reclaim.
-        let mut builder = builder;
-        builder.helper = child.id().and_then(storage::owner::ProcessRef::of);
-        mark(&builder)?;
-        let (out, err) = (child.stdout.take(), child.stderr.take());
-        let pump = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| async move {
-            let mut lines = Vec::new();
-            if let Some(r) = r {
-                let mut reader = BufReader::new(r).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    lines.push(line);
-                }
-            }
-            lines
-        };
-        let err_task = tokio::spawn(pump(err.map(|e| Box::new(e) as _)));
-        if let Some(out) = out {
+        self.builder.helper = child.id().and_then(storage::owner::ProcessRef::of);
+        self.mark()?;
+        let recipe_dir = &self.recipe_dir;
+        let err_task = tokio::spawn(collect_lines(child.stderr.take()));
+        if let Some(out) = child.stdout.take() {
             let mut reader = BufReader::new(out).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 progress(&line);
@@ -189,27 +218,29 @@ impl GuestImage {
         let status = child
             .wait()
             .await
-            .at("waiting for the recipe in", &recipe_dir)?;
+            .at("waiting for the recipe in", recipe_dir)?;
         let stderr = err_task.await.unwrap_or_default();
-        std::fs::remove_dir_all(&recipe_dir).at("removing the recipe", &recipe_dir)?;
+        std::fs::remove_dir_all(recipe_dir).at("removing the recipe", recipe_dir)?;
         if !status.success() {
             for line in stderr.iter().rev().take(20).rev() {
                 progress(line);
             }
             return Err(ImageError::RecipeFailed { status });
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).at("removing the older image", &dir)?;
-        }
-        std::fs::rename(&work, &dir).at("publishing the image", &dir)?;
-        storage::Owner::me("guest_image", None)
-            .write(&dir)
-            .at("writing the owner marker in", &dir)?;
-        Ok(GuestImage {
-            name: name.into(),
-            dir,
-        })
+        Ok(())
     }
+}
+
+/// Every line `r` gives until it ends: the recipe's errors, kept for when it fails.
+async fn collect_lines(r: Option<tokio::process::ChildStderr>) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(r) = r {
+        let mut reader = BufReader::new(r).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            lines.push(line);
+        }
+    }
+    lines
 }
 
 fn write_recipe(dir: &Path) -> std::io::Result<()> {

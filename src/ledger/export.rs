@@ -3,7 +3,7 @@
 //! `index.html` (a viewer that opens from `file://` with no server, service worker or network)
 //! and `<name>.html`, the same viewer with every picture inlined, as one file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -145,6 +145,7 @@ pub fn export(
     result
 }
 
+/// Writes the bundle into `tmp` and renames it to `target`.
 fn write_bundle(
     review_dir: &Path,
     tmp: &Path,
@@ -160,10 +161,73 @@ fn write_bundle(
         ReviewMeta::read(review_dir).unwrap_or_else(|_| ReviewMeta::new(&session, "session"));
     let events = read_timeline(review_dir, upto)?;
     let refs = frame_refs(&events);
+    let shots = copy_shots(review_dir, tmp, &refs)?;
+    let bytes_without_dedupe = refs.iter().filter_map(|r| shots.sizes.get(r)).sum();
+    let timeline = write_timeline(tmp, &events)?;
+    let steps = Steps::of(&events);
+    let mut review = serde_json::to_value(&meta).map_err(io::Error::other)?;
+    describe(&mut review, name, &events, &steps, &refs, &shots);
+    let pages = Pages {
+        title: format!("deskvm review {}", meta.session_id),
+        events: &events,
+    };
+    let inlined = Value::Object(shots.inlined);
+    let bytes = shots.bytes
+        + (timeline.len()
+            + pages.render(json!({}), &review).len()
+            + pages.render(inlined.clone(), &review).len()) as u64;
+    if let Value::Object(m) = &mut review {
+        m.insert(
+            "bytes".into(),
+            json!({ "total": bytes, "shots": shots.bytes, "timeline": timeline.len(), "without_dedupe": bytes_without_dedupe }),
+        );
+    }
+    // Both pages again, now with the sizes in their header (each page is a few bytes longer
+    // than the size it states, which counts the first rendering).
+    pages.write(tmp, name, inlined, &review)?;
+    let path = tmp.join("review.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,
+    )
+    .at("writing", &path)?;
+    publish(tmp, target, name)?;
+    Ok(Exported {
+        name: name.to_string(),
+        index: target.join("index.html"),
+        single_file: target.join(format!("{name}.html")),
+        dir: target.to_path_buf(),
+        events: events.len(),
+        steps: steps.steps,
+        failed: steps.failed,
+        shots: shots.found,
+        missing_shots: shots.missing.len(),
+        bytes,
+        frame_refs: refs.len(),
+        bytes_without_dedupe,
+    })
+}
+
+/// The frames a bundle carries.
+struct Shots {
+    /// Each frame found, as a `data:` URL for the single-file page.
+    inlined: serde_json::Map<String, Value>,
+    /// Each frame found, and its size.
+    sizes: BTreeMap<String, u64>,
+    /// Frames found: each stored once, however often the timeline refers to it.
+    found: usize,
+    /// Their bytes.
+    bytes: u64,
+    /// Frames the timeline refers to that the ledger no longer has.
+    missing: Vec<String>,
+}
+
+/// Puts each distinct frame of `refs` into the bundle in `tmp`, and inlines it.
+fn copy_shots(review_dir: &Path, tmp: &Path, refs: &[String]) -> io::Result<Shots> {
     let unique: BTreeSet<&String> = refs.iter().collect();
     let mut missing = Vec::new();
     let mut inlined = serde_json::Map::new();
-    let mut sizes = std::collections::BTreeMap::new();
+    let mut sizes = BTreeMap::new();
     for r in &unique {
         let (src, dst) = (review_dir.join(r), tmp.join(r));
         match std::fs::read(&src) {
@@ -172,96 +236,111 @@ fn write_bundle(
                 if std::fs::hard_link(&src, &dst).is_err() {
                     std::fs::write(&dst, &png).at("writing", &dst)?;
                 }
-                sizes.insert(*r, png.len() as u64);
+                sizes.insert((*r).clone(), png.len() as u64);
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
                 inlined.insert((*r).clone(), format!("data:image/png;base64,{b64}").into());
             }
             Err(_) => missing.push((*r).clone()),
         }
     }
-    let shot_bytes: u64 = sizes.values().sum();
-    let bytes_without_dedupe = refs.iter().filter_map(|r| sizes.get(r)).sum();
+    Ok(Shots {
+        inlined,
+        found: unique.len() - missing.len(),
+        bytes: sizes.values().sum(),
+        sizes,
+        missing,
+    })
+}
 
+/// Writes the bundle's timeline, one event a line; returns what it wrote.
+fn write_timeline(tmp: &Path, events: &[Value]) -> io::Result<String> {
     let mut timeline = String::new();
-    for e in &events {
+    for e in events {
         timeline.push_str(&e.to_string());
         timeline.push('\n');
     }
     let path = tmp.join(TIMELINE);
     std::fs::write(&path, &timeline).at("writing", &path)?;
-    let kind = |e: &Value| e["kind"].as_str().unwrap_or_default().to_string();
-    let steps = events.iter().filter(|e| kind(e) != "frame").count();
-    let failed = events
-        .iter()
-        .filter(|e| matches!(kind(e).as_str(), "action_failed" | "session_failed"))
-        .count();
-    let mut review = serde_json::to_value(&meta).map_err(io::Error::other)?;
-    if let Value::Object(m) = &mut review {
+    Ok(timeline)
+}
+
+/// The timeline's steps (every event but frames) and failures.
+struct Steps {
+    steps: usize,
+    failed: usize,
+}
+
+impl Steps {
+    fn of(events: &[Value]) -> Self {
+        let kind = |e: &Value| e["kind"].as_str().unwrap_or_default().to_string();
+        Steps {
+            steps: events.iter().filter(|e| kind(e) != "frame").count(),
+            failed: events
+                .iter()
+                .filter(|e| matches!(kind(e).as_str(), "action_failed" | "session_failed"))
+                .count(),
+        }
+    }
+}
+
+/// Adds to the ledger's review metadata what the bundle holds: its name and time, the capture
+/// policy, the counts and its files.
+fn describe(
+    review: &mut Value,
+    name: &str,
+    events: &[Value],
+    steps: &Steps,
+    refs: &[String],
+    shots: &Shots,
+) {
+    if let Value::Object(m) = review {
         m.insert("exported_at".into(), super::now().into());
         m.insert("name".into(), name.into());
         m.insert("capture".into(), capture_policy());
         m.insert(
             "counts".into(),
-            json!({ "events": events.len(), "steps": steps, "failed": failed, "shots": unique.len() - missing.len(), "frame_refs": refs.len() }),
+            json!({ "events": events.len(), "steps": steps.steps, "failed": steps.failed, "shots": shots.found, "frame_refs": refs.len() }),
         );
-        m.insert("missing_shots".into(), json!(missing));
+        m.insert("missing_shots".into(), json!(shots.missing));
         m.insert(
             "files".into(),
             json!({ "timeline": TIMELINE, "shots": "shots/", "viewer": "index.html", "single_file": format!("{name}.html") }),
         );
     }
-    let title = format!("deskvm review {}", meta.session_id);
-    let page = |shots: Value, review: &Value| {
+}
+
+/// The bundle's two viewer pages: `index.html`, whose pictures are the files in `shots/`, and
+/// `<name>.html`, with every picture inlined.
+struct Pages<'a> {
+    title: String,
+    events: &'a [Value],
+}
+
+impl Pages<'_> {
+    fn render(&self, shots: Value, review: &Value) -> String {
         viewer_html(
-            &title,
-            &json!({ "review": review, "events": events, "shots": shots }),
+            &self.title,
+            &json!({ "review": review, "events": self.events, "shots": shots }),
         )
-    };
-    let index = page(json!({}), &review);
-    let inlined = Value::Object(inlined);
-    let single = page(inlined.clone(), &review);
-    let bytes = shot_bytes + (timeline.len() + index.len() + single.len()) as u64;
-    if let Value::Object(m) = &mut review {
-        m.insert(
-            "bytes".into(),
-            json!({ "total": bytes, "shots": shot_bytes, "timeline": timeline.len(), "without_dedupe": bytes_without_dedupe }),
-        );
     }
-    // Both pages again, now with the sizes in their header (each page is a few bytes longer
-    // than the size it states, which counts the first rendering).
-    let (index, single, meta) = (
-        tmp.join("index.html"),
-        tmp.join(format!("{name}.html")),
-        tmp.join("review.json"),
-    );
-    std::fs::write(&index, page(json!({}), &review)).at("writing", &index)?;
-    std::fs::write(&single, page(inlined, &review)).at("writing", &single)?;
-    std::fs::write(
-        &meta,
-        serde_json::to_vec_pretty(&review).map_err(io::Error::other)?,
-    )
-    .at("writing", &meta)?;
-    // rename(2) onto an existing non-empty directory fails: a bundle is never replaced.
+
+    fn write(&self, tmp: &Path, name: &str, inlined: Value, review: &Value) -> io::Result<()> {
+        let (index, single) = (tmp.join("index.html"), tmp.join(format!("{name}.html")));
+        std::fs::write(&index, self.render(json!({}), review)).at("writing", &index)?;
+        std::fs::write(&single, self.render(inlined, review)).at("writing", &single)?;
+        Ok(())
+    }
+}
+
+/// Renames the finished bundle into place. rename(2) onto an existing non-empty directory
+/// fails: a bundle is never replaced.
+fn publish(tmp: &Path, target: &Path, name: &str) -> io::Result<()> {
     std::fs::rename(tmp, target).map_err(|e| match e.kind() {
         io::ErrorKind::DirectoryNotEmpty => io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!("an export named {name:?} exists; choose another name"),
         ),
         _ => e,
-    })?;
-    Ok(Exported {
-        name: name.to_string(),
-        index: target.join("index.html"),
-        single_file: target.join(format!("{name}.html")),
-        dir: target.to_path_buf(),
-        events: events.len(),
-        steps,
-        failed,
-        shots: unique.len() - missing.len(),
-        missing_shots: missing.len(),
-        bytes,
-        frame_refs: refs.len(),
-        bytes_without_dedupe,
     })
 }
 

@@ -29,14 +29,20 @@ pub struct SessionStartArgs {
     pub engine: Option<String>,
 }
 
+/// The schema of a name an agent gives what it saves (a checkpoint, an exported bundle): one
+/// rule for both, so a model that learned one knows the other. The session checks the same rule
+/// again (`session::check_name`); this states it before the call.
+fn saved_name(schema: &mut schemars::Schema) {
+    schema.insert("minLength".into(), 1.into());
+    schema.insert("maxLength".into(), 64.into());
+    schema.insert("pattern".into(), r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$".into());
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CheckpointArgs {
     pub session_id: String,
     /// Name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<unix time>.
-    #[schemars(
-        length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-    )]
+    #[schemars(transform = saved_name)]
     pub name: Option<String>,
 }
 
@@ -192,10 +198,7 @@ pub struct ExportArgs {
     /// Session id (running, stopped or failed).
     pub session_id: String,
     /// Bundle name (1-64 of A-Z a-z 0-9 . _ -); default <session>-<UTC time>.
-    #[schemars(
-        length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-    )]
+    #[schemars(transform = saved_name)]
     pub name: Option<String>,
 }
 
@@ -311,6 +314,27 @@ mod tests {
         assert_eq!(exec["properties"]["timeout_ms"]["maximum"], 300000);
         let start = serde_json::to_value(schemars::schema_for!(SessionStartArgs)).unwrap();
         assert_eq!(start["properties"]["width"]["minimum"], 640);
+    }
+
+    /// Checkpoint and bundle names state one rule; only their descriptions differ.
+    #[test]
+    fn saved_names_share_one_schema() {
+        let name = |schema: schemars::Schema| {
+            let mut name = serde_json::to_value(schema).unwrap()["properties"]["name"].clone();
+            name.as_object_mut().unwrap().remove("description");
+            name
+        };
+        let checkpoint = name(schemars::schema_for!(CheckpointArgs));
+        assert_eq!(checkpoint, name(schemars::schema_for!(ExportArgs)));
+        assert_eq!(
+            checkpoint,
+            serde_json::json!({
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+            })
+        );
     }
 }
 

@@ -138,6 +138,16 @@ pub fn stroke_for(c: char) -> Option<Stroke> {
 
 /// Text to strokes; fails naming every character that cannot be typed.
 pub fn strokes_for_text(text: &str) -> Result<Vec<Stroke>, InputError> {
+    map_text(text, stroke_for)
+}
+
+/// What every way of typing text shares: the length cap, CRLF typed as one Return, and each
+/// character `typed` has no way to type named once, so one refusal lists them all and the
+/// caller fixes its text in one go.
+pub(super) fn map_text<T>(
+    text: &str,
+    mut typed: impl FnMut(char) -> Option<T>,
+) -> Result<Vec<T>, InputError> {
     let len = text.chars().count();
     if len > MAX_TEXT_LEN {
         return Err(InputError::TextTooLong {
@@ -147,21 +157,20 @@ pub fn strokes_for_text(text: &str) -> Result<Vec<Stroke>, InputError> {
     }
     let text = text.replace("\r\n", "\n");
     let mut bad: Vec<String> = Vec::new();
-    let strokes: Vec<Stroke> = text
-        .chars()
-        .filter_map(|c| {
-            let s = stroke_for(c);
-            if s.is_none() {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match typed(c) {
+            Some(t) => out.push(t),
+            None => {
                 let name = format!("{c:?} (U+{:04X})", c as u32);
                 if !bad.contains(&name) {
                     bad.push(name);
                 }
             }
-            s
-        })
-        .collect();
+        }
+    }
     if bad.is_empty() {
-        Ok(strokes)
+        Ok(out)
     } else {
         Err(InputError::Untypable(bad))
     }
@@ -242,6 +251,28 @@ mod tests {
     fn oversized_text_is_refused() {
         let err = strokes_for_text(&"a".repeat(MAX_TEXT_LEN + 1)).unwrap_err();
         assert!(matches!(err, InputError::TextTooLong { .. }));
+        // The cap counts characters, not bytes.
+        let err = map_text(&"é".repeat(MAX_TEXT_LEN + 1), Some).unwrap_err();
+        assert_eq!(
+            err,
+            InputError::TextTooLong {
+                len: MAX_TEXT_LEN + 1,
+                max: MAX_TEXT_LEN
+            }
+        );
+        assert!(map_text(&"é".repeat(MAX_TEXT_LEN), Some).is_ok());
+    }
+
+    #[test]
+    fn crlf_is_one_return() {
+        let strokes = strokes_for_text("a\r\nb\n").unwrap();
+        let keys: Vec<QCode> = strokes.iter().map(|s| s.key).collect();
+        assert_eq!(keys, ["a", "ret", "b", "ret"]);
+        // A lone CR is a control character, refused like the others.
+        assert_eq!(
+            strokes_for_text("a\rb").unwrap_err(),
+            InputError::Untypable(vec!["'\\r' (U+000D)".into()])
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::input::{stroke_for, InputError, Stroke, MAX_TEXT_LEN};
+use super::input::{map_text, stroke_for, InputError, Stroke};
 use super::keymap::{self, key_defs, pool, Slot};
 pub use super::keymap::{CAPACITY, SPARE_KEYS};
 use super::{Vm, VmError};
@@ -33,33 +33,11 @@ pub enum Piece {
 /// Text to pieces; fails naming every character that cannot be typed (control characters
 /// other than newline and tab).
 pub fn pieces_for_text(text: &str) -> Result<Vec<Piece>, InputError> {
-    let len = text.chars().count();
-    if len > MAX_TEXT_LEN {
-        return Err(InputError::TextTooLong {
-            len,
-            max: MAX_TEXT_LEN,
-        });
-    }
-    let text = text.replace("\r\n", "\n");
-    let mut bad: Vec<String> = Vec::new();
-    let mut pieces = Vec::with_capacity(text.len());
-    for c in text.chars() {
-        match stroke_for(c) {
-            Some(s) => pieces.push(Piece::Key(s)),
-            None if !c.is_control() => pieces.push(Piece::Char(c)),
-            None => {
-                let name = format!("{c:?} (U+{:04X})", c as u32);
-                if !bad.contains(&name) {
-                    bad.push(name);
-                }
-            }
-        }
-    }
-    if bad.is_empty() {
-        Ok(pieces)
-    } else {
-        Err(InputError::Untypable(bad))
-    }
+    map_text(text, |c| match stroke_for(c) {
+        Some(s) => Some(Piece::Key(s)),
+        None if !c.is_control() => Some(Piece::Char(c)),
+        None => None,
+    })
 }
 
 /// One mapping: the characters on spare-key slots.

@@ -3,21 +3,19 @@
 //! a registry (a container of the runtime image, an archive upload, a commit) and streamed to
 //! other engines over the Engine API (`deskvm image push`: save here, load there).
 
-use std::path::{Path, PathBuf};
+mod build;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::ImportImageOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::transfer::{self, Meter, Pinged};
-use super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
+use super::{docker_err, BackendError};
 use crate::image::ready::ReadyState;
 use crate::image::GuestImage;
 use crate::storage::owner::LABEL_PID;
@@ -86,27 +84,13 @@ pub async fn build(
             image.name
         )));
     }
-    let names = ready
-        .iter()
-        .map(|r| {
-            r.dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let stamps = ready
-        .iter()
-        .map(ReadyState::stamp)
-        .collect::<Vec<_>>()
-        .join(",");
+    let carried = build::Carried::of(&ready, qemu_version);
     if let Ok(img) = docker.inspect_image(&tag).await {
         let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        // An image that carries its build container's owner labels is rebuilt: see build_in.
+        // An image that carries its build container's owner labels is rebuilt: see
+        // build::image_labels.
         let owned = labels.get(LABEL_PID).is_some_and(|p| !p.is_empty());
-        if labels.get(LABEL_READY_STAMPS) == Some(&stamps) && !owned {
+        if labels.get(LABEL_READY_STAMPS) == Some(&carried.stamps) && !owned {
             progress(&format!("guest image {tag} is up to date"));
             return Ok(tag);
         }
@@ -117,18 +101,10 @@ pub async fn build(
     crate::storage::Owner::me("image_build", None)
         .write(&work)
         .at("writing the owner marker in", &work)?;
-    let built = build_in(
-        docker,
-        cache,
-        image,
-        runtime,
-        &ready,
-        &work,
-        &tag,
-        &names,
-        &stamps,
-        qemu_version,
-    )
+    let built = async {
+        let stage = build::stage(cache, image, &ready, &work).await?;
+        build::commit_stage(docker, runtime, &stage, &tag, &carried).await
+    }
     .await;
     let _ = std::fs::remove_dir_all(&work);
     built?;
@@ -137,159 +113,6 @@ pub async fn build(
         ready.len()
     ));
     Ok(tag)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn build_in(
-    docker: &Docker,
-    cache: &Path,
-    image: &GuestImage,
-    runtime: &str,
-    ready: &[ReadyState],
-    work: &Path,
-    tag: &str,
-    names: &str,
-    stamps: &str,
-    qemu_version: &str,
-) -> Result<(), BackendError> {
-    // The staged tree mirrors the cache under CACHE_IN_IMAGE; big files are symlinks that tar
-    // follows (-h), so nothing is copied but the small ready-state overlays, whose backing
-    // path is rewritten to where the image carries the base disk.
-    let stage = work.join("stage");
-    let inside = |p: &Path| -> Result<PathBuf, BackendError> {
-        let rel = p.strip_prefix(cache).map_err(|_| {
-            BackendError::Setup(format!("{} is not in the image cache", p.display()))
-        })?;
-        Ok(stage.join(CACHE_IN_IMAGE.trim_start_matches('/')).join(rel))
-    };
-    let link = |from: &Path| -> Result<(), BackendError> {
-        let to = inside(from)?;
-        let dir = to.parent().expect("inside the stage");
-        std::fs::create_dir_all(dir).at("creating the stage dir", dir)?;
-        std::os::unix::fs::symlink(from, &to).at("linking into the stage", &to)?;
-        Ok(())
-    };
-    for f in [image.kernel(), image.initrd(), image.base()] {
-        link(&f)?;
-    }
-    let base_inside = super::engine::in_image(cache, &image.base()).expect("base is in the cache");
-    for r in ready {
-        link(&r.state())?;
-        link(&r.meta())?;
-        let disk = inside(&r.disk())?;
-        std::fs::copy(r.disk(), &disk).at("copying the ready state's disk to", &disk)?;
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["rebase", "-u", "-F", "qcow2", "-b"])
-            .arg(&base_inside)
-            .arg(&disk)
-            .output()
-            .await
-            .at("running qemu-img rebase on", &disk)?;
-        if !out.status.success() {
-            return Err(BackendError::Setup(format!(
-                "qemu-img rebase failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-    }
-    let name = format!("deskvm-guest-build-{}", std::process::id());
-    super::DockerBackend::remove(docker, &name).await;
-    // Owner labels: if this process dies mid-build, the janitor finds the container.
-    let owner_labels = crate::storage::Owner::me("image_build", None).labels();
-    let body = ContainerCreateBody {
-        image: Some(runtime.to_string()),
-        cmd: Some(vec!["true".into()]),
-        labels: Some(owner_labels.clone()),
-        ..Default::default()
-    };
-    docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-            body,
-        )
-        .await
-        .map_err(|e| docker_err("creating the guest image build container", e))?;
-    let committed = async {
-        let mut tar = tokio::process::Command::new("tar")
-            .arg("-C")
-            .arg(&stage)
-            .args([
-                "-h",
-                "--numeric-owner",
-                "--owner=0",
-                "--group=0",
-                "-cf",
-                "-",
-                "deskvm",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .at("running tar in", &stage)?;
-        let stdout = tar.stdout.take().expect("piped");
-        // Gigabytes into this host's engine, which answers only once it has them all: bounded
-        // by progress (`transfer`), not by the client's request timeout.
-        let meter = Meter::new(None);
-        let body = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20);
-        let body = transfer::counted(body, meter.clone());
-        let opts = UploadToContainerOptionsBuilder::new().path("/").build();
-        let client = transfer::without_deadline(docker);
-        let upload = client.upload_to_container(&name, Some(opts), bollard::body_try_stream(body));
-        transfer::watched(
-            &meter,
-            transfer::stall_bound(),
-            Pinged::target(docker),
-            upload,
-        )
-        .await
-        .map_err(transfer::stalled(
-            "uploading the guest files to this host's engine",
-        ))?
-        .map_err(|e| docker_err("uploading the guest files", e))?;
-        if !tar.wait().await.at("waiting for tar in", &stage)?.success() {
-            return Err(BackendError::Setup("tar of the guest files failed".into()));
-        }
-        let (repo, t) = tag.split_once(':').expect("tag has a colon");
-        let opts = CommitContainerOptionsBuilder::new()
-            .container(&name)
-            .repo(repo)
-            .tag(t)
-            .pause(false)
-            .build();
-        let labels = [
-            (LABEL_READY, names),
-            (LABEL_READY_STAMPS, stamps),
-            (LABEL_QEMU, qemu_version),
-            (LABEL_VERSION, env!("CARGO_PKG_VERSION")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        // A commit keeps every label of the container the config does not set: blank the build
-        // container's owner labels, or every container made from the image (a user's `docker
-        // run` on an engine others share) would look like this dead build's and be reclaimed.
-        .chain(owner_labels.keys().map(|k| (k.clone(), String::new())))
-        .collect();
-        let config = bollard::models::ContainerConfig {
-            labels: Some(labels),
-            cmd: Some(vec!["true".into()]),
-            ..Default::default()
-        };
-        // Writing a layer of gigabytes says nothing until it is done: the engine answering
-        // pings is the only sign it is at work.
-        let commit = client.commit_container(opts, config);
-        transfer::watched(
-            &Meter::working(),
-            transfer::stall_bound(),
-            Pinged::target(docker),
-            commit,
-        )
-        .await
-        .map_err(transfer::stalled("committing the guest image"))?
-        .map_err(|e| docker_err("committing the guest image", e))?;
-        Ok(())
-    }
-    .await;
-    super::DockerBackend::remove(docker, &name).await;
-    committed
 }
 
 /// What a push moved.

@@ -86,6 +86,8 @@ fn seconds_ms(a: &Map<String, Value>, action: &str) -> Result<u64, SessionError>
     Ok((d * 1000.0).round() as u64)
 }
 
+/// One Anthropic action as session steps and the reply's shape: one arm per action, with the
+/// actions that check more than a field or two (zoom, scroll) in their own functions.
 pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError> {
     let name = a
         .get("action")
@@ -107,36 +109,7 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
             }],
             reply: Reply::Outcome,
         }),
-        "zoom" => {
-            let r = a.get("region").and_then(Value::as_array);
-            let corners: Option<Vec<f64>> = r
-                .filter(|r| r.len() == 4)
-                .and_then(|r| r.iter().map(Value::as_f64).collect());
-            let Some([x0, y0, x1, y1]) = corners.as_deref().map(|c| [c[0], c[1], c[2], c[3]])
-            else {
-                return Err(bad(
-                    "zoom needs region: [x1, y1, x2, y2] (top-left and bottom-right corners)",
-                ));
-            };
-            if x1 <= x0 || y1 <= y0 {
-                return Err(bad(format!(
-                    "zoom region [{x0}, {y0}, {x1}, {y1}] is empty: x2 must exceed x1 and y2 exceed y1"
-                )));
-            }
-            let region = Region {
-                x: x0,
-                y: y0,
-                width: x1 - x0,
-                height: y1 - y0,
-            };
-            Ok(Mapped {
-                steps: vec![Action::Zoom {
-                    region,
-                    scale: None,
-                }],
-                reply: Reply::Outcome,
-            })
-        }
+        "zoom" => zoom(a),
         "left_click" => click(Button::Left, 1),
         "right_click" => click(Button::Right, 1),
         "middle_click" => click(Button::Middle, 1),
@@ -162,35 +135,7 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
             steps: vec![Action::CursorPosition],
             reply: Reply::CursorText,
         }),
-        "scroll" => {
-            let amount = match a.get("scroll_amount") {
-                None | Some(Value::Null) => 3,
-                Some(v) => v.as_i64().ok_or_else(|| {
-                    bad(format!(
-                        "scroll_amount must be a whole number of wheel clicks, got {v}"
-                    ))
-                })?,
-            };
-            let amount =
-                check_range("scroll_amount", amount, (0, MAX_SCROLL_CLICKS.into()))? as i32;
-            let (dx, dy) = match a.get("scroll_direction").and_then(Value::as_str) {
-                Some("up") => (0, -amount),
-                Some("down") => (0, amount),
-                Some("left") => (-amount, 0),
-                Some("right") => (amount, 0),
-                other => {
-                    return Err(bad(format!(
-                        "scroll_direction must be up, down, left or right, got {other:?}"
-                    )))
-                }
-            };
-            Ok(Mapped::then_look(Action::Scroll {
-                at: point(a, "coordinate")?,
-                dx,
-                dy,
-                modifiers: modifiers(a),
-            }))
-        }
+        "scroll" => scroll(a),
         "type" => Ok(Mapped::then_look(Action::Type {
             text: text(a, name)?.to_string(),
             secret,
@@ -214,4 +159,65 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
             supported: ACTIONS.to_vec(),
         }),
     }
+}
+
+/// `zoom`: a region given by its corners, as deskvm's region (corner, width and height).
+fn zoom(a: &Map<String, Value>) -> Result<Mapped, SessionError> {
+    let r = a.get("region").and_then(Value::as_array);
+    let corners: Option<Vec<f64>> = r
+        .filter(|r| r.len() == 4)
+        .and_then(|r| r.iter().map(Value::as_f64).collect());
+    let Some([x0, y0, x1, y1]) = corners.as_deref().map(|c| [c[0], c[1], c[2], c[3]]) else {
+        return Err(bad(
+            "zoom needs region: [x1, y1, x2, y2] (top-left and bottom-right corners)",
+        ));
+    };
+    if x1 <= x0 || y1 <= y0 {
+        return Err(bad(format!(
+            "zoom region [{x0}, {y0}, {x1}, {y1}] is empty: x2 must exceed x1 and y2 exceed y1"
+        )));
+    }
+    let region = Region {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    };
+    Ok(Mapped {
+        steps: vec![Action::Zoom {
+            region,
+            scale: None,
+        }],
+        reply: Reply::Outcome,
+    })
+}
+
+/// `scroll`: wheel clicks in one direction (3 unless `scroll_amount` says otherwise).
+fn scroll(a: &Map<String, Value>) -> Result<Mapped, SessionError> {
+    let amount = match a.get("scroll_amount") {
+        None | Some(Value::Null) => 3,
+        Some(v) => v.as_i64().ok_or_else(|| {
+            bad(format!(
+                "scroll_amount must be a whole number of wheel clicks, got {v}"
+            ))
+        })?,
+    };
+    let amount = check_range("scroll_amount", amount, (0, MAX_SCROLL_CLICKS.into()))? as i32;
+    let (dx, dy) = match a.get("scroll_direction").and_then(Value::as_str) {
+        Some("up") => (0, -amount),
+        Some("down") => (0, amount),
+        Some("left") => (-amount, 0),
+        Some("right") => (amount, 0),
+        other => {
+            return Err(bad(format!(
+                "scroll_direction must be up, down, left or right, got {other:?}"
+            )))
+        }
+    };
+    Ok(Mapped::then_look(Action::Scroll {
+        at: point(a, "coordinate")?,
+        dx,
+        dy,
+        modifiers: modifiers(a),
+    }))
 }

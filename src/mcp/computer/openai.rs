@@ -68,6 +68,8 @@ fn clicks(px: f64) -> i32 {
     (n.min(1e6) as i32) * px.signum() as i32
 }
 
+/// One OpenAI action as a session step and the reply's shape: one arm per action, with the
+/// actions that check more than a field or two in their own functions.
 pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError> {
     let name = a
         .get("type")
@@ -78,81 +80,11 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
             scale: None,
             max_width: None,
         },
-        "click" | "double_click" => {
-            let button = match a.get("button").and_then(Value::as_str).unwrap_or("left") {
-                "left" => Button::Left,
-                "right" => Button::Right,
-                "wheel" | "middle" => Button::Middle,
-                b @ ("back" | "forward") => {
-                    return Err(bad(format!(
-                        "button {b:?} cannot be clicked: the guest's pointer has three buttons; \
-                         for a browser's {b}, send keypress [\"ALT\", \"{}\"]",
-                        if b == "back" { "LEFT" } else { "RIGHT" }
-                    )))
-                }
-                other => {
-                    return Err(bad(format!(
-                        "button must be left, right, wheel, back or forward, got {other:?}"
-                    )))
-                }
-            };
-            Action::Click {
-                at: Some(xy(a, name)?),
-                button,
-                count: if name == "double_click" { 2 } else { 1 },
-                modifiers: keys_held(a)?,
-            }
-        }
-        "drag" => {
-            let path = a
-                .get("path")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("drag needs path: [{\"x\": .., \"y\": ..}, ...]"))?;
-            let path = path
-                .iter()
-                .map(|p| {
-                    p.as_object().map_or_else(
-                        || Err(bad("path points are {x, y}")),
-                        |p| xy(p, "a path point"),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Action::Drag {
-                path,
-                button: Button::Left,
-                modifiers: keys_held(a)?,
-            }
-        }
-        "keypress" => {
-            let keys = keys_held(a)?;
-            if keys.is_empty() {
-                return Err(bad("keypress needs keys: a list such as [\"CTRL\", \"C\"]"));
-            }
-            // The keys are pressed together, as one combination.
-            Action::Key {
-                keys: keys.join("+"),
-                hold_ms: None,
-            }
-        }
+        "click" | "double_click" => click(a, name)?,
+        "drag" => drag(a)?,
+        "keypress" => keypress(a)?,
         "move" => Action::MouseMove { to: xy(a, name)? },
-        "scroll" => {
-            let wheel = |f: &'static str| {
-                let px = match a.get(f) {
-                    None | Some(Value::Null) => 0.0,
-                    Some(v) => v
-                        .as_f64()
-                        .ok_or_else(|| bad(format!("{f} must be a number of pixels, got {v}")))?,
-                };
-                let max = f64::from(MAX_SCROLL_CLICKS) * SCROLL_PX_PER_CLICK;
-                check_range(f, px, (-max, max)).map(clicks)
-            };
-            Action::Scroll {
-                at: Some(xy(a, name)?),
-                dx: wheel("scroll_x")?,
-                dy: wheel("scroll_y")?,
-                modifiers: keys_held(a)?,
-            }
-        }
+        "scroll" => scroll(a, name)?,
         "type" => Action::Type {
             text: a
                 .get("text")
@@ -182,6 +114,88 @@ pub fn map(a: &Map<String, Value>, secret: bool) -> Result<Mapped, SessionError>
         }
     } else {
         Mapped::then_look(step)
+    })
+}
+
+/// `click` and `double_click`, with any of OpenAI's five buttons named.
+fn click(a: &Map<String, Value>, name: &str) -> Result<Action, SessionError> {
+    Ok(Action::Click {
+        button: button(a)?,
+        at: Some(xy(a, name)?),
+        count: if name == "double_click" { 2 } else { 1 },
+        modifiers: keys_held(a)?,
+    })
+}
+
+/// The guest's pointer has three buttons: back and forward are refused with the keys a
+/// browser takes for them, so the agent can go on.
+fn button(a: &Map<String, Value>) -> Result<Button, SessionError> {
+    match a.get("button").and_then(Value::as_str).unwrap_or("left") {
+        "left" => Ok(Button::Left),
+        "right" => Ok(Button::Right),
+        "wheel" | "middle" => Ok(Button::Middle),
+        b @ ("back" | "forward") => Err(bad(format!(
+            "button {b:?} cannot be clicked: the guest's pointer has three buttons; \
+             for a browser's {b}, send keypress [\"ALT\", \"{}\"]",
+            if b == "back" { "LEFT" } else { "RIGHT" }
+        ))),
+        other => Err(bad(format!(
+            "button must be left, right, wheel, back or forward, got {other:?}"
+        ))),
+    }
+}
+
+/// `drag` along a path of {x, y} points.
+fn drag(a: &Map<String, Value>) -> Result<Action, SessionError> {
+    let path = a
+        .get("path")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("drag needs path: [{\"x\": .., \"y\": ..}, ...]"))?;
+    let path = path
+        .iter()
+        .map(|p| {
+            p.as_object().map_or_else(
+                || Err(bad("path points are {x, y}")),
+                |p| xy(p, "a path point"),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Action::Drag {
+        path,
+        button: Button::Left,
+        modifiers: keys_held(a)?,
+    })
+}
+
+/// `keypress`: the keys are pressed together, as one combination.
+fn keypress(a: &Map<String, Value>) -> Result<Action, SessionError> {
+    let keys = keys_held(a)?;
+    if keys.is_empty() {
+        return Err(bad("keypress needs keys: a list such as [\"CTRL\", \"C\"]"));
+    }
+    Ok(Action::Key {
+        keys: keys.join("+"),
+        hold_ms: None,
+    })
+}
+
+/// `scroll`: distances in pixels, turned into wheel clicks.
+fn scroll(a: &Map<String, Value>, name: &str) -> Result<Action, SessionError> {
+    let wheel = |f: &'static str| {
+        let px = match a.get(f) {
+            None | Some(Value::Null) => 0.0,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(format!("{f} must be a number of pixels, got {v}")))?,
+        };
+        let max = f64::from(MAX_SCROLL_CLICKS) * SCROLL_PX_PER_CLICK;
+        check_range(f, px, (-max, max)).map(clicks)
+    };
+    Ok(Action::Scroll {
+        at: Some(xy(a, name)?),
+        dx: wheel("scroll_x")?,
+        dy: wheel("scroll_y")?,
+        modifiers: keys_held(a)?,
     })
 }
 
