@@ -11,7 +11,7 @@
 pub mod accel;
 pub mod backend;
 pub mod http;
-pub mod image;
+pub mod guest_image;
 pub mod ledger;
 pub mod mcp;
 pub mod session;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use common::*;
-use deskvm::image::ready::ReadyState;
-use deskvm::image::{recipe_hash, GuestImage, DEFAULT_IMAGE};
+use deskvm::guest_image::ready::ReadyState;
+use deskvm::guest_image::{recipe_hash, GuestImage, DEFAULT_IMAGE};
 use deskvm::storage::Owner;
 use deskvm::vm::spec::Accel;
 use serde_json::Value;

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::{metric, ms, pct, record, summary, METRICS};
 use crate::backend::local::LocalBackend;
-use crate::image::ready::ReadyState;
-use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
 use crate::session::{boot, machine_spec, DEFAULT_MEMORY_MB};
 use crate::storage::{self, Layout, Owner};
 use crate::vm::spec::{Accel, RuntimeFiles};

@@ -10,7 +10,7 @@ use crate::accel;
 use crate::backend::docker::DockerBackend;
 use crate::backend::local::{LocalBackend, QEMU};
 use crate::backend::Backend;
-use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::docker::{self, guest, transfer, EngineSpec};
 use crate::backend::pool::Engines;
-use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
 

@@ -10,8 +10,8 @@ use super::choice::{resolve_accel, select_backend, AccelChoice, BackendChoice};
 use crate::backend::docker;
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
-use crate::image::ready::ReadyState;
-use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
 use crate::session::{ManagerConfig, SessionManager, DEFAULT_MEMORY_MB};
 use crate::storage::{self, Layout};
 

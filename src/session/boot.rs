@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::SessionError;
 use crate::backend::{Backend, Instance};
-use crate::image::ready::ReadyState;
-use crate::image::GuestImage;
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::GuestImage;
 use crate::storage::IoContext;
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 use crate::vm::{Button, Vm, VmError};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::SessionError;
-use crate::image::ready::ReadyState;
+use crate::guest_image::ready::ReadyState;
 use crate::storage::{self, Layout, Owner};
 use crate::storage::{IoContext, IoError};
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use crate::backend::BackendError;
-use crate::image::ImageError;
+use crate::guest_image::ImageError;
 use crate::vm::input::InputError;
 use crate::vm::VmError;
 

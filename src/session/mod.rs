@@ -39,8 +39,8 @@ use serde_json::json;
 use tokio::sync::{watch, Mutex, RwLock};
 
 use crate::backend::Backend;
-use crate::image::ready::ReadyState;
-use crate::image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
 use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use super::checkpoint::{self, CheckpointInfo};
 use super::{boot, watch_exit, Session, SessionError, SessionManager, StartRequest};
 use crate::backend::Backend;
-use crate::image::ready::ReadyState;
-use crate::image::GuestImage;
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::GuestImage;
 use crate::storage::{IoError, Owner};
 use crate::vm::spec::VmSpec;
 

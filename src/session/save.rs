@@ -9,7 +9,7 @@ use super::checkpoint::{dir, meta_path, CheckpointInfo};
 use super::error::SessionError;
 use super::lane::Lane;
 use super::Session;
-use crate::image::ready::ReadyState;
+use crate::guest_image::ready::ReadyState;
 use crate::storage::{self, IoContext, IoError, Layout, Owner};
 use crate::vm::qmp::LiveSave;
 use crate::vm::VmError;

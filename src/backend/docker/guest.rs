@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::transfer::{self, Meter, Pinged};
 use super::{docker_err, BackendError};
-use crate::image::ready::ReadyState;
-use crate::image::GuestImage;
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::GuestImage;
 use crate::storage::owner::LABEL_PID;
 use crate::storage::IoContext;
 use crate::vm::spec::hex;

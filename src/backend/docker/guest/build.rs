@@ -14,8 +14,8 @@ use bollard::Docker;
 use super::super::transfer::{self, Meter, Pinged};
 use super::super::{docker_err, BackendError, LABEL_QEMU, LABEL_VERSION};
 use super::{CACHE_IN_IMAGE, LABEL_READY, LABEL_READY_STAMPS};
-use crate::image::ready::ReadyState;
-use crate::image::GuestImage;
+use crate::guest_image::ready::ReadyState;
+use crate::guest_image::GuestImage;
 use crate::storage::IoContext;
 
 /// What the committed image says of itself: the ready states it carries (directory names and
