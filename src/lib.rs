@@ -10,8 +10,8 @@
 
 pub mod accel;
 pub mod backend;
-pub mod http;
 pub mod guest_image;
+pub mod http;
 pub mod ledger;
 pub mod mcp;
 pub mod session;

@@ -77,7 +77,8 @@ pub async fn after_stop(client: &Client, n: usize, before: Before) -> Result<()>
 /// files: a scan stats them, it never reads them).
 fn synthetic_cache(layout: &Layout, images: usize) -> Result<()> {
     // This deskvm's own image, built: only then are the others superseded.
-    let current = crate::guest_image::GuestImage::dir_for(layout, crate::guest_image::DEFAULT_IMAGE);
+    let current =
+        crate::guest_image::GuestImage::dir_for(layout, crate::guest_image::DEFAULT_IMAGE);
     std::fs::create_dir_all(&current)?;
     std::fs::File::create(current.join("base.qcow2"))?.set_len(4 << 30)?;
     Owner::me("guest_image", None).write(&current)?;

@@ -262,11 +262,11 @@ fn refuse(status: StatusCode, why: &str, www: Option<&str>) -> Response {
 /// Host and Origin, then the token, then the stream cap; the principal goes into the request's
 /// extensions, where rmcp hands it to the tool handler with the rest of the request.
 pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
-    if let Err(refused) = check_names(&g, &req) {
-        return refused;
+    if let Err(Refusal(status, why, www)) = check_names(&g, &req) {
+        return refuse(status, why, www);
     }
-    if let Err(refused) = authenticate(&g, &mut req) {
-        return refused;
+    if let Err(Refusal(status, why, www)) = authenticate(&g, &mut req) {
+        return refuse(status, why, www);
     }
     // Counted until the response body ends: an SSE stream holds its place while it is open.
     let now = g.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -315,8 +315,12 @@ pub async fn middleware(State(g): State<Guard>, mut req: Request, next: Next) ->
     Response::from_parts(parts, axum::body::Body::new(body))
 }
 
+/// Why a request is turned away before any handler sees it: its status, the message, and the
+/// `WWW-Authenticate` challenge when a token is what it lacks.
+struct Refusal(StatusCode, &'static str, Option<&'static str>);
+
 /// The DNS-rebinding guard: the `Host` a request names and the `Origin` a browser sends.
-fn check_names(g: &Guard, req: &Request) -> Result<(), Response> {
+fn check_names(g: &Guard, req: &Request) -> Result<(), Refusal> {
     if let Some(hosts) = &g.hosts {
         let host = req
             .headers()
@@ -325,7 +329,7 @@ fn check_names(g: &Guard, req: &Request) -> Result<(), Response> {
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         if !host.is_some_and(|h| host_allowed(hosts, h)) {
             let why = "Host not allowed (see --allow-host)";
-            return Err(refuse(StatusCode::FORBIDDEN, why, None));
+            return Err(Refusal(StatusCode::FORBIDDEN, why, None));
         }
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
@@ -334,26 +338,26 @@ fn check_names(g: &Guard, req: &Request) -> Result<(), Response> {
         });
         if !ok {
             let why = "Origin not allowed (see --allow-origin)";
-            return Err(refuse(StatusCode::FORBIDDEN, why, None));
+            return Err(Refusal(StatusCode::FORBIDDEN, why, None));
         }
     }
     Ok(())
 }
 
 /// With tokens configured, a request must present one; its name becomes the [`Principal`].
-fn authenticate(g: &Guard, req: &mut Request) -> Result<(), Response> {
+fn authenticate(g: &Guard, req: &mut Request) -> Result<(), Refusal> {
     if g.tokens.is_empty() {
         return Ok(());
     }
     let Some((secret, from_query)) = presented(req.headers(), req.uri()) else {
-        return Err(refuse(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
             "a bearer token is required (Authorization: Bearer <token>)",
             Some("Bearer realm=\"deskvm\""),
         ));
     };
     let Some(name) = g.tokens.check(&secret) else {
-        return Err(refuse(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
             "invalid token",
             Some("Bearer realm=\"deskvm\", error=\"invalid_token\""),
