@@ -11,10 +11,11 @@
 pub mod auth;
 mod reviews;
 mod sse;
+mod tokens;
 mod transport;
 mod view;
 
-pub use auth::Tokens;
+pub use tokens::Tokens;
 pub use transport::{serve, Transport};
 
 use std::net::SocketAddr;

@@ -17,7 +17,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, token_to_cookie, Guard, QueryToken, Tokens};
+use super::auth::{self, token_to_cookie, Guard, QueryToken};
+use super::Tokens;
 use super::{no_store, LOOPBACK_HOSTS};
 use crate::mcp::Principal;
 use crate::view::{bridge, novnc_dir, novnc_file, page, Denied, Views, MAX_VIEWERS};
