@@ -30,23 +30,24 @@ pub struct QueryToken(pub String);
 /// Which token opened each streamable-HTTP session (`Mcp-Session-Id`): another token's requests
 /// on it are refused as if it did not exist.
 #[derive(Default)]
-pub struct McpSessions(Mutex<HashMap<String, (Option<String>, Instant)>>);
+struct McpSessions(Mutex<HashMap<String, (Option<String>, Instant)>>);
 
 /// Sessions rmcp has forgotten (expired after an hour without traffic) are dropped from the
 /// table once they are this old.
 const MCP_SESSION_RECORD: Duration = Duration::from_secs(2 * 3600);
 
-/// What the middleware needs: tokens, allowed origins, and the stream cap.
+/// What the middleware needs: tokens, allowed origins, and the stream cap. Made only by
+/// [`Guard::new`]: the in-flight count and the session table start empty.
 #[derive(Clone)]
 pub struct Guard {
-    pub tokens: Arc<Tokens>,
+    tokens: Arc<Tokens>,
     /// Exact origins (`scheme://host[:port]`) or a host with any port (`scheme://host:*`).
-    pub origins: Arc<Vec<String>>,
+    origins: Arc<Vec<String>>,
     /// Host names requests may name (DNS rebinding guard on every route); None: any.
-    pub hosts: Option<Arc<Vec<String>>>,
-    pub max_streams: usize,
-    pub in_flight: Arc<AtomicUsize>,
-    pub mcp_sessions: Arc<McpSessions>,
+    hosts: Option<Arc<Vec<String>>>,
+    max_streams: usize,
+    in_flight: Arc<AtomicUsize>,
+    mcp_sessions: Arc<McpSessions>,
 }
 
 impl Guard {
