@@ -169,6 +169,41 @@ impl Client {
         Ok((png, r.structured_content.unwrap_or(Value::Null)))
     }
 
+    /// Runs `command` in the guest (`exec`); its stdout.
+    pub async fn exec_stdout(&self, session_id: &str, command: &str) -> Result<String> {
+        let out = self
+            .call_ok(
+                "exec",
+                serde_json::json!({ "session_id": session_id, "command": command }),
+            )
+            .await?;
+        Ok(out["stdout"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Polls the focused window's title (xdotool, in the workstation image) until it contains
+    /// `part`, at most `limit`; the title and how long it took.
+    pub async fn wait_for_title(
+        &self,
+        session_id: &str,
+        part: &str,
+        limit: std::time::Duration,
+    ) -> Result<(String, std::time::Duration)> {
+        let started = std::time::Instant::now();
+        let mut title = String::new();
+        while started.elapsed() < limit {
+            let cmd = "xdotool getactivewindow getwindowname 2>/dev/null || true";
+            title = self.exec_stdout(session_id, cmd).await?.trim().to_string();
+            if title.contains(part) {
+                return Ok((title, started.elapsed()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        Err(anyhow!(
+            "no window titled like {part:?} within {} s (focused: {title:?})",
+            limit.as_secs()
+        ))
+    }
+
     pub async fn close(self) -> Result<()> {
         self.svc.cancel().await?;
         Ok(())

@@ -74,8 +74,14 @@ enum Cmd {
         #[command(flatten)]
         args: ServeArgs,
     },
-    /// Install host packages (as root), build the guest image and save its ready state.
-    Setup,
+    /// Install host packages (as root), build the default guest image (workstation) and save
+    /// its ready states.
+    Setup {
+        /// Build this image instead (a built-in recipe or a recipe directory; repeatable;
+        /// `all`: every built-in recipe).
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -157,6 +163,9 @@ struct ServeArgs {
     /// Stop a session after this many seconds without a tool call (0: never).
     #[arg(long, env = "DESKVM_IDLE_TIMEOUT_S", default_value_t = 1800)]
     idle_timeout_s: u64,
+    /// The guest image a session_start that names none gets.
+    #[arg(long, env = "DESKVM_IMAGE", default_value = deskvm::guest_image::DEFAULT_IMAGE)]
+    image: String,
     /// Guest RAM: `shared` maps it copy-on-write from a template made from the ready state
     /// (sessions share the pages they have not written), `private` loads a full copy per
     /// session (the fallback when no template can be made).
@@ -179,9 +188,14 @@ enum ReviewCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build the default guest image (needs root) and its ready state; --runtime adds the Docker
-    /// runtime image.
+    /// Build a guest image from a recipe (needs root) and its ready state; --runtime adds the
+    /// Docker runtime image.
     Build {
+        /// A built-in recipe (minimal, workstation) or a recipe directory (default: workstation).
+        recipe: Option<String>,
+        /// The image's name (default: the recipe's or its directory's name).
+        #[arg(long)]
+        name: Option<String>,
         /// Rebuild even when the cache has it.
         #[arg(long)]
         force: bool,
@@ -195,7 +209,44 @@ enum ImageCmd {
     /// Build the guest as a Docker image (`deskvm-guest:<image>-<qemu build>`: the runtime image
     /// plus the guest and its ready state) on this host's engine, and load it into each
     /// `--engine` over the Engine API. Prints one JSON line per engine (bytes, seconds).
-    Push,
+    Push {
+        /// The image to push (default: the one sessions get).
+        #[arg(long, env = "DESKVM_IMAGE", default_value = deskvm::guest_image::DEFAULT_IMAGE)]
+        image: String,
+    },
+    /// The images in the store: name, whether current, recipe hash, size, ready states, when
+    /// built, and the built-in recipes not built yet.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image (its current build; --all: every build) and its ready states. Refused
+    /// while a server or session uses it.
+    Rm {
+        name: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Import an existing disk (qcow2 or raw) that boots through firmware: copied into the
+    /// store, never written. Its first session cold-boots and saves a ready state.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// bios or uefi (default: UEFI for a GPT disk with an EFI system partition and no BIOS
+        /// boot partition, else BIOS).
+        #[arg(long)]
+        firmware: Option<String>,
+        /// How the disk is attached: sata (any guest) or virtio (needs virtio drivers).
+        #[arg(long, default_value = "sata")]
+        bus: String,
+        #[arg(long, default_value_t = 2048)]
+        memory_mb: u32,
+        #[arg(long, default_value_t = 1280)]
+        width: u32,
+        #[arg(long, default_value_t = 800)]
+        height: u32,
+    },
 }
 
 #[tokio::main]
@@ -213,7 +264,7 @@ async fn main() -> Result<()> {
     let g = Globals::from(&cli);
     match cli.cmd {
         Cmd::Serve { args } => serve(&g, args).await,
-        Cmd::Setup => cli::setup::setup(g.accel).await,
+        Cmd::Setup { images } => cli::setup::setup(g.accel, &images).await,
         Cmd::Image { cmd } => image(&g, cmd).await,
         Cmd::Demo { out } => demo(&g, out).await,
         Cmd::Review { cmd } => review(cmd),
@@ -308,6 +359,7 @@ async fn serve(g: &Globals, a: ServeArgs) -> Result<()> {
     let shared = a.guest_memory == GuestMemory::Shared;
     let manager = cli::serve::manager(
         g.accel,
+        &a.image,
         g.backend,
         a.max_sessions,
         idle,
@@ -351,18 +403,45 @@ fn transport(a: &ServeArgs) -> Result<Transport> {
 async fn image(g: &Globals, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::Build {
+            recipe,
+            name,
             force,
             no_ready,
             runtime,
-        } => cli::setup::build_image(g.accel, force, !no_ready, runtime)
-            .await
-            .map(|_| ()),
-        ImageCmd::Push => cli::engines::push(&g.engines, g.insecure_engine).await,
+        } => {
+            let arg = recipe.unwrap_or_else(|| deskvm::guest_image::DEFAULT_IMAGE.into());
+            let recipe = cli::setup::recipe_of(&arg, name.as_deref())?;
+            cli::setup::build_images(g.accel, &[recipe], force, !no_ready, runtime)
+                .await
+                .map(|_| ())
+        }
+        ImageCmd::Push { image } => cli::engines::push(&g.engines, g.insecure_engine, &image).await,
+        ImageCmd::List { json } => cli::images::list(json),
+        ImageCmd::Rm { name, all } => cli::images::rm(&name, all).await,
+        ImageCmd::Import {
+            file,
+            name,
+            firmware,
+            bus,
+            memory_mb,
+            width,
+            height,
+        } => {
+            let req = cli::images::import_request(
+                file,
+                name,
+                firmware,
+                &bus,
+                (width, height),
+                memory_mb,
+            )?;
+            cli::images::import(req).await
+        }
     }
 }
 
 async fn demo(g: &Globals, out: Option<PathBuf>) -> Result<()> {
-    cli::setup::setup(g.accel).await?;
+    cli::setup::setup(g.accel, &[]).await?;
     let out = out.unwrap_or_else(cli::demo::default_demo_dir);
     cli::demo::run(&out, &g.server_args()).await
 }

@@ -46,6 +46,7 @@ async fn server_on(state: &Path) -> Result<Client> {
             ("DESKVM_STATE_DIR", &state),
             ("DESKVM_DATA_DIR", ""),
             ("DESKVM_RUNTIME_DIR", ""),
+            ("DESKVM_IMAGE", "minimal"),
         ],
     )
     .await

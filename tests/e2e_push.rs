@@ -22,6 +22,7 @@ async fn a_push_to_an_engine_that_stops_fails_within_the_stall_bound() -> Result
     let bound = Duration::from_secs(5);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deskvm"))
         .args(["image", "push", "--engine", &engine.engine_arg()])
+        .env("DESKVM_IMAGE", "minimal")
         .args(["--stall-timeout-s", &bound.as_secs().to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

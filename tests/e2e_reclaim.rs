@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 /// the engine, so a concurrent test's orphan would vanish before that test could look at it.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn dirs(runtime: &Path, data: &Path) -> [(&'static str, std::path::PathBuf); 3] {
+fn dirs(runtime: &Path, data: &Path) -> [(&'static str, std::path::PathBuf); 4] {
     state_env(runtime, data)
 }
 

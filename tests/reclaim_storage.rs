@@ -10,7 +10,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use common::*;
 use deskvm::guest_image::ready::ReadyState;
-use deskvm::guest_image::{recipe_hash, GuestImage, DEFAULT_IMAGE};
+use deskvm::guest_image::recipe::Recipe;
+use deskvm::guest_image::{GuestImage, ImageMeta};
+
+/// The image these caches hold builds of.
+const DEFAULT_IMAGE: &str = "minimal";
+
+fn recipe_hash() -> String {
+    Recipe::builtin(DEFAULT_IMAGE).expect("built-in").hash()
+}
 use deskvm::storage::Owner;
 use deskvm::vm::spec::Accel;
 use serde_json::Value;
@@ -44,6 +52,10 @@ fn image(dir: &Path, marked: bool) -> Result<()> {
     write(&dir.join("base.qcow2"), 256 << 10)?;
     write(&dir.join("vmlinuz"), 8 << 10)?;
     write(&dir.join("initrd.img"), 8 << 10)?;
+    let mut meta = ImageMeta::of_recipe(&Recipe::builtin(DEFAULT_IMAGE).expect("built-in"));
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    meta.hash = name.rsplit('-').next().unwrap().to_string();
+    GuestImage::write_meta(dir, &meta)?;
     if marked {
         Owner::me("guest_image", None).write(dir)?;
     }
@@ -74,12 +86,8 @@ async fn superseded_images_and_ready_states_go_and_current_ones_stay() -> Result
     // The current recipe's image, its current ready state and two superseded ones.
     let current = images.join(format!("{DEFAULT_IMAGE}-{}", recipe_hash()));
     image(&current, true)?;
-    let img = GuestImage {
-        name: DEFAULT_IMAGE.into(),
-        dir: current.clone(),
-    };
-    let spec =
-        deskvm::session::machine_spec(&img, Accel::Tcg, deskvm::session::DEFAULT_MEMORY_MB, false);
+    let img = GuestImage::read(current.clone()).context("the current image reads back")?;
+    let spec = deskvm::session::machine_spec(&img, Accel::Tcg, None, false);
     let current_ready = ReadyState::path_for(&img, &qemu, &spec).dir;
     ready(&current_ready, &qemu)?;
     let other_build = current.join("ready-000000000000");

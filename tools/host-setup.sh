@@ -23,6 +23,11 @@ fi
 apt-get update -q || echo "host-setup.sh: apt-get update reported errors; continuing with the lists it got" >&2
 apt-get install -y -q "${QEMU_SUITE[@]}" qemu-system-x86 qemu-utils
 apt-get install -y -q debootstrap e2fsprogs docker.io
+# UEFI firmware for imported disks that boot through it (SeaBIOS comes with QEMU).
+apt-get install -y -q --no-install-recommends ovmf
+# The import test makes a BIOS-bootable disk without loop devices: a partition table on a
+# file (fdisk), a FAT boot partition (dosfstools, mtools) and SYSLINUX.
+apt-get install -y -q --no-install-recommends fdisk dosfstools mtools syslinux syslinux-common
 # The live view's web client (session_view serves noVNC's files; nothing from a CDN).
 apt-get install -y -q --no-install-recommends novnc
 # Only the tests need it (they open exported review viewers in headless Chromium).

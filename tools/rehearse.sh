@@ -38,7 +38,7 @@ echo "rehearse: state root $DESKVM_STATE_DIR (absent), image store $store, targe
 started=$(date +%s)
 touch "$work/started"
 status=0
-(cd "$work/clone" && cargo run --release -- setup && cargo test --release "$@") || status=$?
+(cd "$work/clone" && cargo run --release -- setup --image all && cargo test --release "$@") || status=$?
 echo "rehearse: test command exited $status after $(( $(date +%s) - started )) s"
 
 # The image store keeps artifacts (images/, builds in work/) and small leases (instances/: live
@@ -48,7 +48,9 @@ for entry in "$store"/* "$store"/.[!.]*; do
   [ -e "$entry" ] || continue
   name=$(basename "$entry")
   case $name in
-    images|work|instances|roots|.lock|*.lock|accel-*.json|guest-image.*) ;;
+    # apt-archives: downloaded .debs (named by version); test-disks: the import test's disk
+    # (named by its script's hash). Both content-addressed, like images.
+    images|work|instances|roots|apt-archives|test-disks|.lock|*.lock|accel-*.json|guest-image.*) ;;
     *) [ "$entry" -nt "$work/started" ] && leaks+=("$entry") ;;
   esac
 done

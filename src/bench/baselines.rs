@@ -14,8 +14,8 @@ use serde_json::json;
 use super::{metric, ms, pct, record, summary, METRICS};
 use crate::backend::local::LocalBackend;
 use crate::guest_image::ready::ReadyState;
-use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
-use crate::session::{boot, machine_spec, DEFAULT_MEMORY_MB};
+use crate::guest_image::GuestImage;
+use crate::session::{boot, machine_spec};
 use crate::storage::{self, Layout, Owner};
 use crate::vm::spec::{Accel, RuntimeFiles};
 
@@ -25,14 +25,14 @@ fn p50(mut v: Vec<f64>) -> f64 {
 }
 
 /// QMP `query-status` and `screendump` (PPM, not read back) on a local VM of the ready state.
-pub async fn raw_qmp(n: usize, accel: &str) -> Result<(f64, f64)> {
+pub async fn raw_qmp(n: usize, accel: &str, image: &str) -> Result<(f64, f64)> {
     let layout = Layout::from_env();
-    let image = GuestImage::locate(&layout, DEFAULT_IMAGE)?;
+    let image = GuestImage::locate(&layout, image)?;
     let local = LocalBackend::new().await?;
     let qemu = crate::backend::Backend::qemu_version(&local).to_string();
     // The sessions' accelerator: a ready state of the other would measure another machine.
     let accel: Accel = accel.parse().map_err(anyhow::Error::msg)?;
-    let spec = machine_spec(&image, accel, DEFAULT_MEMORY_MB, false);
+    let spec = machine_spec(&image, accel, None, false);
     let ready = ReadyState::find(&image, &qemu, &spec)
         .context("no ready state for the local QEMU (run `deskvm setup`)")?;
     let files = RuntimeFiles {
@@ -258,7 +258,7 @@ pub async fn measure(o: &super::Options) -> Result<()> {
         .find(|m| m["name"] == "session")
         .and_then(|m| m["accelerator"].as_str().map(str::to_string))
         .unwrap_or_else(|| "tcg".into());
-    let (status, dump) = raw_qmp(o.shots.max(10), &accel).await?;
+    let (status, dump) = raw_qmp(o.shots.max(10), &accel, &o.image).await?;
     let ours_shot = metric("screenshot 1280x800 PNG", "p50").unwrap_or(f64::NAN);
     let ours_click = metric("click, after 2 s idle", "p50").unwrap_or(f64::NAN);
     let ours_cps = metric("type (random printable ASCII)", "value").unwrap_or(f64::NAN);

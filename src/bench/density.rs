@@ -14,11 +14,11 @@ use crate::client::Client;
 
 /// One QEMU process's memory (KiB) and CPU time (clock ticks).
 #[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    pss: u64,
+pub(super) struct Usage {
+    pub(super) pss: u64,
     uss: u64,
     rss: u64,
-    ticks: u64,
+    pub(super) ticks: u64,
 }
 
 /// The QEMU process of a session: the one whose command line names it (both backends: a
@@ -35,7 +35,7 @@ pub(super) fn qemu_pid(session_id: &str) -> Option<u32> {
     })
 }
 
-fn usage(pid: u32) -> Option<Usage> {
+pub(super) fn usage(pid: u32) -> Option<Usage> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| -> u64 {
         rollup

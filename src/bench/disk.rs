@@ -77,13 +77,17 @@ pub async fn after_stop(client: &Client, n: usize, before: Before) -> Result<()>
 /// files: a scan stats them, it never reads them).
 fn synthetic_cache(layout: &Layout, images: usize) -> Result<()> {
     // This deskvm's own image, built: only then are the others superseded.
-    let current =
-        crate::guest_image::GuestImage::dir_for(layout, crate::guest_image::DEFAULT_IMAGE);
+    use crate::guest_image::{recipe::Recipe, GuestImage, ImageMeta};
+    let recipe = Recipe::builtin("minimal").context("the built-in minimal recipe")?;
+    let current = GuestImage::dir_for(layout, &recipe.name, &recipe.hash());
     std::fs::create_dir_all(&current)?;
     std::fs::File::create(current.join("base.qcow2"))?.set_len(4 << 30)?;
+    std::fs::write(current.join("vmlinuz"), [0u8; 4096])?;
+    std::fs::write(current.join("initrd.img"), [0u8; 4096])?;
+    GuestImage::write_meta(&current, &ImageMeta::of_recipe(&recipe))?;
     Owner::me("guest_image", None).write(&current)?;
     for i in 0..images {
-        let dir = layout.images().join(format!("debian-desktop-{i:012x}"));
+        let dir = layout.images().join(format!("minimal-{i:012x}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::File::create(dir.join("base.qcow2"))?.set_len(4 << 30)?;
         std::fs::write(dir.join("vmlinuz"), [0u8; 4096])?;

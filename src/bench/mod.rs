@@ -12,6 +12,7 @@ mod baselines;
 mod checkpoint;
 mod density;
 mod disk;
+mod images;
 mod ledger;
 mod remote;
 mod report;
@@ -34,6 +35,18 @@ use crate::client::Client;
 /// passes on from its global flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
+    /// The guest image the sessions run (the figures in BENCHMARKS.md before issue 23 are
+    /// `minimal`'s, today's guest then).
+    #[arg(long, default_value = "minimal")]
+    pub image: String,
+    /// Also measure these images side by side (comma-separated, e.g. minimal,workstation):
+    /// ready-state size, start to first screenshot, one idle session's PSS and CPU, and on
+    /// images with the applications Firefox (cold and forked) and LibreOffice Calc.
+    #[arg(long, value_delimiter = ',')]
+    pub images: Vec<String>,
+    /// Cold application launches measured per image with --images.
+    #[arg(long, default_value_t = 2)]
+    pub app_runs: usize,
     /// Session starts measured (1 s apart), on the Docker backend too when it is there
     #[arg(long, default_value_t = 10)]
     pub starts: usize,
@@ -153,7 +166,9 @@ pub async fn run(o: Options) -> Result<()> {
     args.extend(["--max-sessions", &most]);
     let dirs = Dirs::new();
     let owned = dirs.env();
-    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Every server the bench starts (stdio, HTTP, Docker, density) runs this image.
+    env.push(("DESKVM_IMAGE", &o.image));
     let client = Client::spawn(&exe, &args, &env).await?;
     let result = run_parts(&client, &o, &exe, &args, &env).await;
     client.close().await?;
@@ -172,6 +187,9 @@ async fn run_parts(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Result<()> {
+    if !o.images.is_empty() {
+        images::measure(client, &o.images, o.starts, o.app_runs).await?;
+    }
     actions::measure(client, o).await?;
     starts::docker_beside(exe, env, o.starts, o.chars).await?;
     if o.baselines() {

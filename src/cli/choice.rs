@@ -10,7 +10,7 @@ use crate::accel;
 use crate::backend::docker::DockerBackend;
 use crate::backend::local::{LocalBackend, QEMU};
 use crate::backend::Backend;
-use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::GuestImage;
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
 
@@ -51,8 +51,12 @@ pub async fn resolve_accel(
             accel: a,
             reason: "chosen with --accel / DESKVM_ACCEL".into(),
         },
-        AccelChoice::Auto => match GuestImage::locate(layout, DEFAULT_IMAGE) {
-            Ok(img) => {
+        // Any image that boots its own kernel will do for the probe.
+        AccelChoice::Auto => match GuestImage::available(layout)
+            .into_iter()
+            .find(GuestImage::boots_kernel)
+        {
+            Some(img) => {
                 accel::detect(
                     layout,
                     Path::new(QEMU),
@@ -62,7 +66,7 @@ pub async fn resolve_accel(
                 )
                 .await
             }
-            Err(_) => accel::Probe {
+            None => accel::Probe {
                 accel: Accel::Tcg,
                 reason: "no guest kernel to probe KVM with yet".into(),
             },

@@ -1,5 +1,5 @@
-//! `deskvm demo`: the main job. Drives the real server through an MCP client: start a session,
-//! look, click into the terminal, type a command that visibly changes the desktop, look again,
+//! `deskvm demo`: the main job. Drives the real server through an MCP client: start a
+//! workstation desktop, open a local web page in Firefox, type a name into its form, look again,
 //! and export the session's review (a bundle a person opens in a browser).
 
 use std::path::{Path, PathBuf};
@@ -9,10 +9,6 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::session::boot::TERMINAL_POINT;
-
-pub const DEMO_COMMAND: &str =
-    "xsetroot -solid '#2f6f4f'; (xclock -geometry 220x220-40-40 -update 1 &); echo 'hello from deskvm'\n";
 
 pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -20,7 +16,9 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
     let client = Client::spawn(&exe, &args, &[("RUST_LOG", "warn,qapi=error")]).await?;
     let t = Instant::now();
-    let info = client.call_ok("session_start", json!({})).await?;
+    let info = client
+        .call_ok("session_start", json!({ "image": "workstation" }))
+        .await?;
     let sid = info["session_id"]
         .as_str()
         .context("session_start returned no session_id")?
@@ -60,44 +58,88 @@ pub async fn run(out: &Path, server_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Look, click into the terminal, type [`DEMO_COMMAND`], wait for the screen to settle, look
-/// again; the screenshots go to `out`. `t` is when `session_start` was called.
-async fn steps(client: &Client, sid: &str, out: &Path, t: Instant) -> Result<()> {
+/// The page the demo opens: a form whose submit greets the name typed and puts the greeting
+/// in the window's title, so the typing is checked from inside the guest too.
+const DEMO_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>deskvm demo</title>
+<style>body{font:28px sans-serif;background:#f1f5f9;margin:48px}input{font:28px sans-serif;width:520px}
+#out{margin-top:32px;font-size:44px;color:#1d4ed8}</style></head><body>
+<h1>Hello from a deskvm desktop</h1><form onsubmit="var n=document.getElementById('name').value;
+document.getElementById('out').textContent='Hello, '+n+'!';document.title='Hello, '+n;return false">
+<label>Your name: <input id="name" autofocus></label></form><div id="out"></div></body></html>"#;
+
+/// What the demo types into the form.
+pub const DEMO_NAME: &str = "Ada Lovelace";
+
+async fn shot(client: &Client, sid: &str, out: &Path, name: &str) -> Result<PathBuf> {
     let (png, _) = client.screenshot(sid, json!({})).await?;
-    let before = out.join("1-before.png");
-    std::fs::write(&before, png)?;
+    let path = out.join(name);
+    std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+async fn exec(client: &Client, sid: &str, command: &str) -> Result<String> {
+    Ok(client.exec_stdout(sid, command).await?.trim().to_string())
+}
+
+/// The focused window's title once it contains `part` (3 minutes at most).
+async fn wait_for_title(client: &Client, sid: &str, part: &str) -> Result<String> {
+    let limit = std::time::Duration::from_secs(180);
+    Ok(client.wait_for_title(sid, part, limit).await?.0)
+}
+
+/// Look at the desktop, write a page into the guest, open it in Firefox, type a name into its
+/// form and submit, look again; the screenshots go to `out`. `t` is when `session_start` was
+/// called.
+async fn steps(client: &Client, sid: &str, out: &Path, t: Instant) -> Result<()> {
+    let desktop = shot(client, sid, out, "1-desktop.png").await?;
     println!(
         "first screenshot {} ms after session_start: {}",
         t.elapsed().as_millis(),
-        before.display()
+        desktop.display()
     );
-
+    exec(
+        client,
+        sid,
+        &format!("cat > ~/Desktop/hello.html <<'EOF'\n{DEMO_PAGE}\nEOF"),
+    )
+    .await?;
+    let opened = Instant::now();
+    exec(
+        client,
+        sid,
+        "setsid firefox-esr --new-window ~/Desktop/hello.html >/dev/null 2>&1 &",
+    )
+    .await?;
+    let title = wait_for_title(client, sid, "deskvm demo").await?;
     client
-        .call_ok(
-            "click",
-            json!({ "session_id": sid, "x": TERMINAL_POINT.0, "y": TERMINAL_POINT.1 }),
-        )
-        .await?;
-    client
-        .call_ok("type", json!({ "session_id": sid, "text": DEMO_COMMAND }))
-        .await?;
-    println!(
-        "clicked into the terminal and typed: {}",
-        DEMO_COMMAND.trim_end()
-    );
-    let waited = client
         .call_ok(
             "wait",
-            json!({ "session_id": sid, "ms": 2000, "until_stable": true }),
+            json!({ "session_id": sid, "ms": 1000, "until_stable": true }),
         )
         .await?;
-    let (png, _) = client.screenshot(sid, json!({})).await?;
-    let after = out.join("2-after.png");
-    std::fs::write(&after, png)?;
+    let page = shot(client, sid, out, "2-firefox.png").await?;
     println!(
-        "screen settled (stable: {}); second screenshot: {}",
-        waited["stable"],
-        after.display()
+        "Firefox showed the page ({title:?}) {:.1} s after it was launched (a cold start under this accelerator): {}",
+        opened.elapsed().as_secs_f64(),
+        page.display()
+    );
+    client
+        .call_ok(
+            "type",
+            json!({ "session_id": sid, "text": format!("{DEMO_NAME}\n") }),
+        )
+        .await?;
+    let greeted = wait_for_title(client, sid, &format!("Hello, {DEMO_NAME}")).await?;
+    client
+        .call_ok(
+            "wait",
+            json!({ "session_id": sid, "ms": 500, "until_stable": true }),
+        )
+        .await?;
+    let typed = shot(client, sid, out, "3-typed.png").await?;
+    println!(
+        "typed {DEMO_NAME:?} into the form and pressed Enter; the page now says so ({greeted:?}): {}",
+        typed.display()
     );
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::guest_image::ready::ReadyState;
 use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
-use crate::session::{ManagerConfig, SessionManager, DEFAULT_MEMORY_MB};
+use crate::session::{ManagerConfig, SessionManager};
 use crate::storage::{self, Layout};
 use crate::vm::spec::Accel;
 
@@ -32,10 +32,16 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
         }
         Err(e) => c.report(false, format!("QEMU: {e}"), "sudo deskvm setup"),
     }
-    let image = GuestImage::locate(&layout, DEFAULT_IMAGE);
-    match &image {
-        Ok(img) => c.report(true, format!("guest image: {}", img.dir.display()), ""),
-        Err(e) => c.report(false, format!("guest image: {e}"), "sudo deskvm setup"),
+    if let Err(e) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
+        c.report(false, format!("guest image: {e}"), "sudo deskvm setup");
+    }
+    let images = GuestImage::available(&layout);
+    for img in &images {
+        c.report(
+            true,
+            format!("guest image {}: {}", img.name, img.dir.display()),
+            "",
+        );
     }
     if let Ok(b) = &backend {
         let probe = resolve_accel(&layout, b, choice).await;
@@ -44,7 +50,7 @@ pub async fn doctor(choice: AccelChoice, engines: &[String], insecure_engine: bo
             probe.accel.as_str(),
             probe.reason
         );
-        if let Ok(img) = &image {
+        for img in &images {
             ready_state(&mut c, &layout, b, img, probe.accel).await;
         }
     }
@@ -107,15 +113,20 @@ async fn ready_state(
         idle_timeout: None,
         shared_memory: true,
         engines: None,
+        image: img.name.clone(),
     });
-    let spec = mgr.machine_spec(img, DEFAULT_MEMORY_MB, false);
+    let spec = mgr.machine_spec(img, None, false);
+    let name = &img.name;
     match ReadyState::find(img, b.qemu_version(), &spec) {
-        Some(r) => c.report(true, format!("ready state: {}", r.dir.display()), ""),
+        Some(r) => c.report(true, format!("ready state of {name}: {}", r.dir.display()), ""),
+        // An imported disk saves its ready state on its first start.
+        None if !img.boots_kernel() => println!(
+            "info  ready state of {name}: none yet (its first session cold-boots and saves one)"
+        ),
         None => c.report(
             false,
-            "ready state: none for this QEMU build and machine (sessions would cold-boot, ~40 s)"
-                .into(),
-            "deskvm image build",
+            format!("ready state of {name}: none for this QEMU build and machine (sessions would cold-boot)"),
+            &format!("deskvm image build {name}"),
         ),
     }
     // Not a failure either way: the private path works, only slower and bigger.

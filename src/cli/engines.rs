@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::docker::{self, guest, transfer, EngineSpec};
 use crate::backend::pool::Engines;
-use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::GuestImage;
 use crate::storage::Layout;
 use crate::vm::spec::Accel;
 
@@ -31,7 +31,7 @@ pub async fn pool(
 
 /// Builds the guest image on this host's engine (unless it is up to date) and streams it to
 /// every engine in `args`.
-pub async fn push(args: &[String], insecure: bool) -> Result<()> {
+pub async fn push(args: &[String], insecure: bool, image: &str) -> Result<()> {
     if args.is_empty() {
         bail!(
             "image push needs --engine URL (repeatable): the engines to load the guest image into"
@@ -46,7 +46,7 @@ pub async fn push(args: &[String], insecure: bool) -> Result<()> {
     let qemu = docker::image_qemu_version(&local, &runtime)
         .await
         .with_context(|| format!("runtime image {runtime} not found; run `deskvm setup`"))?;
-    let image = GuestImage::locate(&layout, DEFAULT_IMAGE)?;
+    let image = GuestImage::locate(&layout, image)?;
     let say = |l: &str| eprintln!("  {l}");
     // One build at a time (a second push waits, then finds it up to date); the shared cache
     // lock keeps a reclaim from removing the ready state it packs meanwhile.

@@ -22,6 +22,8 @@ pub(super) const HOST_TOOLS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dockerd", "docker.io"),
+    // UEFI firmware for imported disks with an EFI system partition (SeaBIOS comes with QEMU).
+    ("/usr/share/ovmf/OVMF.fd", "ovmf"),
     // The live view's web client: files, not a program.
     ("/usr/share/novnc/core/rfb.js", "novnc"),
 ];

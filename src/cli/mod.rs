@@ -15,6 +15,7 @@ pub mod dockerd;
 pub mod doctor;
 pub mod engines;
 pub mod host_packages;
+pub mod images;
 pub mod progress;
 pub mod reclaim_report;
 pub mod review;

@@ -11,12 +11,14 @@ use crate::backend::docker;
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::guest_image::ready::ReadyState;
-use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
-use crate::session::{ManagerConfig, SessionManager, DEFAULT_MEMORY_MB};
+use crate::guest_image::GuestImage;
+use crate::session::{ManagerConfig, SessionManager};
 use crate::storage::{self, Layout};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn manager(
     accel: AccelChoice,
+    default_image: &str,
     backend: BackendChoice,
     max_sessions: usize,
     idle_timeout: Option<std::time::Duration>,
@@ -51,12 +53,15 @@ pub async fn manager(
     let mut me = storage::Owner::me("server", None);
     me.serving = Some("stdio".into());
     me.images.extend(backend.runtime_image());
-    if let Ok(image) = GuestImage::locate(&layout, DEFAULT_IMAGE) {
-        let spec = crate::session::machine_spec(&image, probe.accel, DEFAULT_MEMORY_MB, false);
+    // Every current image is this server's to start: a reclaim elsewhere keeps them. The
+    // default one gets its shared-memory template now; others on their first start.
+    for image in GuestImage::available(&layout) {
+        let spec = crate::session::machine_spec(&image, probe.accel, None, false);
         let ready = ReadyState::find(&image, backend.qemu_version(), &spec);
         crate::session::reclaim::adopt(&image, ready.as_ref());
         me.uses.push(image.dir.clone());
-        if ready.is_some() && shared_memory {
+        let default = crate::guest_image::canonical(default_image) == image.name;
+        if ready.is_some() && shared_memory && default {
             // Made once per cache, in about a second, from the ready state (no boot).
             match crate::session::template::ensure(&layout, backend.as_ref(), &image, &spec).await {
                 Ok(t) => me.uses.push(t.dir),
@@ -79,6 +84,7 @@ pub async fn manager(
         idle_timeout,
         shared_memory,
         engines: pool,
+        image: crate::guest_image::canonical(default_image).to_string(),
     }));
     mgr.keep_warm();
     Ok(mgr)

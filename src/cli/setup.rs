@@ -11,8 +11,9 @@ use crate::backend::docker::{self, DockerBackend};
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::guest_image::ready::ReadyState;
+use crate::guest_image::recipe::Recipe;
 use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
-use crate::session::{boot, ManagerConfig, SessionManager, DEFAULT_MEMORY_MB};
+use crate::session::{boot, ManagerConfig, SessionManager};
 use crate::storage::{self, Layout};
 use crate::vm::spec::Accel;
 
@@ -36,8 +37,9 @@ async fn ensure_ready_state(
         idle_timeout: None,
         shared_memory: true,
         engines: None,
+        image: image.name.clone(),
     });
-    let spec = mgr.machine_spec(image, DEFAULT_MEMORY_MB, false);
+    let spec = mgr.machine_spec(image, None, false);
     if !force {
         if let Some(r) = ReadyState::find(image, mgr.backend().qemu_version(), &spec) {
             crate::session::reclaim::adopt(image, Some(&r));
@@ -78,16 +80,43 @@ async fn ensure_template(
     Ok(())
 }
 
-/// Builds the guest image and its ready state when missing; with `runtime`, also the Docker
-/// runtime image and a ready state made by its QEMU (shared when it is the host's build).
-pub async fn build_image(
+/// What `image build` and `setup` build: a built-in recipe by name, or a recipe directory.
+pub fn recipe_of(arg: &str, name: Option<&str>) -> Result<Recipe> {
+    let path = std::path::Path::new(arg);
+    if arg.contains('/') || path.is_dir() {
+        return Ok(Recipe::from_dir(path, name)?);
+    }
+    let canonical = crate::guest_image::canonical(arg);
+    Recipe::builtin(canonical).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no built-in recipe {arg:?}; built-in: {} (or give a recipe directory, e.g. ./my-recipe)",
+            crate::guest_image::recipe::builtin_names().join(", ")
+        )
+    })
+}
+
+/// Builds each recipe's guest image and its ready state when missing; with `runtime`, also
+/// the Docker runtime image and ready states made by its QEMU (shared when it is the host's
+/// build).
+pub async fn build_images(
     choice: AccelChoice,
+    recipes: &[Recipe],
     force: bool,
     with_ready: bool,
     runtime: bool,
-) -> Result<GuestImage> {
+) -> Result<Vec<GuestImage>> {
     let layout = Layout::from_env();
-    let image = GuestImage::build(&layout, DEFAULT_IMAGE, force, &say).await?;
+    let mut images = Vec::new();
+    for recipe in recipes {
+        let started = std::time::Instant::now();
+        let image = GuestImage::build(&layout, recipe, force, &say).await?;
+        say(&format!(
+            "guest image {} ready after {:.0} s",
+            image.name,
+            started.elapsed().as_secs_f64()
+        ));
+        images.push(image);
+    }
     let local = LocalBackend::new().await?;
     let probe = resolve_accel(&layout, &local, choice).await;
     eprintln!(
@@ -95,27 +124,45 @@ pub async fn build_image(
         probe.accel.as_str(),
         probe.reason
     );
+    let local: Arc<dyn Backend> = Arc::new(local);
     if with_ready {
-        ensure_ready_state(&layout, &image, Arc::new(local), probe.accel, force).await?;
+        for image in &images {
+            ensure_ready_state(&layout, image, local.clone(), probe.accel, force).await?;
+        }
     }
     if runtime {
         let docker = docker::connect().await?;
         docker::build_runtime_image(&docker, &layout.work(), &say).await?;
         if with_ready {
-            let backend = DockerBackend::new(&layout.cache, probe.accel).await?;
-            ensure_ready_state(&layout, &image, Arc::new(backend), probe.accel, force).await?;
+            let backend: Arc<dyn Backend> =
+                Arc::new(DockerBackend::new(&layout.cache, probe.accel).await?);
+            for image in &images {
+                ensure_ready_state(&layout, image, backend.clone(), probe.accel, force).await?;
+            }
         }
     }
-    Ok(image)
+    Ok(images)
 }
 
-pub async fn setup(choice: AccelChoice) -> Result<()> {
+/// Host packages, the Docker engine, the images named (default: the default image; `all`:
+/// every built-in recipe), the runtime image and the ready states.
+pub async fn setup(choice: AccelChoice, images: &[String]) -> Result<()> {
+    let names: Vec<String> = match images {
+        [] => vec![DEFAULT_IMAGE.to_string()],
+        [all] if all == "all" => crate::guest_image::recipe::builtin_names(),
+        named => named.to_vec(),
+    };
+    let recipes = names
+        .iter()
+        .map(|n| recipe_of(n, None))
+        .collect::<Result<Vec<_>>>()?;
     eprintln!(
-        "deskvm setup: host packages, Docker engine, guest image, runtime image, ready states"
+        "deskvm setup: host packages, Docker engine, guest images ({}), runtime image, ready states",
+        names.join(", ")
     );
     host_packages::install().await?;
     dockerd::ensure().await?;
-    build_image(choice, false, true, true).await?;
+    build_images(choice, &recipes, false, true, true).await?;
     eprintln!("deskvm setup: done");
     Ok(())
 }

@@ -1,81 +1,141 @@
-//! Guest images: the recipe in `tools/guest` (compiled into the binary so the binary alone can
-//! build it), where built images live in the cache, and the ready state that sessions resume.
+//! Guest images: built from recipes (`recipe`, compiled into the binary or a user's directory)
+//! or imported from a user's disk (`import`); where they live in the image store, what each one
+//! is (`image.json`), and the ready states sessions resume (`ready`).
+//!
+//! An image is `images/<name>-<hash>/`: the recipe's hash, or the imported file's. A built-in
+//! recipe's current image is the one of its hash now; any other name's is its newest build.
 
+mod build;
+pub mod import;
 pub mod ready;
+pub mod recipe;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::storage::IoContext;
-use crate::storage::{self, Layout};
-use crate::vm::spec::hex;
+pub use crate::vm::spec::{DiskBus, Firmware};
+use recipe::{InputProbe, Recipe};
 
-pub const DEFAULT_IMAGE: &str = "debian-desktop";
-/// Image names a session may ask for.
-pub const IMAGES: &[&str] = &[DEFAULT_IMAGE];
-
-struct RecipeFile {
-    path: &'static str,
-    data: &'static [u8],
-}
-
-macro_rules! recipe {
-    ($($p:literal),* $(,)?) => {
-        &[$(RecipeFile { path: $p, data: include_bytes!(concat!("../../tools/guest/", $p)) }),*]
-    };
-}
-
-const RECIPE: &[RecipeFile] = recipe!(
-    "build-rootfs.sh",
-    "packages.txt",
-    "overlay/etc/systemd/system/deskvm-desktop.service",
-    "overlay/usr/local/bin/deskvm-session",
-    "overlay/usr/local/bin/deskvm-shell",
-    "overlay/root/.bashrc",
-);
+/// The image a session gets when it names none (`--image` on `serve` changes it).
+pub const DEFAULT_IMAGE: &str = "workstation";
+/// Names that earlier versions used, and what they are now.
+pub const ALIASES: &[(&str, &str)] = &[("debian-desktop", "minimal")];
+const META: &str = "image.json";
 
 #[derive(Debug, Error)]
 pub enum ImageError {
-    #[error("unknown image {name:?}; available: {}", IMAGES.join(", "))]
-    Unknown { name: String },
-    #[error("guest image {name:?} is not built yet (expected {dir}); run `deskvm setup` (or `deskvm image build`) first")]
-    NotBuilt { name: String, dir: PathBuf },
-    #[error("building the guest image needs root (debootstrap, file ownership); run `sudo deskvm image build`")]
+    #[error("unknown image {name:?}; images: {available}")]
+    Unknown { name: String, available: String },
+    #[error(
+        "guest image {name:?} is not built yet; run `{command}` first (it takes several minutes)"
+    )]
+    NotBuilt { name: String, command: String },
+    #[error("building a guest image needs root (debootstrap, file ownership); run `sudo deskvm image build`")]
     NeedsRoot,
     #[error("the guest image recipe failed ({status}); its output is above")]
     RecipeFailed { status: std::process::ExitStatus },
+    #[error("image name {name:?}: use 1 to 40 characters from a-z 0-9 - _, starting with a letter or digit")]
+    BadName { name: String },
+    #[error("recipe {source_dir}: {why}")]
+    BadRecipe { source_dir: String, why: String },
+    #[error("reading the recipe in {path}")]
+    RecipeRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot import {path}: {why}")]
+    BadDisk { path: PathBuf, why: String },
+    #[error("image {name:?} is in use by a running session or server ({by}); stop it first")]
+    InUse { name: String, by: String },
     /// Names the operation and the path; the OS error is its source.
     #[error(transparent)]
     Io(#[from] crate::storage::IoError),
 }
 
-/// Hash of the recipe; a changed recipe means a new image directory, so stale images are never used.
-pub fn recipe_hash() -> String {
-    let mut h = Sha256::new();
-    for f in RECIPE {
-        h.update(f.path.as_bytes());
-        h.update([0]);
-        h.update(f.data);
-        h.update([0]);
+/// How an image was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// Built from a recipe: boots its own kernel directly.
+    Recipe,
+    /// A user's disk: boots through firmware.
+    Imported,
+}
+
+/// `image.json`: what an image is and what a session of it gets by default.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ImageMeta {
+    pub name: String,
+    pub kind: ImageKind,
+    /// The recipe's hash, or the imported file's (with the import's options).
+    pub hash: String,
+    pub built_at_unix: u64,
+    pub width: u32,
+    pub height: u32,
+    pub memory_mb: u32,
+    /// Who `exec` runs as unless asked for root ("root": no change).
+    pub user: String,
+    pub input_probe: InputProbe,
+    /// Firmware boot (an imported disk); `None`: the image's own kernel, booted directly.
+    pub firmware: Option<Firmware>,
+    pub disk_bus: DiskBus,
+    /// The recipe ("built-in" or its directory) or the imported file.
+    pub source: String,
+}
+
+impl ImageMeta {
+    /// The metadata of an image built from `recipe`.
+    pub fn of_recipe(recipe: &Recipe) -> ImageMeta {
+        let c = &recipe.config;
+        ImageMeta {
+            name: recipe.name.clone(),
+            kind: ImageKind::Recipe,
+            hash: recipe.hash(),
+            built_at_unix: now_unix(),
+            width: c.defaults.width,
+            height: c.defaults.height,
+            memory_mb: c.defaults.memory_mb,
+            user: c.user.clone(),
+            input_probe: c.input_probe,
+            firmware: None,
+            disk_bus: DiskBus::Virtio,
+            source: recipe.source.clone(),
+        }
     }
-    hex(&h.finalize()[..6])
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
 pub struct GuestImage {
     pub name: String,
     pub dir: PathBuf,
+    pub meta: ImageMeta,
+}
+
+/// An image in the store, and whether it is its name's current one.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub image: GuestImage,
+    pub current: bool,
+}
+
+/// The name an older name stands for.
+pub fn canonical(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(old, _)| *old == name)
+        .map_or(name, |(_, new)| new)
 }
 
 impl GuestImage {
-    pub fn dir_for(layout: &Layout, name: &str) -> PathBuf {
-        layout.images().join(format!("{name}-{}", recipe_hash()))
-    }
-
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
@@ -86,197 +146,180 @@ impl GuestImage {
         self.dir.join("base.qcow2")
     }
 
-    pub fn locate(layout: &Layout, name: &str) -> Result<Self, ImageError> {
-        if !IMAGES.contains(&name) {
-            return Err(ImageError::Unknown { name: name.into() });
-        }
-        let dir = Self::dir_for(layout, name);
-        let img = GuestImage {
-            name: name.into(),
-            dir: dir.clone(),
-        };
-        if img.base().exists() && img.kernel().exists() && img.initrd().exists() {
-            Ok(img)
-        } else {
-            Err(ImageError::NotBuilt {
-                name: name.into(),
-                dir,
-            })
-        }
+    /// Whether the image boots its own kernel (a recipe's) rather than through firmware.
+    pub fn boots_kernel(&self) -> bool {
+        self.meta.firmware.is_none()
     }
 
-    /// Builds the image unless it is already in the cache (or `force`). Progress lines go to
-    /// `progress` as the recipe prints them.
+    /// The image in `dir`, if it is a finished one (metadata written last, files present).
+    pub fn read(dir: PathBuf) -> Option<GuestImage> {
+        let meta: ImageMeta = serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()?;
+        let img = GuestImage {
+            name: meta.name.clone(),
+            dir,
+            meta,
+        };
+        let kernel_ok = !img.boots_kernel() || (img.kernel().is_file() && img.initrd().is_file());
+        (img.base().is_file() && kernel_ok).then_some(img)
+    }
+
+    /// Every finished image in the store, each marked current or not, sorted by name then
+    /// newest first.
+    pub fn list(layout: &crate::storage::Layout) -> Vec<Listed> {
+        let mut all: Vec<GuestImage> = std::fs::read_dir(layout.images())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_none())
+            .filter_map(|e| GuestImage::read(e.path()))
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.name, b.meta.built_at_unix, &a.dir).cmp(&(&b.name, a.meta.built_at_unix, &b.dir))
+        });
+        let mut seen: Vec<String> = Vec::new();
+        all.into_iter()
+            .map(|image| {
+                let current = match Recipe::builtin(&image.name) {
+                    Some(r) => image.meta.kind == ImageKind::Recipe && image.meta.hash == r.hash(),
+                    None => !seen.contains(&image.name),
+                };
+                if current {
+                    seen.push(image.name.clone());
+                }
+                Listed { image, current }
+            })
+            .collect()
+    }
+
+    /// The current images, one per name: what a session can start.
+    pub fn available(layout: &crate::storage::Layout) -> Vec<GuestImage> {
+        Self::list(layout)
+            .into_iter()
+            .filter(|l| l.current)
+            .map(|l| l.image)
+            .collect()
+    }
+
+    /// Names a session may ask for: the images built, then the built-in recipes not built yet.
+    pub fn names(layout: &crate::storage::Layout) -> (Vec<String>, Vec<String>) {
+        let built: Vec<String> = Self::available(layout)
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let unbuilt = recipe::builtin_names()
+            .into_iter()
+            .filter(|n| !built.contains(n))
+            .collect();
+        (built, unbuilt)
+    }
+
+    /// Where the image of a recipe with this hash goes.
+    pub fn dir_for(layout: &crate::storage::Layout, name: &str, hash: &str) -> PathBuf {
+        layout.images().join(format!("{name}-{hash}"))
+    }
+
+    /// The current image `name`, or why there is none: unknown (with the names there are), or
+    /// a built-in recipe not built yet (with the command that builds it).
+    pub fn locate(layout: &crate::storage::Layout, name: &str) -> Result<Self, ImageError> {
+        let name = canonical(name);
+        if let Some(found) = Self::available(layout).into_iter().find(|i| i.name == name) {
+            return Ok(found);
+        }
+        if Recipe::builtin(name).is_some() {
+            let command = if name == DEFAULT_IMAGE {
+                "deskvm setup".to_string()
+            } else {
+                format!("deskvm setup --image {name}")
+            };
+            return Err(ImageError::NotBuilt {
+                name: name.into(),
+                command,
+            });
+        }
+        let (built, unbuilt) = Self::names(layout);
+        let mut available: Vec<String> = built;
+        available.extend(unbuilt.into_iter().map(|n| format!("{n} (not built)")));
+        Err(ImageError::Unknown {
+            name: name.into(),
+            available: available.join(", "),
+        })
+    }
+
+    /// Builds the image of `recipe` unless its current build is in the store (or `force`).
+    /// Progress lines go to `progress` as the recipe prints them.
     pub async fn build(
-        layout: &Layout,
-        name: &str,
+        layout: &crate::storage::Layout,
+        recipe: &Recipe,
         force: bool,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Self, ImageError> {
-        if !force {
-            match Self::locate(layout, name) {
-                Ok(img) => {
-                    progress(&format!(
-                        "guest image {name} is up to date: {}",
-                        img.dir.display()
-                    ));
-                    return Ok(img);
-                }
-                Err(ImageError::NotBuilt { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if !crate::storage::is_root() {
-            return Err(ImageError::NeedsRoot);
-        }
-        let dir = Self::dir_for(layout, name);
-        let mut build = Build::prepare(layout, &dir)?;
-        progress(&format!(
-            "building guest image {name} (recipe {}) in {}",
-            recipe_hash(),
-            build.work.display()
-        ));
-        build.run(progress).await?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).at("removing the older image", &dir)?;
-        }
-        std::fs::rename(&build.work, &dir).at("publishing the image", &dir)?;
-        storage::Owner::me("guest_image", None)
-            .write(&dir)
-            .at("writing the owner marker in", &dir)?;
-        Ok(GuestImage {
-            name: name.into(),
-            dir,
-        })
-    }
-}
-
-/// One build of an image: the recipe's output dir (`<image>.partial`, the image once it is
-/// done), the recipe's own dir (`<image>.recipe`), and the owner marker both carry.
-struct Build {
-    work: PathBuf,
-    recipe_dir: PathBuf,
-    builder: storage::Owner,
-}
-
-impl Build {
-    /// Clears what an earlier build of the image in `dir` left, writes the recipe, and marks
-    /// both dirs as this build's.
-    fn prepare(layout: &Layout, dir: &Path) -> Result<Self, ImageError> {
-        let work = dir.with_extension("partial");
-        let recipe_dir = work.with_extension("recipe");
-        for d in [&work, &recipe_dir] {
-            if d.exists() {
-                std::fs::remove_dir_all(d).at("removing an earlier build's", d)?;
-            }
-        }
-        let images = layout.images();
-        storage::private_dir(&images).at("creating the image store's images dir", &images)?;
-        write_recipe(&recipe_dir).at("writing the recipe to", &recipe_dir)?;
-        // The builder's marker: a reclaim leaves both alone while this process runs.
-        std::fs::create_dir_all(&work).at("creating the build dir", &work)?;
-        let build = Build {
-            work,
-            recipe_dir,
-            builder: storage::Owner::me("image_build", None),
-        };
-        build.mark()?;
-        Ok(build)
+        build::build(layout, recipe, force, progress).await
     }
 
-    fn mark(&self) -> Result<(), ImageError> {
-        for d in [&self.work, &self.recipe_dir] {
-            self.builder.write(d).at("writing the owner marker in", d)?;
-        }
+    /// Writes the metadata (last: it marks the image finished).
+    pub fn write_meta(dir: &std::path::Path, meta: &ImageMeta) -> Result<(), ImageError> {
+        use crate::storage::IoContext;
+        let path = dir.join(META);
+        let json = serde_json::to_vec_pretty(meta).unwrap_or_default();
+        std::fs::write(&path, json).at("writing", &path)?;
         Ok(())
     }
-
-    /// Runs the recipe, its output lines as progress; on failure, the last 20 lines of its
-    /// errors too. The recipe's dir is gone afterwards either way.
-    async fn run(&mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<(), ImageError> {
-        let recipe_dir = &self.recipe_dir;
-        let mut child = tokio::process::Command::new("bash")
-            .arg(recipe_dir.join("build-rootfs.sh"))
-            .arg(&self.work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .at("running the recipe in", recipe_dir)?;
-        // The recipe (and debootstrap under it) goes on if this process dies: while it runs,
-        // its work dirs are alive for reclaim.
-        self.builder.helper = child.id().and_then(storage::owner::ProcessRef::of);
-        self.mark()?;
-        let recipe_dir = &self.recipe_dir;
-        let err_task = tokio::spawn(collect_lines(child.stderr.take()));
-        if let Some(out) = child.stdout.take() {
-            let mut reader = BufReader::new(out).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                progress(&line);
-            }
-        }
-        let status = child
-            .wait()
-            .await
-            .at("waiting for the recipe in", recipe_dir)?;
-        let stderr = err_task.await.unwrap_or_default();
-        std::fs::remove_dir_all(recipe_dir).at("removing the recipe", recipe_dir)?;
-        if !status.success() {
-            for line in stderr.iter().rev().take(20).rev() {
-                progress(line);
-            }
-            return Err(ImageError::RecipeFailed { status });
-        }
-        Ok(())
-    }
-}
-
-/// Every line `r` gives until it ends: the recipe's errors, kept for when it fails.
-async fn collect_lines(r: Option<tokio::process::ChildStderr>) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(r) = r {
-        let mut reader = BufReader::new(r).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            lines.push(line);
-        }
-    }
-    lines
-}
-
-fn write_recipe(dir: &Path) -> std::io::Result<()> {
-    for f in RECIPE {
-        let path = dir.join(f.path);
-        std::fs::create_dir_all(path.parent().expect("recipe paths have a parent"))?;
-        std::fs::write(&path, f.data)?;
-        if f.path.ends_with(".sh") || f.path.contains("/bin/") {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Layout;
 
-    #[test]
-    fn recipe_hash_is_stable_and_short() {
-        assert_eq!(recipe_hash(), recipe_hash());
-        assert_eq!(recipe_hash().len(), 12);
+    fn layout(root: &std::path::Path) -> Layout {
+        Layout {
+            cache: root.join("cache"),
+            state: root.join("state"),
+            runtime: root.join("run"),
+            data: root.join("data"),
+        }
+    }
+
+    fn fake_image(l: &Layout, name: &str, hash: &str, at: u64) -> PathBuf {
+        let dir = GuestImage::dir_for(l, name, hash);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["base.qcow2", "vmlinuz", "initrd.img"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let mut meta = ImageMeta::of_recipe(&Recipe::builtin("minimal").unwrap());
+        (meta.name, meta.hash, meta.built_at_unix) = (name.into(), hash.into(), at);
+        GuestImage::write_meta(&dir, &meta).unwrap();
+        dir
     }
 
     #[test]
-    fn unknown_images_are_named_with_the_valid_ones() {
-        let layout = Layout {
-            cache: "/nonexistent".into(),
-            state: "/nonexistent".into(),
-            runtime: "/nonexistent".into(),
-            data: "/nonexistent".into(),
-        };
-        let err = GuestImage::locate(&layout, "windows").unwrap_err();
-        assert!(err.to_string().contains("debian-desktop"), "{err}");
-        let err = GuestImage::locate(&layout, DEFAULT_IMAGE).unwrap_err();
-        assert!(matches!(err, ImageError::NotBuilt { .. }));
+    fn unknown_and_unbuilt_images_name_what_there_is_and_the_command() {
+        let root = std::env::temp_dir().join(format!("deskvm-images-{}", std::process::id()));
+        let l = layout(&root);
+        let err = GuestImage::locate(&l, "windows").unwrap_err().to_string();
+        assert!(err.contains("minimal (not built)"), "{err}");
+        assert!(err.contains("workstation (not built)"), "{err}");
+        let err = GuestImage::locate(&l, "minimal").unwrap_err().to_string();
+        assert!(err.contains("deskvm setup --image minimal"), "{err}");
+        let err = GuestImage::locate(&l, DEFAULT_IMAGE)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run `deskvm setup`"), "{err}");
+
+        // A user's image: its newest build is current; a built-in's only at its hash.
+        let old = fake_image(&l, "mine", "000000000001", 10);
+        let new = fake_image(&l, "mine", "000000000002", 20);
+        let stale = fake_image(&l, "minimal", "000000000003", 30);
+        assert_eq!(GuestImage::locate(&l, "mine").unwrap().dir, new);
+        let list = GuestImage::list(&l);
+        let current = |d: &PathBuf| list.iter().find(|x| &x.image.dir == d).unwrap().current;
+        assert!(current(&new) && !current(&old) && !current(&stale));
+        let err = GuestImage::locate(&l, "debian-desktop")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("minimal"), "{err}");
+        let err = GuestImage::locate(&l, "nope").unwrap_err().to_string();
+        assert!(err.contains("mine, minimal (not built)"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -105,6 +105,15 @@ impl ReadyState {
         (made_from.as_deref() == Some(private.stamp().as_str())).then_some(t)
     }
 
+    /// Whether a guest agent answered when it was saved (absent from older saves: yes).
+    pub fn has_agent(&self) -> bool {
+        std::fs::read(self.meta())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["agent"].as_bool())
+            .unwrap_or(true)
+    }
+
     /// Which save of this ready state it is: its saving time and state size.
     pub fn stamp(&self) -> String {
         let saved = std::fs::read(self.meta())
@@ -141,9 +150,11 @@ mod tests {
     #[test]
     fn a_template_of_an_earlier_save_of_the_ready_state_is_not_used() {
         let root = std::env::temp_dir().join(format!("dv-ready-{}", std::process::id()));
+        let recipe = super::super::recipe::Recipe::builtin("minimal").unwrap();
         let image = GuestImage {
             name: "x".into(),
             dir: root.clone(),
+            meta: super::super::ImageMeta::of_recipe(&recipe),
         };
         let spec = VmSpec::for_tests();
         let private = ReadyState::path_for(&image, "q", &spec);

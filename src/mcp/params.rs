@@ -5,6 +5,46 @@ use serde::Deserialize;
 
 use crate::vm::Button;
 
+/// Puts the images a server can start into `session_start`'s schema: `enum` of the built ones,
+/// and a description naming the default and the built-in recipes not built yet.
+pub fn list_images(
+    tool: &mut rmcp::model::Tool,
+    built: &[String],
+    unbuilt: &[String],
+    default: &str,
+) {
+    let schema = std::sync::Arc::make_mut(&mut tool.input_schema);
+    let Some(image) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("image"))
+        .and_then(|i| i.as_object_mut())
+    else {
+        return;
+    };
+    let mut choices: Vec<serde_json::Value> = built.iter().map(|n| n.as_str().into()).collect();
+    let nullable = image["type"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|x| x == "null"));
+    if nullable {
+        choices.push(serde_json::Value::Null);
+    }
+    if !built.is_empty() {
+        image.insert("enum".into(), choices.into());
+    }
+    let mut description = image["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    description.push_str(&format!(" Default: {default}."));
+    if !unbuilt.is_empty() {
+        description.push_str(&format!(
+            " Not built on this host (an operator runs `deskvm setup --image NAME`): {}.",
+            unbuilt.join(", ")
+        ));
+    }
+    image.insert("description".into(), description.into());
+}
+
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct SessionStartArgs {
     /// Screen width in pixels (640..=1920, default 1280).
@@ -13,9 +53,12 @@ pub struct SessionStartArgs {
     /// Screen height in pixels (480..=1200, default 800).
     #[schemars(range(min = 480, max = 1200))]
     pub height: Option<u32>,
-    /// Guest image name (default "debian-desktop").
+    /// Guest image: `workstation` (Xfce, Firefox ESR, LibreOffice, a text editor, PDF and image
+    /// viewers; user `user`), `minimal` (openbox and one root terminal), or one built or
+    /// imported on this host. The server's list is in this property's `enum`.
     pub image: Option<String>,
-    /// Guest memory in MiB (512..=8192, default 1024). Non-default sizes cold-boot (slow).
+    /// Guest memory in MiB (512..=8192, default: the image's, 2048 for workstation). Other
+    /// sizes than the image's cold-boot (slow).
     #[schemars(range(min = 512, max = 8192))]
     pub memory_mb: Option<u32>,
     /// Give the guest a NAT network (default: no network at all).
@@ -257,9 +300,13 @@ pub struct WaitArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ExecArgs {
     pub session_id: String,
-    /// Shell command, run as `sh -c` by root in the guest with DISPLAY=:0.
+    /// Shell command, run with `sh -c` in the guest with DISPLAY=:0, as the desktop's user
+    /// (`user`, home /home/user, on workstation; root on minimal).
     #[schemars(length(min = 1, max = 65536))]
     pub command: String,
+    /// Run as root instead (default false).
+    #[serde(default)]
+    pub root: bool,
     /// Timeout in ms (1..=300000, default 30000).
     #[schemars(range(min = 1, max = 300000))]
     pub timeout_ms: Option<u64>,

@@ -55,17 +55,24 @@ pub(super) fn structured(value: serde_json::Value) -> CallToolResult {
 
 impl DeskvmServer {
     pub fn new(manager: Arc<SessionManager>) -> Self {
+        let mut tool_router = Self::tool_router()
+            + Self::input_router()
+            + Self::computer_router()
+            + Self::checkpoint_router()
+            + Self::reclaim_router()
+            + Self::view_router();
+        // The images this server can start, as they are when it starts.
+        if let Some(route) = tool_router.map.get_mut("session_start") {
+            let (built, unbuilt) = crate::guest_image::GuestImage::names(manager.layout());
+            let default = manager.default_image();
+            super::params::list_images(&mut route.attr, &built, &unbuilt, default);
+        }
         DeskvmServer {
             manager,
             views: Arc::default(),
             review_base: None,
             tasks: rmcp::task_manager::TaskManager::new(),
-            tool_router: Self::tool_router()
-                + Self::input_router()
-                + Self::computer_router()
-                + Self::checkpoint_router()
-                + Self::reclaim_router()
-                + Self::view_router(),
+            tool_router,
             prompt_router: Self::prompt_router(),
         }
     }
@@ -87,7 +94,7 @@ impl DeskvmServer {
 #[tool_router]
 impl DeskvmServer {
     #[tool(
-        description = "Start a desktop session (a Debian/Xorg desktop in a QEMU VM with a terminal open). Returns session_id, screen size, accelerator, backend, engine (and why it was placed there) and startup time.",
+        description = "Start a desktop session: a Debian desktop in a QEMU VM (`workstation`: Xfce with Firefox ESR and LibreOffice; `minimal`: one terminal). Returns session_id, image, screen size, accelerator, backend, engine (and why it was placed there) and startup time. Start with an application already open: open it, `checkpoint`, then session_start {from_checkpoint}.",
         annotations(
             title = "Start desktop session",
             read_only_hint = false,
@@ -197,7 +204,7 @@ impl DeskvmServer {
     }
 
     #[tool(
-        description = "Run a shell command inside the guest through the guest agent (root, DISPLAY=:0); returns exit_code, stdout, stderr.",
+        description = "Run a shell command inside the guest through the guest agent (as the desktop's user, or root with `root: true`; DISPLAY=:0); returns exit_code, stdout, stderr. Answers `unavailable` on a guest with no agent.",
         annotations(
             title = "Run command in guest",
             destructive_hint = true,
@@ -211,6 +218,7 @@ impl DeskvmServer {
                 Action::Exec {
                     command: a.command,
                     timeout_ms: a.timeout_ms,
+                    root: a.root,
                 },
             )
             .await)

@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 use super::SessionError;
 use crate::backend::{Backend, Instance};
 use crate::guest_image::ready::ReadyState;
+use crate::guest_image::recipe::InputProbe;
 use crate::guest_image::GuestImage;
 use crate::storage::IoContext;
 use crate::vm::spec::{RuntimeFiles, VmSpec};
 use crate::vm::{Button, Vm, VmError};
 
-/// Line the guest writes to its first serial port once the terminal window exists.
+/// Line the guest writes to its first serial port once the recipe's `ready_when` holds.
 pub const READY_MARKER: &str = "DESKVM_READY";
-pub const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Line it writes when `ready_when` still failed after its own wait (300 s).
+pub const NOT_READY_MARKER: &str = "DESKVM_NOT_READY";
+/// The workstation desktop took 157 s to report ready under TCG on a loaded 2-core host.
+pub const COLD_BOOT_TIMEOUT: Duration = Duration::from_secs(360);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -23,6 +27,9 @@ pub enum Startup {
     ReadyState,
     /// Booted the guest kernel (no ready state for this QEMU build and machine).
     ColdBoot,
+    /// An imported disk's first start: booted through its firmware, saved as the image's
+    /// ready state, and resumed from it (later starts only resume).
+    FirstBoot,
 }
 
 pub struct Booted {
@@ -94,8 +101,11 @@ pub async fn start_vm(
             "ready state loaded, guest running"
         );
         Startup::ReadyState
-    } else {
+    } else if image.boots_kernel() {
         wait_for_desktop(&mut vm, &exited, COLD_BOOT_TIMEOUT).await?;
+        Startup::ColdBoot
+    } else {
+        wait_for_quiet_screen(&mut vm, &exited, COLD_BOOT_TIMEOUT).await?;
         Startup::ColdBoot
     };
     Ok(Booted {
@@ -136,6 +146,12 @@ pub async fn wait_for_desktop(
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        if let Some(line) = serial.lines().find(|l| l.contains(NOT_READY_MARKER)) {
+            return Err(SessionError::Setup(format!(
+                "the desktop said it is not ready: {}",
+                line.trim()
+            )));
+        }
         if serial.contains(READY_MARKER) {
             break;
         }
@@ -152,6 +168,36 @@ pub async fn wait_for_desktop(
     vm.settle(Duration::from_secs(20), Duration::from_millis(300), 3)
         .await?;
     Ok(())
+}
+
+/// A disk deskvm did not build says nothing when it is ready: it counts as booted once its
+/// screen has been still for 10 s (firmware, boot loader and kernel messages all move it).
+pub async fn wait_for_quiet_screen(
+    vm: &mut Vm,
+    exited: &tokio::sync::watch::Receiver<Option<String>>,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let started = Instant::now();
+    // The first seconds are the firmware's: a still BIOS screen is not a booted guest.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    loop {
+        if let Some(reason) = exited.borrow().clone() {
+            return Err(SessionError::Setup(format!(
+                "the guest stopped while booting: {reason}"
+            )));
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(SessionError::Setup(format!(
+                "the guest's screen did not settle within {} s",
+                timeout.as_secs()
+            )));
+        }
+        let (_, still) = vm.settle(left, Duration::from_millis(500), 20).await?;
+        if still {
+            return Ok(());
+        }
+    }
 }
 
 /// Where the terminal of the default guest sits; a point well inside it.
@@ -184,43 +230,24 @@ pub async fn make_ready_state(
         "desktop ready after {:.1} s; checking that input reaches it",
         started.elapsed().as_secs_f64()
     ));
-
-    vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[])
-        .await?;
-    let token = format!("deskvm-input-ok-{}", std::process::id());
-    let strokes = crate::vm::input::strokes_for_text(&format!(
-        " echo {token} > /tmp/.deskvm-input; clear\n"
-    ))?;
-    vm.type_strokes(&strokes).await?;
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = vm
-            .exec(
-                "cat /tmp/.deskvm-input 2>/dev/null; rm -f /tmp/.deskvm-input",
-                Duration::from_secs(10),
-            )
-            .await?
-            .stdout;
-        if !seen.is_empty() {
-            break;
+    let agent = match prove_input(&mut vm, image.meta.input_probe).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            instance.stop().await;
+            return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if agent {
+        // Freed guest memory is zero (init_on_free=1 on the kernel command line) and zero
+        // pages cost next to nothing in the saved state, which is what every session start
+        // reads: drop the guest's page cache so its pages are freed too. Both together took
+        // the state from 447 MB to 214 MB (dropping the cache alone saved only 2%).
+        vm.exec(
+            "sync; echo 3 > /proc/sys/vm/drop_caches",
+            Duration::from_secs(30),
+        )
+        .await?;
     }
-    if seen.trim() != token {
-        instance.stop().await;
-        return Err(SessionError::Setup(format!(
-            "input did not reach the guest terminal (read back {seen:?})"
-        )));
-    }
-    // Freed guest memory is zero (init_on_free=1 on the kernel command line) and zero pages cost
-    // next to nothing in the saved state, which is what every session start reads: drop the
-    // guest's page cache so its pages are freed too. Both together took the state from 447 MB
-    // to 214 MB (dropping the cache alone saved only 2%).
-    vm.exec(
-        "sync; echo 3 > /proc/sys/vm/drop_caches",
-        Duration::from_secs(30),
-    )
-    .await?;
     vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3)
         .await?;
 
@@ -248,10 +275,91 @@ pub async fn make_ready_state(
         "image": image.name,
         "saved_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "boot_seconds": started.elapsed().as_secs_f64(),
+        // Whether a guest agent answered: without one, exec says so at once.
+        "agent": agent,
     });
     partial.publish(&target, &meta)?;
     progress(&format!("ready state saved: {}", target.dir.display()));
     Ok(target)
+}
+
+/// Proves that a click and typed keys reach the fresh desktop, as the image's recipe says;
+/// returns whether a guest agent answers (a disk deskvm did not build may have none).
+async fn prove_input(vm: &mut Vm, probe: InputProbe) -> Result<bool, SessionError> {
+    let token = format!("deskvm-input-ok-{}", std::process::id());
+    let line = match probe {
+        InputProbe::None => {
+            // Nothing is known to run in it: check that QMP takes input, and ask for an agent.
+            vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[])
+                .await?;
+            return Ok(vm.agent(Duration::from_secs(15)).await.is_ok());
+        }
+        InputProbe::Terminal => {
+            vm.click(TERMINAL_POINT.0, TERMINAL_POINT.1, Button::Left, 1, &[])
+                .await?;
+            format!(" echo {token} > /tmp/.deskvm-input; clear\n")
+        }
+        InputProbe::Window => {
+            let at = open_probe_window(vm).await?;
+            vm.click(at.0, at.1, Button::Left, 1, &[]).await?;
+            format!("{token}\n")
+        }
+    };
+    let strokes = crate::vm::input::strokes_for_text(&line)?;
+    vm.type_strokes(&strokes).await?;
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = vm
+            .exec(
+                "cat /tmp/.deskvm-input 2>/dev/null; rm -f /tmp/.deskvm-input",
+                Duration::from_secs(10),
+            )
+            .await?
+            .stdout;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if seen.trim() != token {
+        return Err(SessionError::Setup(format!(
+            "input did not reach the guest (read back {seen:?})"
+        )));
+    }
+    Ok(true)
+}
+
+/// Opens a small terminal that writes the first line typed into it to /tmp/.deskvm-input and
+/// closes; returns a point inside it once it is on screen.
+async fn open_probe_window(vm: &mut Vm) -> Result<(u32, u32), SessionError> {
+    let open = "rm -f /tmp/.deskvm-input; \
+        setsid xterm -title deskvm-probe -geometry 40x4+200+200 \
+          -e sh -c 'IFS= read -r l; printf %s \"$l\" > /tmp/.deskvm-input' >/dev/null 2>&1 &";
+    vm.exec(open, Duration::from_secs(10)).await?;
+    for _ in 0..150 {
+        let out = vm
+            .exec(
+                "xwininfo -name deskvm-probe 2>/dev/null | awk '/Absolute upper-left X/ {x=$4} \
+                 /Absolute upper-left Y/ {y=$4} /Map State: IsViewable/ {v=1} END {if (v) print x, y}'",
+                Duration::from_secs(10),
+            )
+            .await?
+            .stdout;
+        let xy: Vec<u32> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [x, y] = xy[..] {
+            // Let the window manager finish placing and focusing it.
+            vm.settle(Duration::from_secs(10), Duration::from_millis(200), 3)
+                .await?;
+            return Ok((x + 60, y + 20));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(SessionError::Setup(
+        "the input probe's terminal (xterm) did not appear within 30 s".into(),
+    ))
 }
 
 /// Sets the guest screen size with xrandr through the guest agent (adding a GTF mode when the

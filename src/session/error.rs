@@ -50,6 +50,8 @@ pub enum SessionError {
     NotOnEngine { what: &'static str, engine: String },
     #[error("no live view: {0}")]
     ViewUnavailable(String),
+    #[error("{what} is unavailable: {why}")]
+    Unavailable { what: &'static str, why: String },
     #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
     UnknownAction {
         format: &'static str,
@@ -114,6 +116,7 @@ impl SessionError {
             SessionError::Incompatible { .. } => "incompatible_checkpoint",
             SessionError::NotOnEngine { .. } => "not_on_engine",
             SessionError::ViewUnavailable(_) => "view_unavailable",
+            SessionError::Unavailable { .. } => "unavailable",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",
             SessionError::Input(_) => "invalid_input",

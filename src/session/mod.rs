@@ -15,7 +15,9 @@ mod alive;
 pub mod boot;
 pub mod caller;
 pub mod checkpoint;
+mod desktop;
 pub mod error;
+mod first_boot;
 mod geometry;
 pub mod human;
 mod idle;
@@ -40,7 +42,7 @@ use tokio::sync::{watch, Mutex, RwLock};
 
 use crate::backend::Backend;
 use crate::guest_image::ready::ReadyState;
-use crate::guest_image::{GuestImage, DEFAULT_IMAGE};
+use crate::guest_image::GuestImage;
 use crate::ledger::{Ledger, ReviewMeta};
 use crate::storage::{self, Layout};
 use crate::vm::spec::{Accel, RuntimeFiles, VmSpec};
@@ -49,18 +51,11 @@ use after::AfterFrame;
 use alive::watch_exit;
 pub use boot::Startup;
 pub use caller::Caller;
+pub use desktop::StartRequest;
 pub use error::{chain, check_range, SessionError};
 use lane::Lane;
-pub use start::StartRequest;
 
-/// The machine every ready state is saved with; a session's own size is set with xrandr after
-/// resume, so one ready state serves every screen size.
-pub const MACHINE_WIDTH: u32 = 1280;
-pub const MACHINE_HEIGHT: u32 = 800;
-pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
-pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
-pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
-pub const DEFAULT_MEMORY_MB: u32 = 1024;
+pub use crate::vm::spec::{HEIGHT_RANGE, MEMORY_RANGE, WIDTH_RANGE};
 
 /// How a session's guest RAM is held.
 #[derive(
@@ -155,6 +150,8 @@ pub struct ManagerConfig {
     /// Several Docker engines (`--engine`): sessions are placed over them; `backend` is the
     /// first that answered.
     pub engines: Option<Arc<crate::backend::pool::Engines>>,
+    /// The image a session that names none gets (`--image`).
+    pub image: String,
 }
 
 pub struct SessionManager {
@@ -171,14 +168,24 @@ pub struct SessionManager {
 }
 
 /// The machine a session of `image` runs: ready states are keyed by it.
-pub fn machine_spec(image: &GuestImage, accel: Accel, memory_mb: u32, network: bool) -> VmSpec {
+/// `memory_mb` `None`: the image's default.
+pub fn machine_spec(
+    image: &GuestImage,
+    accel: Accel,
+    memory_mb: Option<u32>,
+    network: bool,
+) -> VmSpec {
     VmSpec {
         kernel: image.kernel(),
         initrd: image.initrd(),
-        memory_mb,
+        firmware: image.meta.firmware,
+        disk_bus: image.meta.disk_bus,
+        memory_mb: memory_mb.unwrap_or(image.meta.memory_mb),
         cpus: 2,
-        width: MACHINE_WIDTH,
-        height: MACHINE_HEIGHT,
+        // The screen the VGA's EDID offers (the guest picks it at boot); a session of another
+        // size is set with xrandr once it runs.
+        width: image.meta.width,
+        height: image.meta.height,
         accel,
         network,
         memory: crate::vm::spec::Memory::Private,
@@ -224,6 +231,11 @@ impl SessionManager {
         }
     }
 
+    /// The image a start that names none gets.
+    pub fn default_image(&self) -> &str {
+        &self.cfg.image
+    }
+
     pub fn accel(&self) -> Accel {
         self.cfg.accel
     }
@@ -236,7 +248,12 @@ impl SessionManager {
         &self.cfg.layout
     }
 
-    pub fn machine_spec(&self, image: &GuestImage, memory_mb: u32, network: bool) -> VmSpec {
+    pub fn machine_spec(
+        &self,
+        image: &GuestImage,
+        memory_mb: Option<u32>,
+        network: bool,
+    ) -> VmSpec {
         machine_spec(image, self.cfg.accel, memory_mb, network)
     }
 
@@ -247,10 +264,11 @@ impl SessionManager {
         memory_mb: Option<u32>,
         network: bool,
     ) -> bool {
-        let Ok(image) = GuestImage::locate(&self.cfg.layout, image.unwrap_or(DEFAULT_IMAGE)) else {
+        let Ok(image) = GuestImage::locate(&self.cfg.layout, image.unwrap_or(&self.cfg.image))
+        else {
             return false;
         };
-        let spec = self.machine_spec(&image, memory_mb.unwrap_or(DEFAULT_MEMORY_MB), network);
+        let spec = self.machine_spec(&image, memory_mb, network);
         ReadyState::find(&image, self.cfg.backend.qemu_version(), &spec).is_none()
     }
 

@@ -46,8 +46,8 @@ impl SessionManager {
     /// managers (image builds) do not, so nothing is left prepared behind them.
     pub fn keep_warm(&self) {
         self.warm.store(true, Ordering::SeqCst);
-        if let Ok(image) = GuestImage::locate(&self.cfg.layout, DEFAULT_IMAGE) {
-            let spec = self.machine_spec(&image, DEFAULT_MEMORY_MB, false);
+        if let Ok(image) = GuestImage::locate(&self.cfg.layout, &self.cfg.image) {
+            let spec = self.machine_spec(&image, None, false);
             for backend in self.backends() {
                 self.prepare_next(backend.as_ref(), &spec);
             }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use serde_json::json;
 
-use super::{check_name, machine_spec, Caller, SessionError, SessionManager, DEFAULT_MEMORY_MB};
+use super::{check_name, machine_spec, Caller, SessionError, SessionManager};
 use crate::backend::docker;
 use crate::backend::local::{qemu_version, QEMU};
 use crate::guest_image::ready::ReadyState;
-use crate::guest_image::{GuestImage, IMAGES};
+use crate::guest_image::GuestImage;
 use crate::storage::reclaim::{self, Current, Kind, Report, Request};
 use crate::storage::{IoError, Layout};
 use crate::vm::spec::Accel;
@@ -94,11 +94,13 @@ pub async fn current(layout: &Layout, docker: Option<&Docker>) -> Current {
         }
         None => cur.builds_known = false,
     }
-    for name in IMAGES {
-        let image = GuestImage {
-            name: name.to_string(),
-            dir: GuestImage::dir_for(layout, name),
-        };
+    // Each name's current image (a built-in recipe's at its hash now, any other's newest):
+    // every other build of a name is superseded.
+    cur.renamed = crate::guest_image::ALIASES
+        .iter()
+        .map(|(old, new)| (old.to_string(), new.to_string()))
+        .collect();
+    for image in GuestImage::available(layout) {
         current_of(&image, &mut cur);
         cur.image_dirs.push(image.dir);
     }
@@ -110,7 +112,7 @@ pub async fn current(layout: &Layout, docker: Option<&Docker>) -> Current {
 fn current_of(image: &GuestImage, cur: &mut Current) {
     for build in &cur.qemu_builds {
         for accel in [Accel::Kvm, Accel::Tcg] {
-            let spec = machine_spec(image, accel, DEFAULT_MEMORY_MB, false);
+            let spec = machine_spec(image, accel, None, false);
             cur.ready_dirs
                 .push(ReadyState::path_for(image, build, &spec).dir);
             cur.ready_dirs

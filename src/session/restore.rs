@@ -119,7 +119,7 @@ impl SessionManager {
         let cache_lock = self.lock_cache_shared().await?;
         let (info, ready) = self.restorable(session, name)?;
         let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
-        let spec = self.machine_spec(&image, info.memory_mb, info.network);
+        let spec = self.machine_spec(&image, Some(info.memory_mb), info.network);
         session.finish_capture().await;
         let mut lane = session.lane.lock().await;
         lane.stop_vm(true).await;

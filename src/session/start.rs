@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::Mutex;
 
 use super::checkpoint::CheckpointInfo;
+use super::desktop::Desktop;
 use super::*;
 use crate::backend::pool::Placement;
 
@@ -30,51 +31,6 @@ impl Drop for Reservation<'_> {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct StartRequest {
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub image: Option<String>,
-    pub memory_mb: Option<u32>,
-    pub network: bool,
-    /// Start as a fork of this checkpoint (its size, memory, image and network).
-    pub from_checkpoint: Option<String>,
-    /// Run on this engine of the server's pool (`--engine`).
-    pub engine: Option<String>,
-}
-
-impl StartRequest {
-    fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
-    }
-}
-
-/// The desktop a start asks for, checked.
-struct Desktop {
-    width: u32,
-    height: u32,
-    memory_mb: u32,
-    network: bool,
-    image: GuestImage,
-}
-
-impl Desktop {
-    fn of(layout: &Layout, req: &StartRequest) -> Result<Self, SessionError> {
-        let width = check_range("width", req.width.unwrap_or(MACHINE_WIDTH), WIDTH_RANGE)?;
-        let height = check_range("height", req.height.unwrap_or(MACHINE_HEIGHT), HEIGHT_RANGE)?;
-        let memory = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
-        let memory_mb = check_range("memory_mb", memory, MEMORY_RANGE)?;
-        let image = GuestImage::locate(layout, req.image.as_deref().unwrap_or(DEFAULT_IMAGE))?;
-        Ok(Desktop {
-            width,
-            height,
-            memory_mb,
-            network: req.network,
-            image,
-        })
-    }
-}
-
 /// How a desktop starts: the machine as it boots, the state it loads (a ready state, a
 /// template or the fork's checkpoint), the private ready state beneath a template, and where
 /// the guest's pointer is.
@@ -87,6 +43,8 @@ struct Launch {
 
 /// A start whose VM booted.
 struct Started {
+    /// Whether a guest agent answers in it (see [`ReadyState::has_agent`]).
+    agent: bool,
     id: String,
     desktop: Desktop,
     files: RuntimeFiles,
@@ -194,9 +152,14 @@ impl SessionManager {
         let cache_lock = self.lock_cache_shared().await?;
         // Which engine runs it (with several engines), before anything is made for it; a fork
         // only where QEMU sees this host's files (its checkpoint is one).
+        let image_memory = GuestImage::locate(
+            &self.cfg.layout,
+            req.image.as_deref().unwrap_or(&self.cfg.image),
+        )
+        .map_or(1024, |i| i.meta.memory_mb);
         let memory_mb = check_range(
             "memory_mb",
-            req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+            req.memory_mb.unwrap_or(image_memory),
             MEMORY_RANGE,
         )?;
         let (backend_arc, placement) = self
@@ -209,7 +172,7 @@ impl SessionManager {
             Some(name) => Some(self.fork_source(&name, &mut req, backend)?),
             None => None,
         };
-        let desktop = Desktop::of(&self.cfg.layout, &req)?;
+        let desktop = Desktop::of(&self.cfg.layout, &req, &self.cfg.image)?;
         // Starts in flight count too, or concurrent starts could overshoot the limit.
         let in_flight = self.starting.fetch_add(1, Ordering::SeqCst);
         let _reservation = Reservation(&self.starting);
@@ -218,6 +181,9 @@ impl SessionManager {
                 max: self.cfg.max_sessions,
             });
         }
+        let (agent, first_boot) = self
+            .ensure_first_ready_state(&desktop, fork.is_some(), backend)
+            .await?;
         let launch = self.launch(&desktop, fork, backend);
         // A container the backend started ahead for a session like this one, if any.
         let id = backend.take_prepared(&launch.spec).unwrap_or_else(new_id);
@@ -228,8 +194,12 @@ impl SessionManager {
         };
         make_dirs(backend, &id, &files, &desktop, &launch)?;
         drop(cache_lock);
-        let (booted, memory) = self.boot(backend, &id, &desktop, &launch, &files).await?;
+        let (mut booted, memory) = self.boot(backend, &id, &desktop, &launch, &files).await?;
+        if first_boot {
+            booted.startup = Startup::FirstBoot;
+        }
         let start = Started {
+            agent,
             id: id.clone(),
             desktop,
             files,
@@ -252,7 +222,7 @@ impl SessionManager {
         fork: Option<(ReadyState, CheckpointInfo)>,
         backend: &dyn crate::backend::Backend,
     ) -> Launch {
-        let spec = self.machine_spec(&desktop.image, desktop.memory_mb, desktop.network);
+        let spec = self.machine_spec(&desktop.image, Some(desktop.memory_mb), desktop.network);
         // A fork's pointer is where its checkpoint's was; a ready state's is where its builder
         // clicked (a cold boot puts it there).
         let pointer = fork
@@ -301,7 +271,7 @@ impl SessionManager {
             // the file, say): it is slower to start, not broken.
             tracing::warn!(error = %super::error::chain(e), "starting from the shared-memory template failed; starting with private memory");
             memory = MemoryMode::Private;
-            let private_spec = self.machine_spec(image, desktop.memory_mb, desktop.network);
+            let private_spec = self.machine_spec(image, Some(desktop.memory_mb), desktop.network);
             booted = boot::start_vm(backend, id, image, private_spec, Some(private), files).await;
         }
         match booted {
@@ -343,7 +313,12 @@ impl SessionManager {
             scale: 1.0,
         }));
         let viewers = Arc::new(viewers::Viewers::new(booted.vm.link()));
-        let lane = Lane::new(booted.vm, booted.instance, geometry.clone(), pointer);
+        let guest = lane::Guest {
+            image: d.image.name.clone(),
+            user: Some(d.image.meta.user.clone()).filter(|u| u != "root"),
+            agent: start.agent,
+        };
+        let lane = Lane::new(booted.vm, booted.instance, geometry.clone(), pointer, guest);
         let session = Arc::new(Session {
             viewers,
             info: info.clone(),
@@ -379,7 +354,7 @@ impl SessionManager {
             booted.vm.move_to(x, y).await?;
         }
         let d = &start.desktop;
-        if (d.width, d.height) != (MACHINE_WIDTH, MACHINE_HEIGHT) {
+        if (d.width, d.height) != (d.image.meta.width, d.image.meta.height) {
             boot::set_resolution(&mut booted.vm, d.width, d.height).await?;
         }
         let mut meta = ReviewMeta::new(&start.id, "session");

@@ -40,6 +40,11 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// The screen sizes and guest memory a machine may have (session starts and recipes check them).
+pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
+pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
+pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
+
 /// Files of a running VM, all inside its private runtime directory.
 #[derive(Debug, Clone)]
 pub struct RuntimeFiles {
@@ -118,6 +123,29 @@ pub const MACHINE_GENERATION: u32 = 2;
 pub const KERNEL_CMDLINE: &str =
     "root=/dev/vda rw console=ttyS0 quiet loglevel=3 systemd.show_status=0 mitigations=off init_on_free=1";
 
+/// The firmware an imported disk boots through (a recipe's image boots its kernel directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    Bios,
+    /// OVMF (Debian's `ovmf`), for disks with an EFI system partition.
+    Uefi,
+}
+
+/// Where OVMF lives, on the host and in the runtime image alike (Debian's `ovmf`).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// How the disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// virtio-blk: fastest; every recipe image.
+    Virtio,
+    /// SATA (AHCI): any guest boots from it without drivers (Windows without virtio ones).
+    Sata,
+}
+
 /// Where guest RAM lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Memory {
@@ -133,6 +161,9 @@ pub enum Memory {
 pub struct VmSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// Boot through this firmware from the disk instead of `kernel` and `initrd`.
+    pub firmware: Option<Firmware>,
+    pub disk_bus: DiskBus,
     pub memory_mb: u32,
     pub cpus: u32,
     pub width: u32,
@@ -187,9 +218,15 @@ impl VmSpec {
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
             "-display".into(),
             "none".into(),
-            "-append".into(),
-            KERNEL_CMDLINE.into(),
         ]);
+        match self.firmware {
+            None => a.extend(["-append".into(), KERNEL_CMDLINE.into()]),
+            Some(Firmware::Bios) => {}
+            Some(Firmware::Uefi) => a.extend(["-bios".into(), OVMF.into()]),
+        }
+        if self.disk_bus == DiskBus::Sata {
+            a.extend(["-device".into(), "ahci,id=ahci0".into()]);
+        }
         if self.network {
             a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
         } else {
@@ -200,16 +237,28 @@ impl VmSpec {
 
     pub fn argv(&self, files: &RuntimeFiles) -> Vec<String> {
         let mut a = self.machine_args();
+        if self.firmware.is_none() {
+            a.extend([
+                "-kernel".into(),
+                path(&self.kernel),
+                "-initrd".into(),
+                path(&self.initrd),
+            ]);
+        }
+        let disk = path(&files.disk());
+        match self.disk_bus {
+            DiskBus::Virtio => a.extend([
+                "-drive".into(),
+                format!("file={disk},if=virtio,format=qcow2,cache=unsafe,discard=unmap"),
+            ]),
+            DiskBus::Sata => a.extend([
+                "-drive".into(),
+                format!("file={disk},if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap"),
+                "-device".into(),
+                "ide-hd,drive=disk0,bus=ahci0.0".into(),
+            ]),
+        }
         a.extend([
-            "-kernel".into(),
-            path(&self.kernel),
-            "-initrd".into(),
-            path(&self.initrd),
-            "-drive".into(),
-            format!(
-                "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
-                path(&files.disk())
-            ),
             "-chardev".into(),
             format!(
                 "socket,id=qmp0,path={},server=on,wait=off",
@@ -320,6 +369,8 @@ mod tests {
             VmSpec {
                 kernel: "/k".into(),
                 initrd: "/i".into(),
+                firmware: None,
+                disk_bus: DiskBus::Virtio,
                 memory_mb: 1024,
                 cpus: 2,
                 width: 1280,
@@ -372,5 +423,22 @@ mod tests {
         let mut s = spec();
         s.network = true;
         assert!(s.argv(&files).join(" ").contains("-nic user"));
+    }
+
+    #[test]
+    fn an_imported_disk_boots_through_firmware_from_sata() {
+        let files = RuntimeFiles { dir: "/rt".into() };
+        let mut s = spec();
+        (s.firmware, s.disk_bus) = (Some(Firmware::Bios), DiskBus::Sata);
+        let argv = s.argv(&files).join(" ");
+        assert!(
+            !argv.contains("-kernel") && !argv.contains("-append"),
+            "{argv}"
+        );
+        assert!(argv.contains("-device ahci,id=ahci0"), "{argv}");
+        assert!(argv.contains("bus=ahci0.0"), "{argv}");
+        assert_ne!(s.fingerprint(), spec().fingerprint());
+        s.firmware = Some(Firmware::Uefi);
+        assert!(s.argv(&files).join(" ").contains(OVMF));
     }
 }

@@ -99,6 +99,7 @@ impl TestEngine {
         let started = std::time::Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_deskvm"))
             .args(["image", "push", "--engine", &self.engine_arg()])
+            .env("DESKVM_IMAGE", "minimal")
             .output()
             .context("running deskvm image push")?;
         let stdout = String::from_utf8_lossy(&out.stdout);

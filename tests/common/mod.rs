@@ -38,11 +38,14 @@ pub fn state_of(data: &Path) -> PathBuf {
 
 /// The environment that points a deskvm process at a test's own state: its runtime dir, its
 /// data dir and its state root. Every process a test spawns gets it.
-pub fn state_env(runtime: &Path, data: &Path) -> [(&'static str, PathBuf); 3] {
+/// Tests that need no applications run the `minimal` image (`DESKVM_IMAGE`); the workstation
+/// tests name theirs.
+pub fn state_env(runtime: &Path, data: &Path) -> [(&'static str, PathBuf); 4] {
     [
         ("DESKVM_RUNTIME_DIR", runtime.to_path_buf()),
         ("DESKVM_DATA_DIR", data.to_path_buf()),
         ("DESKVM_STATE_DIR", state_of(data)),
+        ("DESKVM_IMAGE", "minimal".into()),
     ]
 }
 
@@ -241,7 +244,8 @@ pub async fn active_window(client: &Client, sid: &str) -> Result<String> {
     guest(
         client,
         sid,
-        "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | awk '{print $NF}') WM_NAME 2>/dev/null",
+        // xfwm4 lists the active window then 0x0: take the first id.
+        "xprop -id $(xprop -root _NET_ACTIVE_WINDOW | sed 's/.*# \\(0x[0-9a-f]*\\).*/\\1/') WM_NAME 2>/dev/null",
     )
     .await
 }

@@ -28,7 +28,7 @@ echo "deb $MIRROR bookworm-backports main" > "$ROOT/etc/apt/sources.list.d/backp
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 chroot "$ROOT" apt-get update -q >/dev/null
 chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-  -t bookworm-backports qemu-system-x86 qemu-utils ipxe-qemu socat lz4 >/dev/null
+  -t bookworm-backports qemu-system-x86 qemu-utils ipxe-qemu ovmf socat lz4 >/dev/null
 chroot "$ROOT" qemu-system-x86_64 --version | head -1
 chroot "$ROOT" apt-get clean
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT/etc/resolv.conf"

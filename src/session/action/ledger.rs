@@ -59,7 +59,10 @@ impl Action {
             Action::Exec {
                 command,
                 timeout_ms,
-            } => json!({ "command": redact::text(command, false), "timeout_ms": timeout_ms }),
+                root,
+            } => {
+                json!({ "command": redact::text(command, false), "timeout_ms": timeout_ms, "root": root })
+            }
         }
     }
 }

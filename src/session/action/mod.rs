@@ -103,6 +103,8 @@ pub enum Action {
     Exec {
         command: String,
         timeout_ms: Option<u64>,
+        /// Run as root instead of the image's desktop user.
+        root: bool,
     },
 }
 
@@ -158,6 +160,7 @@ pub enum Plan {
     Exec {
         command: String,
         timeout_ms: u64,
+        root: bool,
     },
 }
 

@@ -86,7 +86,8 @@ impl Action {
             Action::Exec {
                 command,
                 timeout_ms,
-            } => exec(command, *timeout_ms)?,
+                root,
+            } => exec(command, *timeout_ms, *root)?,
         })
     }
 }
@@ -146,13 +147,14 @@ fn wait(
     })
 }
 
-fn exec(command: &str, timeout_ms: Option<u64>) -> Result<Plan, SessionError> {
+fn exec(command: &str, timeout_ms: Option<u64>, root: bool) -> Result<Plan, SessionError> {
     check_range(
         "command length in bytes",
         command.len(),
         (1, MAX_COMMAND_BYTES),
     )?;
     Ok(Plan::Exec {
+        root,
         command: command.to_string(),
         timeout_ms: check_range(
             "timeout_ms",
@@ -219,6 +221,7 @@ mod tests {
         let e = refused(Action::Exec {
             command: "true".into(),
             timeout_ms: Some(0),
+            root: false,
         });
         assert_eq!(e["valid"], "1..=300000");
         let e = refused(Action::Screenshot {

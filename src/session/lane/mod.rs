@@ -53,6 +53,18 @@ pub struct Lane {
     /// freezes it and adds a layer of another name above it. Layers are never renamed while
     /// QEMU runs: it reopens a layer by its name when it changes its access mode.
     disk: PathBuf,
+    /// What runs in the guest: who exec runs as, whether an agent answers.
+    guest: Guest,
+}
+
+/// What the session's image says about its guest.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub image: String,
+    /// The desktop's user, whom exec runs as unless asked for root (`None`: root).
+    pub user: Option<String>,
+    /// Whether a guest agent answers (an imported disk may have none).
+    pub agent: bool,
 }
 
 /// A frame younger than this counts as the current screen even if it was still changing.
@@ -69,8 +81,10 @@ impl Lane {
         instance: Box<dyn Instance>,
         geometry: Arc<std::sync::Mutex<Geometry>>,
         pointer: (u32, u32),
+        guest: Guest,
     ) -> Self {
         Lane {
+            guest,
             disk: vm.files.disk(),
             vm,
             instance,

@@ -98,7 +98,8 @@ impl Lane {
             Plan::Exec {
                 command,
                 timeout_ms,
-            } => self.exec(&command, timeout_ms).await?,
+                root,
+            } => self.exec(&command, timeout_ms, root).await?,
         };
         Ok((outcome, None))
     }
@@ -254,11 +255,29 @@ impl Lane {
 
     /// Runs a command in the guest; the caller's cancellation stops the wait for it (not the
     /// command, which the guest agent cannot kill).
-    async fn exec(&mut self, command: &str, timeout_ms: u64) -> Result<Outcome, SessionError> {
+    async fn exec(
+        &mut self,
+        command: &str,
+        timeout_ms: u64,
+        root: bool,
+    ) -> Result<Outcome, SessionError> {
+        if !self.guest.agent {
+            return Err(SessionError::Unavailable {
+                what: "exec",
+                why: format!(
+                    "no QEMU guest agent answers in image {} (install qemu-guest-agent in the guest and import it again)",
+                    self.guest.image
+                ),
+            });
+        }
+        let script = match (&self.guest.user, root) {
+            (Some(user), false) => as_user(user, command),
+            _ => command.to_string(),
+        };
         let cancel = crate::session::Caller::current().cancel;
         let run = self
             .vm
-            .exec_cancellable(command, Duration::from_millis(timeout_ms), cancel.as_ref())
+            .exec_cancellable(&script, Duration::from_millis(timeout_ms), cancel.as_ref())
             .await;
         match run {
             Err(VmError::Qga(QgaError::Cancelled { ms })) => Err(SessionError::Cancelled {
@@ -302,5 +321,24 @@ impl Lane {
             waited_ms: started.elapsed().as_millis() as u64,
             stable,
         })
+    }
+}
+
+/// `command` run as the desktop's `user` with its session's environment (the guest's
+/// `deskvm-as-user`, which every recipe image has).
+fn as_user(user: &str, command: &str) -> String {
+    let quoted = command.replace('\'', "'\\''");
+    format!("exec /usr/local/bin/deskvm-as-user /bin/sh -c '{quoted}' # as {user}")
+}
+
+#[cfg(test)]
+mod as_user_tests {
+    #[test]
+    fn a_command_with_quotes_survives_the_wrapper() {
+        let s = super::as_user("user", "echo 'a b' \"c\"");
+        assert_eq!(
+            s,
+            "exec /usr/local/bin/deskvm-as-user /bin/sh -c 'echo '\\''a b'\\'' \"c\"' # as user"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 mod checkpoints;
 mod engine;
+mod in_use;
 mod remove;
 mod scan;
 mod shm;
@@ -20,6 +21,7 @@ use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
 pub use engine::short_id;
+pub use in_use::in_use;
 pub use scan::{is_bundle, short as short_duration};
 
 use super::owner::{Liveness, Owner, ProcessRef};
@@ -135,6 +137,8 @@ pub struct Current {
     pub runtime_tag: String,
     /// The `deskvm-guest` tags of the current images and QEMU builds (`deskvm image push`).
     pub guest_tags: Vec<String>,
+    /// Image names that earlier versions used, and the names they go by now (old, new).
+    pub renamed: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -208,12 +208,10 @@ fn images(layout: &Layout, current: &Current, req: &Request, scan: &mut Scan) {
                 );
             } else if req.wants(Kind::GuestImage) {
                 let built = name(&dir).rsplit('-').next().unwrap_or("?");
-                let now = current
-                    .image_dirs
-                    .first()
-                    .map(|d| name(d).rsplit('-').next().unwrap_or("?"))
-                    .unwrap_or("?");
-                let why = format!("built from recipe {built}; this deskvm builds recipe {now}");
+                let now = current_of_name(current, &dir)
+                    .map(|d| name(d).to_string())
+                    .unwrap_or_default();
+                let why = format!("built from {built}; superseded by {now}");
                 let bytes = rest + readies.iter().map(|(_, b)| b).sum::<u64>();
                 // The image's own half-built children go with it: drop them from the list.
                 scan.candidates
@@ -275,13 +273,23 @@ fn created(dir: &Path) -> u64 {
 
 /// An image is superseded only by a built image of the same name from this deskvm's recipe
 /// that is at least as new (an older deskvm never removes a newer one's image).
-fn newer_current(current: &Current, dir: &Path) -> Result<(), String> {
+/// The current image of the name `dir` is an image of (or of the name it was renamed to).
+fn current_of_name<'a>(current: &'a Current, dir: &Path) -> Option<&'a PathBuf> {
     let n = name(dir);
     let base = n.rsplit_once('-').map_or(n, |(b, _)| b);
-    let cur = current
+    let base = current
+        .renamed
+        .iter()
+        .find(|(old, _)| old == base)
+        .map_or(base, |(_, new)| new.as_str());
+    current
         .image_dirs
         .iter()
-        .find(|d| name(d).rsplit_once('-').is_some_and(|(b, _)| b == base));
+        .find(|d| name(d).rsplit_once('-').is_some_and(|(b, _)| b == base))
+}
+
+fn newer_current(current: &Current, dir: &Path) -> Result<(), String> {
+    let cur = current_of_name(current, dir);
     match cur {
         Some(c) if c.join("base.qcow2").exists() && created(c) >= created(dir) => Ok(()),
         Some(c) if c.join("base.qcow2").exists() => Err(format!(

@@ -88,8 +88,11 @@ pub(super) async fn stage(
         cache,
         root: work.join("stage"),
     };
-    for f in [image.kernel(), image.initrd(), image.base()] {
-        stage.link(&f)?;
+    // An imported disk boots through firmware: it has no kernel of its own to carry.
+    let kernel = [image.kernel(), image.initrd()];
+    let kernel = kernel.iter().filter(|_| image.boots_kernel());
+    for f in kernel.chain([&image.base()]) {
+        stage.link(f)?;
     }
     let base_inside =
         super::super::engine::in_image(cache, &image.base()).expect("base is in the cache");

@@ -1,0 +1,290 @@
+//! The `workstation` image on a real guest, on both backends: Firefox shows a page the test
+//! wrote (its title is the active window's), a fork of a checkpoint taken with Firefox open
+//! shows Firefox in its first screenshot, LibreOffice Calc opens a CSV and saves it as .ods
+//! by keyboard alone, and CJK and emoji typed into the text editor are saved byte-exact.
+//! `exec` runs as the desktop's user `user` unless asked for root.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::*;
+use deskvm::client::Client;
+use serde_json::json;
+
+/// Heavy applications under TCG: one workstation test at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>deskvm test page</title></head>
+<body style="background:#1d4ed8;color:white;font:32px sans-serif"><h1>Hello from deskvm</h1>
+<form><input id="q" name="q" autofocus></form></body></html>"#;
+
+async fn start_workstation(c: &Client) -> Result<String> {
+    let info = c
+        .call_ok("session_start", json!({ "image": "workstation" }))
+        .await
+        .context("workstation session_start (`deskvm setup --image workstation` builds it)")?;
+    assert_eq!(info["image"], "workstation", "{info}");
+    assert_eq!(info["startup"], "ready_state", "{info}");
+    Ok(sid(&info))
+}
+
+/// Waits until the focused window's title contains `part`; returns the title.
+async fn wait_for_window(c: &Client, sid: &str, part: &str, limit: Duration) -> Result<String> {
+    Ok(c.wait_for_title(sid, part, limit).await?.0)
+}
+
+/// Fraction of pixels that differ between two screenshots of one size.
+fn changed(a: &[u8], b: &[u8]) -> Result<f64> {
+    let a = image::load_from_memory(a)?.to_rgb8();
+    let b = image::load_from_memory(b)?.to_rgb8();
+    anyhow::ensure!(a.dimensions() == b.dimensions(), "sizes differ");
+    let n = a.pixels().zip(b.pixels()).filter(|(x, y)| x != y).count();
+    Ok(n as f64 / (a.width() * a.height()) as f64)
+}
+
+/// Waits for the screen to settle: a window that just got its title may still be building
+/// its contents under TCG, and keys sent meanwhile can be lost by the application.
+async fn settle(c: &Client, sid: &str) -> Result<()> {
+    c.call_ok(
+        "wait",
+        json!({ "session_id": sid, "ms": 1000, "until_stable": true, "timeout_ms": 30000 }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until LibreOffice has been idle for a second (under 100 ms of CPU): a window that has
+/// its title can go on building its contents for a minute under TCG, and keys sent meanwhile
+/// are lost.
+async fn office_idle(c: &Client, sid: &str) -> Result<()> {
+    let script = "p=$(pgrep -x soffice.bin | head -1); [ -n \"$p\" ] || exit 2; \
+        t() { awk '{print $14 + $15}' /proc/$p/stat; }; \
+        for i in $(seq 240); do a=$(t); sleep 1; b=$(t); [ $((b - a)) -lt 10 ] && exit 0; done; exit 1";
+    let out = c
+        .call_ok(
+            "exec",
+            json!({ "session_id": sid, "command": script, "timeout_ms": 280000 }),
+        )
+        .await?;
+    anyhow::ensure!(out["exit_code"] == 0, "LibreOffice never went idle: {out}");
+    Ok(())
+}
+
+/// Cell A1 of a Calc window on the 1280x800 workstation desktop (maximized under the panel;
+/// column A is at its narrowest after a CSV import).
+const A1: (u32, u32) = (52, 221);
+
+async fn click(c: &Client, sid: &str, (x, y): (u32, u32)) -> Result<()> {
+    c.call_ok("click", json!({ "session_id": sid, "x": x, "y": y }))
+        .await?;
+    Ok(())
+}
+
+async fn key(c: &Client, sid: &str, keys: &str) -> Result<()> {
+    c.call_ok("key", json!({ "session_id": sid, "keys": keys }))
+        .await?;
+    Ok(())
+}
+
+async fn type_text(c: &Client, sid: &str, text: &str) -> Result<()> {
+    c.call_ok("type", json!({ "session_id": sid, "text": text }))
+        .await?;
+    Ok(())
+}
+
+/// Firefox on a page the test wrote; returns the screenshot with it open.
+async fn firefox_page(c: &Client, sid: &str, empty: &[u8]) -> Result<Vec<u8>> {
+    let write = format!("cat > /home/user/page.html <<'EOF'\n{PAGE}\nEOF");
+    guest(c, sid, &write).await?;
+    guest(
+        c,
+        sid,
+        "setsid firefox-esr --new-window file:///home/user/page.html >/dev/null 2>&1 &",
+    )
+    .await?;
+    let title = wait_for_window(c, sid, "deskvm test page", Duration::from_secs(180)).await?;
+    assert!(title.contains("Firefox"), "{title}");
+    // The same title read the way a person would check it: xprop on the active window.
+    let xprop = active_window(c, sid).await?;
+    assert!(xprop.contains("deskvm test page"), "{xprop}");
+    wait_stable(c, sid).await?;
+    let (shot, _) = c.screenshot(sid, json!({})).await?;
+    let moved = changed(empty, &shot)?;
+    assert!(
+        moved > 0.05,
+        "Firefox changed only {moved:.3} of the screen"
+    );
+    Ok(shot)
+}
+
+/// Calc opens the CSV; the copy goes into a new spreadsheet saved as .ods, by keys alone.
+async fn calc_csv_to_ods(c: &Client, sid: &str) -> Result<()> {
+    guest(
+        c,
+        sid,
+        "printf 'fruit,count\\napple,3\\npear,5\\n' > /home/user/data.csv",
+    )
+    .await?;
+    guest(
+        c,
+        sid,
+        "setsid soffice --calc /home/user/data.csv >/dev/null 2>&1 &",
+    )
+    .await?;
+    wait_for_window(c, sid, "Text Import", Duration::from_secs(240)).await?;
+    office_idle(c, sid).await?;
+    key(c, sid, "Return").await?;
+    wait_for_window(
+        c,
+        sid,
+        "data.csv - LibreOffice Calc",
+        Duration::from_secs(60),
+    )
+    .await?;
+    office_idle(c, sid).await?;
+    // Click into the sheet before typing, as a person would: a window that has just opened
+    // does not always have the keyboard focus inside it yet.
+    click(c, sid, A1).await?;
+    // The cells in use, not the whole sheet: copying a million rows' worth of clipboard formats
+    // keeps LibreOffice busy for minutes under TCG.
+    key(c, sid, "ctrl+Home ctrl+shift+End ctrl+c ctrl+n").await?;
+    wait_for_window(c, sid, "Untitled", Duration::from_secs(60)).await?;
+    office_idle(c, sid).await?;
+    click(c, sid, A1).await?;
+    key(c, sid, "ctrl+v").await?;
+    office_idle(c, sid).await?;
+    key(c, sid, "ctrl+s").await?;
+    wait_for_window(c, sid, "Save", Duration::from_secs(60)).await?;
+    office_idle(c, sid).await?;
+    // GTK's file chooser takes a whole path in its name field.
+    type_text(c, sid, "/home/user/data.ods\n").await?;
+    read_guest_file(c, sid, "/home/user/data.ods", 100).await?;
+    // Written once the save has finished: the zip's directory is last.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let content = guest(c, sid, "unzip -p /home/user/data.ods content.xml").await?;
+    for cell in [
+        "fruit",
+        "apple",
+        "pear",
+        "office:value=\"3\"",
+        "office:value=\"5\"",
+    ] {
+        assert!(
+            content.contains(cell),
+            "{cell} not in content.xml: {content}"
+        );
+    }
+    Ok(())
+}
+
+/// CJK and emoji typed into Mousepad, saved with ctrl+s, read back byte-exact.
+async fn editor_unicode(c: &Client, sid: &str) -> Result<()> {
+    guest(c, sid, ": > /home/user/notes.txt").await?;
+    guest(
+        c,
+        sid,
+        "setsid mousepad /home/user/notes.txt >/dev/null 2>&1 &",
+    )
+    .await?;
+    wait_for_window(c, sid, "notes.txt - Mousepad", Duration::from_secs(120)).await?;
+    settle(c, sid).await?;
+    let text = "deskvm 漢字かな 한국어 Ελληνικά кириллица 😀🎉";
+    type_text(c, sid, text).await?;
+    key(c, sid, "ctrl+s").await?;
+    let mut saved = String::new();
+    for _ in 0..40 {
+        saved = guest(c, sid, "cat /home/user/notes.txt").await?;
+        if !saved.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(saved, text, "the saved file differs from what was typed");
+    Ok(())
+}
+
+async fn exec_runs_as_the_user_unless_root(c: &Client, sid: &str) -> Result<()> {
+    let who = guest(
+        c,
+        sid,
+        "id -un; echo $HOME; test -d ~/Desktop && echo desktop",
+    )
+    .await?;
+    assert_eq!(who, "user\n/home/user\ndesktop\n");
+    let out = c
+        .call_ok(
+            "exec",
+            json!({ "session_id": sid, "command": "id -un", "root": true }),
+        )
+        .await?;
+    assert_eq!(out["stdout"], "root\n", "{out}");
+    // sudo with the conventional password, and the accessibility bus on the session bus.
+    let sudo = guest(c, sid, "echo password | sudo -S -p '' id -un").await?;
+    assert_eq!(sudo, "root\n");
+    let a11y = guest(
+        c,
+        sid,
+        "dbus-send --session --print-reply --dest=org.a11y.Bus /org/a11y/bus org.a11y.Bus.GetAddress",
+    )
+    .await?;
+    assert!(a11y.contains("unix:"), "no accessibility bus: {a11y}");
+    Ok(())
+}
+
+async fn workstation_on(backend: &str, fork: bool) -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = server_with(&["--backend", backend]).await?;
+    let c = &s.client;
+    let sid = start_workstation(c).await?;
+    exec_runs_as_the_user_unless_root(c, &sid).await?;
+    let (empty, _) = c.screenshot(&sid, json!({})).await?;
+    let with_firefox = firefox_page(c, &sid, &empty).await?;
+    if fork {
+        c.call_ok(
+            "checkpoint",
+            json!({ "session_id": sid, "name": "firefox-open" }),
+        )
+        .await?;
+        let info = c
+            .call_ok(
+                "session_start",
+                json!({ "from_checkpoint": "firefox-open" }),
+            )
+            .await?;
+        let forked = common::sid(&info);
+        let (first, _) = c.screenshot(&forked, json!({})).await?;
+        let drift = changed(&with_firefox, &first)?;
+        assert!(
+            drift < 0.02,
+            "the fork's first screenshot differs by {drift:.3}"
+        );
+        assert!(
+            changed(&empty, &first)? > 0.05,
+            "the fork shows the empty desktop"
+        );
+        let title = active_window(c, &forked).await?;
+        assert!(title.contains("deskvm test page"), "{title}");
+        c.call_ok("session_stop", json!({ "session_id": forked }))
+            .await?;
+    }
+    // By process name: `pkill -f` would match the shell running it.
+    guest(c, &sid, "pkill -x firefox-esr; true").await?;
+    calc_csv_to_ods(c, &sid).await?;
+    guest(c, &sid, "pkill -x soffice.bin; true").await?;
+    editor_unicode(c, &sid).await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn workstation_apps_on_the_local_backend() -> Result<()> {
+    workstation_on("local", true).await
+}
+
+#[tokio::test]
+async fn workstation_apps_on_the_docker_backend() -> Result<()> {
+    workstation_on("docker", false).await
+}
