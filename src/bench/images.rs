@@ -14,6 +14,9 @@ use crate::guest_image::ready::ReadyState;
 use crate::guest_image::GuestImage;
 use crate::storage::Layout;
 
+/// Idle sessions measured at once, beside one alone.
+const IDLE_AT_ONCE: usize = 4;
+
 const PAGE: &str = "<!doctype html><title>deskvm bench page</title><body style='background:#0a5;font:40px sans-serif'><h1>bench</h1>";
 
 async fn start(client: &Client, args: serde_json::Value) -> Result<String> {
@@ -54,24 +57,47 @@ async fn ready_state_bytes(image: &GuestImage) -> Result<u64> {
     bail!("image {} has no ready state for {qemu}", image.name)
 }
 
-/// One idle session's PSS (MiB) and CPU (% of one core) after `settle` of quiet.
-async fn idle_cost(client: &Client, name: &str, settle: Duration) -> Result<(f64, f64)> {
-    let sid = start(client, json!({ "image": name })).await?;
+/// Idle sessions of one image at once: each one's PSS (MiB) and CPU (% of one core), averaged,
+/// after `settle` of quiet. Several at once because the template's pages are shared: PSS
+/// splits them among the sessions mapping them, so one session alone carries them all.
+async fn idle_cost(client: &Client, name: &str, n: usize, settle: Duration) -> Result<(f64, f64)> {
+    let mut sids = Vec::new();
     let result = async {
-        client.screenshot(&sid, json!({})).await?;
+        for _ in 0..n.max(1) {
+            let sid = start(client, json!({ "image": name })).await?;
+            client.screenshot(&sid, json!({})).await?;
+            sids.push(sid);
+        }
         tokio::time::sleep(settle).await;
-        let pid = super::density::qemu_pid(&sid).context("the session's QEMU process")?;
-        let before = super::density::usage(pid).context("reading /proc")?;
+        let pids = sids
+            .iter()
+            .map(|sid| super::density::qemu_pid(sid).context("a session's QEMU process"))
+            .collect::<Result<Vec<_>>>()?;
+        let read = |pids: &[u32]| {
+            pids.iter()
+                .map(|&p| super::density::usage(p).context("reading /proc"))
+                .collect::<Result<Vec<_>>>()
+        };
+        let before = read(&pids)?;
         let window = Duration::from_secs(20);
         tokio::time::sleep(window).await;
-        let after = super::density::usage(pid).context("reading /proc")?;
+        let after = read(&pids)?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let cpu = (after.ticks - before.ticks) as f64 / hz / window.as_secs_f64() * 100.0;
-        Ok::<_, anyhow::Error>((after.pss as f64 / 1024.0, cpu))
+        let ticks: u64 = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.ticks - b.ticks)
+            .sum();
+        let pss: u64 = after.iter().map(|a| a.pss).sum();
+        let k = pids.len() as f64;
+        let cpu = ticks as f64 / hz / window.as_secs_f64() * 100.0 / k;
+        Ok::<_, anyhow::Error>((pss as f64 / 1024.0 / k, cpu))
     }
     .await;
-    stop(client, &sid).await?;
+    for sid in &sids {
+        stop(client, sid).await?;
+    }
     result
 }
 
@@ -168,15 +194,17 @@ pub async fn measure(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         summary(&format!("{name}: start to first screenshot"), first);
-        let (pss, cpu) = idle_cost(client, name, Duration::from_secs(20)).await?;
-        println!(
-            "{:<38} PSS {pss:.0} MiB, CPU {cpu:.1} % of a core",
-            format!("{name}: one idle session")
-        );
-        record(
-            &format!("{name}: idle session"),
-            json!({ "pss_mib": pss, "cpu_percent": cpu }),
-        );
+        for n in [1, IDLE_AT_ONCE] {
+            let (pss, cpu) = idle_cost(client, name, n, Duration::from_secs(20)).await?;
+            println!(
+                "{:<38} PSS {pss:.0} MiB, CPU {cpu:.1} % of a core, each",
+                format!("{name}: {n} idle session(s)")
+            );
+            record(
+                &format!("{name}: idle sessions x{n}"),
+                json!({ "sessions": n, "pss_mib_each": pss, "cpu_percent_each": cpu }),
+            );
+        }
         if image.meta.user == "root" {
             continue;
         }
