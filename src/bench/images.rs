@@ -164,6 +164,52 @@ async fn calc(client: &Client, name: &str) -> Result<f64> {
     result
 }
 
+/// What the guest and its QEMU use with Firefox (on a page) and Calc open at once, settled:
+/// the guest's used memory (MemTotal - MemAvailable, MiB), its total, and QEMU's PSS (MiB).
+/// This is what the image's default memory has to hold.
+async fn apps_memory(client: &Client, name: &str) -> Result<(f64, f64, f64)> {
+    let sid = start(client, json!({ "image": name })).await?;
+    let result = async {
+        exec(
+            client,
+            &sid,
+            &format!("printf %s \"{PAGE}\" > /tmp/bench.html"),
+        )
+        .await?;
+        exec(client, &sid, "setsid soffice --calc >/dev/null 2>&1 &").await?;
+        until_title(client, &sid, "LibreOffice Calc").await?;
+        exec(
+            client,
+            &sid,
+            "setsid firefox-esr --new-window /tmp/bench.html >/dev/null 2>&1 &",
+        )
+        .await?;
+        until_title(client, &sid, "deskvm bench page").await?;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let meminfo = exec(client, &sid, "cat /proc/meminfo").await?;
+        let kib = |key: &str| -> Result<f64> {
+            let line = meminfo
+                .lines()
+                .find(|l| l.starts_with(key))
+                .with_context(|| format!("{key} not in /proc/meminfo"))?;
+            let v = line.split_whitespace().nth(1).unwrap_or("");
+            v.parse::<f64>()
+                .with_context(|| format!("{key} in /proc/meminfo: {line}"))
+        };
+        let (total, available) = (kib("MemTotal:")?, kib("MemAvailable:")?);
+        let pid = super::density::qemu_pid(&sid).context("the session's QEMU process")?;
+        let pss = super::density::usage(pid).context("reading /proc")?.pss;
+        Ok::<_, anyhow::Error>((
+            (total - available) / 1024.0,
+            total / 1024.0,
+            pss as f64 / 1024.0,
+        ))
+    }
+    .await;
+    stop(client, &sid).await?;
+    result
+}
+
 /// Every figure for each image in `names`; `apps_runs` cold launches of each application.
 pub async fn measure(
     client: &Client,
@@ -218,6 +264,15 @@ pub async fn measure(
         summary(&format!("{name}: Firefox page, cold"), cold);
         summary(&format!("{name}: Firefox page, fork of checkpoint"), fork);
         summary(&format!("{name}: LibreOffice Calc window, cold"), calc_ms);
+        let (used, total, pss) = apps_memory(client, name).await?;
+        println!(
+            "{:<38} guest used {used:.0} of {total:.0} MiB, QEMU PSS {pss:.0} MiB",
+            format!("{name}: Firefox + Calc open")
+        );
+        record(
+            &format!("{name}: Firefox + Calc open"),
+            json!({ "guest_used_mib": used, "guest_total_mib": total, "qemu_pss_mib": pss }),
+        );
     }
     Ok(())
 }
