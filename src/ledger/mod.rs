@@ -209,11 +209,12 @@ impl Ledger {
         let mut meta = self.meta.lock().expect("meta poisoned").clone();
         meta.reply_overhead_us = self.overhead_summary();
         let tmp = self.dir.join(format!("{META}.tmp"));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, self.dir.join(META))
+        let named = |op: &str, e: io::Error| io::Error::new(e.kind(), format!("{op}: {e}"));
+        let json = serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?;
+        std::fs::write(&tmp, json).map_err(|e| named(&format!("writing {}", tmp.display()), e))?;
+        let path = self.dir.join(META);
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| named(&format!("renaming to {}", path.display()), e))
     }
 }
 
