@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::recipe::{check_image_name, InputProbe};
+use super::recipe::{check_user_image_name, InputProbe};
 use super::{now_unix, DiskBus, Firmware, GuestImage, ImageError, ImageKind, ImageMeta};
 use crate::storage::{self, IoContext, Layout};
 
@@ -129,12 +129,7 @@ pub async fn import(
     req: &ImportRequest,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<GuestImage, ImageError> {
-    check_image_name(&req.name)?;
-    if super::recipe::builtin_names().contains(&req.name) {
-        return Err(ImageError::BadName {
-            name: format!("{} (a built-in recipe's name)", req.name),
-        });
-    }
+    check_user_image_name(&req.name)?;
     if !req.file.is_file() {
         return Err(ImageError::BadDisk {
             path: req.file.clone(),
@@ -157,6 +152,20 @@ pub async fn import(
             req.name,
             img.dir.display()
         ));
+        return Ok(img);
+    }
+    // One build or import at a time: another import of this file under this name must not
+    // remove the copy this one is making. The one that waited finds the other's image.
+    let lock_layout = layout.clone();
+    let _one = tokio::task::spawn_blocking(move || {
+        storage::CacheLock::builder(&lock_layout, ".image-build.lock")
+    })
+    .await
+    .map_err(|e| ImageError::BadDisk {
+        path: req.file.clone(),
+        why: format!("waiting for another build or import: {e}"),
+    })??;
+    if let Some(img) = GuestImage::read(dir.clone()) {
         return Ok(img);
     }
     let work = dir.with_extension("partial");
@@ -205,6 +214,10 @@ pub async fn import(
         source: req.file.display().to_string(),
     };
     GuestImage::write_meta(&work, &meta)?;
+    if dir.exists() {
+        // Left by a publish cut off before its metadata was readable: not an image yet.
+        std::fs::remove_dir_all(&dir).at("removing an incomplete earlier import", &dir)?;
+    }
     std::fs::rename(&work, &dir).at("publishing the image", &dir)?;
     storage::Owner::me("guest_image", None)
         .write(&dir)

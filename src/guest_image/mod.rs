@@ -37,6 +37,8 @@ pub enum ImageError {
     RecipeFailed { status: std::process::ExitStatus },
     #[error("image name {name:?}: use 1 to 40 characters from a-z 0-9 - _, starting with a letter or digit")]
     BadName { name: String },
+    #[error("image name {name:?} is a built-in image's; choose another (--name)")]
+    ReservedName { name: String },
     #[error("recipe {source_dir}: {why}")]
     BadRecipe { source_dir: String, why: String },
     #[error("reading the recipe in {path}")]

@@ -77,6 +77,16 @@ pub fn builtin_names() -> Vec<String> {
 
 /// Image names: what a recipe directory or an import may be called (it names directories and
 /// Docker tags).
+/// A name a user's image (a recipe directory, an imported disk) may not take: a built-in
+/// image's, or an old name of one (sessions asking for it get the built-in one).
+pub fn check_user_image_name(name: &str) -> Result<(), ImageError> {
+    check_image_name(name)?;
+    if builtin_names().iter().any(|b| b == name) || super::ALIASES.iter().any(|(a, _)| *a == name) {
+        return Err(ImageError::ReservedName { name: name.into() });
+    }
+    Ok(())
+}
+
 pub fn check_image_name(name: &str) -> Result<(), ImageError> {
     let ok = (1..=40).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -112,7 +122,7 @@ impl Recipe {
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_default();
         let name = name.map(str::to_string).unwrap_or(default_name);
-        check_image_name(&name)?;
+        check_user_image_name(&name)?;
         let mut files = Vec::new();
         read_tree(dir, dir, &mut files).map_err(|source| ImageError::RecipeRead {
             path: dir.to_path_buf(),
@@ -320,6 +330,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(
             check_image_name("Bad/Name"),
+            Err(ImageError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn user_images_cannot_take_a_built_in_name_or_alias() {
+        for name in ["workstation", "minimal", "debian-desktop"] {
+            assert!(
+                matches!(
+                    check_user_image_name(name),
+                    Err(ImageError::ReservedName { .. })
+                ),
+                "{name}"
+            );
+        }
+        assert!(check_user_image_name("my-desktop").is_ok());
+        assert!(matches!(
+            check_user_image_name("../x"),
             Err(ImageError::BadName { .. })
         ));
     }

@@ -26,6 +26,21 @@ impl SessionManager {
         if fork {
             return Ok((true, false));
         }
+        // One first boot per image store at a time: two first starts at once would otherwise
+        // both save a ready state and the second would replace the disk the first one's
+        // session already runs on. The one that waited finds the other's ready state.
+        let layout = self.cfg.layout.clone();
+        let _lock = tokio::task::spawn_blocking(move || {
+            storage::CacheLock::builder(&layout, ".ready-build.lock")
+        })
+        .await
+        .map_err(|source| SessionError::Task {
+            what: "locking the image store for a first boot",
+            source,
+        })??;
+        if let Some(r) = ReadyState::find(image, backend.qemu_version(), &spec) {
+            return Ok((r.has_agent(), false));
+        }
         let work =
             self.cfg
                 .layout
@@ -33,9 +48,19 @@ impl SessionManager {
                 .join(format!("ready-{}-{}", std::process::id(), new_id()));
         let builder = storage::Owner::me("ready_build", None).uses([image.dir.clone()]);
         storage::owned_dir(&work, &builder)?;
+        // Removed however this ends, a cancelled call too (the future dropped mid-boot).
+        let _work = RemoveOnDrop(work.clone());
         let say = |line: &str| tracing::info!(image = %image.name, "{line}");
         let made = boot::make_ready_state(backend, image, spec, &work, &say).await;
-        let _ = storage::remove_owned_dir(&work);
         Ok((made?.has_agent(), true))
+    }
+}
+
+/// A first boot's work directory, removed when the boot ends or is cancelled.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = storage::remove_owned_dir(&self.0);
     }
 }
