@@ -116,19 +116,8 @@ pub async fn rm(name: &str, all: bool) -> Result<()> {
     }
     let l = layout.clone();
     let _lock = tokio::task::spawn_blocking(move || storage::CacheLock::exclusive(&l)).await??;
-    let in_use = storage::reclaim::in_use(&layout);
     for t in &targets {
-        let dir = &t.image.dir;
-        if let Some(by) = in_use
-            .iter()
-            .find(|(d, _)| dir.starts_with(d) || d.starts_with(dir))
-        {
-            return Err(crate::guest_image::ImageError::InUse {
-                name: name.into(),
-                by: by.1.clone(),
-            }
-            .into());
-        }
+        crate::guest_image::refuse_in_use(&layout, name, &t.image.dir)?;
     }
     for t in targets {
         let bytes = storage::usage::disk_bytes(&t.image.dir);

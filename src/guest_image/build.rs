@@ -12,6 +12,25 @@ use super::{GuestImage, ImageError, ImageMeta};
 use crate::storage::IoContext;
 use crate::storage::{self, Layout};
 
+/// An image's build in `dir` is replaced (`--force`) or removed (`image rm`) only while no
+/// server or session uses it.
+pub fn refuse_in_use(layout: &Layout, name: &str, dir: &Path) -> Result<(), ImageError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let in_use = storage::reclaim::in_use(layout);
+    match in_use
+        .iter()
+        .find(|(d, _)| dir.starts_with(d) || d.starts_with(dir))
+    {
+        Some((_, by)) => Err(ImageError::InUse {
+            name: name.into(),
+            by: by.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Builds the image of `recipe` unless its current build is in the store (or `force`).
 pub async fn build(
     layout: &Layout,
@@ -49,6 +68,7 @@ pub async fn build(
             return Ok(img);
         }
     }
+    refuse_in_use(layout, &recipe.name, &dir)?;
     let mut build = Build::prepare(layout, &dir, recipe)?;
     progress(&format!(
         "building guest image {} (recipe {hash}, {}) in {}",
@@ -61,6 +81,8 @@ pub async fn build(
         .await?;
     GuestImage::write_meta(&build.work, &ImageMeta::of_recipe(recipe))?;
     if dir.exists() {
+        // Asked again: a session may have started on it during the build.
+        refuse_in_use(layout, &recipe.name, &dir)?;
         std::fs::remove_dir_all(&dir).at("removing the older image", &dir)?;
     }
     std::fs::rename(&build.work, &dir).at("publishing the image", &dir)?;

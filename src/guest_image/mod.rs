@@ -6,6 +6,7 @@
 //! recipe's current image is the one of its hash now; any other name's is its newest build.
 
 mod build;
+pub use build::refuse_in_use;
 pub mod import;
 pub mod ready;
 pub mod recipe;
