@@ -101,25 +101,30 @@ async fn idle_cost(client: &Client, name: &str, n: usize, settle: Duration) -> R
     result
 }
 
+/// Writes the bench page into the guest and opens it in Firefox: how long until its window.
+async fn open_page(client: &Client, sid: &str) -> Result<Duration> {
+    exec(
+        client,
+        sid,
+        &format!("printf %s \"{PAGE}\" > /tmp/bench.html"),
+    )
+    .await?;
+    exec(
+        client,
+        sid,
+        "setsid firefox-esr --new-window /tmp/bench.html >/dev/null 2>&1 &",
+    )
+    .await?;
+    until_title(client, sid, "deskvm bench page").await
+}
+
 /// Firefox on a local page: cold launch to its window, then a fork of a checkpoint taken with
 /// it open to its first screenshot (its title checked in the fork).
 async fn firefox(client: &Client, name: &str) -> Result<(f64, f64)> {
     let sid = start(client, json!({ "image": name })).await?;
     let checkpoint = format!("bench-firefox-{}", std::process::id());
     let result = async {
-        exec(
-            client,
-            &sid,
-            &format!("printf %s \"{PAGE}\" > /tmp/bench.html"),
-        )
-        .await?;
-        exec(
-            client,
-            &sid,
-            "setsid firefox-esr --new-window /tmp/bench.html >/dev/null 2>&1 &",
-        )
-        .await?;
-        let cold = until_title(client, &sid, "deskvm bench page").await?;
+        let cold = open_page(client, &sid).await?;
         client
             .call_ok(
                 "wait",
@@ -170,21 +175,9 @@ async fn calc(client: &Client, name: &str) -> Result<f64> {
 async fn apps_memory(client: &Client, name: &str) -> Result<(f64, f64, f64)> {
     let sid = start(client, json!({ "image": name })).await?;
     let result = async {
-        exec(
-            client,
-            &sid,
-            &format!("printf %s \"{PAGE}\" > /tmp/bench.html"),
-        )
-        .await?;
         exec(client, &sid, "setsid soffice --calc >/dev/null 2>&1 &").await?;
         until_title(client, &sid, "LibreOffice Calc").await?;
-        exec(
-            client,
-            &sid,
-            "setsid firefox-esr --new-window /tmp/bench.html >/dev/null 2>&1 &",
-        )
-        .await?;
-        until_title(client, &sid, "deskvm bench page").await?;
+        open_page(client, &sid).await?;
         tokio::time::sleep(Duration::from_secs(15)).await;
         let meminfo = exec(client, &sid, "cat /proc/meminfo").await?;
         let kib = |key: &str| -> Result<f64> {
