@@ -204,6 +204,48 @@ impl Client {
         ))
     }
 
+    /// `upload` of `data` to `path` in session `sid` (overwriting, parents made).
+    pub async fn upload(&self, sid: &str, path: &str, data: &[u8]) -> Result<Value> {
+        let content = base64::engine::general_purpose::STANDARD.encode(data);
+        self.call_ok(
+            "upload",
+            serde_json::json!({ "session_id": sid, "path": path, "content": content, "overwrite": true, "create_dirs": true }),
+        )
+        .await
+    }
+
+    /// `download` of `path` from session `sid`: the file's bytes and the call's structured
+    /// result (path, size, sha256, text).
+    pub async fn download(&self, sid: &str, path: &str) -> Result<(Vec<u8>, Value)> {
+        let r = self
+            .call(
+                "download",
+                serde_json::json!({ "session_id": sid, "path": path }),
+            )
+            .await?;
+        if r.is_error == Some(true) {
+            return Err(anyhow!("download failed: {}", text_of(&r)));
+        }
+        let meta = r.structured_content.clone().unwrap_or_default();
+        for c in &r.content {
+            if let rmcp::model::ContentBlock::Resource(e) = c {
+                return match &e.resource {
+                    ResourceContents::TextResourceContents { text, .. } => {
+                        Ok((text.clone().into_bytes(), meta))
+                    }
+                    ResourceContents::BlobResourceContents { blob, .. } => Ok((
+                        base64::engine::general_purpose::STANDARD
+                            .decode(blob)
+                            .context("the downloaded blob is not base64")?,
+                        meta,
+                    )),
+                    _ => Err(anyhow!("download returned an unknown kind of resource")),
+                };
+            }
+        }
+        Err(anyhow!("download returned no embedded resource"))
+    }
+
     pub async fn close(self) -> Result<()> {
         self.svc.cancel().await?;
         Ok(())

@@ -10,6 +10,7 @@
 
 pub mod accel;
 pub mod backend;
+pub mod egress;
 pub mod guest_image;
 pub mod http;
 pub mod ledger;

@@ -122,6 +122,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a file into or out of a running session: `deskvm cp LOCAL SESSION:/path` or
+    /// `deskvm cp SESSION:/path LOCAL`, through a `deskvm serve --http` server.
+    Cp {
+        src: String,
+        dst: String,
+        /// The server's MCP endpoint.
+        #[arg(long, env = "DESKVM_URL", default_value = "http://127.0.0.1:8765/mcp")]
+        url: String,
+        /// A token file (its first token is used; DESKVM_TOKEN otherwise).
+        #[arg(long, env = "DESKVM_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+    },
     /// Measure start, screenshot, click and typing through a real MCP client.
     Bench {
         #[command(flatten)]
@@ -146,8 +158,9 @@ struct ServeArgs {
     /// Host names clients may use besides loopback and the bound address.
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
-    /// Largest request body (bytes); bigger ones get 413.
-    #[arg(long, default_value_t = 4 << 20)]
+    /// Largest request body (bytes); bigger ones get 413. The default takes an `upload` of
+    /// the largest file (10 MiB, 13.4 MB as base64).
+    #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
     /// Most concurrent HTTP requests and open streams; more get 503.
     #[arg(long, default_value_t = 64)]
@@ -171,6 +184,8 @@ struct ServeArgs {
     /// session (the fallback when no template can be made).
     #[arg(long, env = "DESKVM_GUEST_MEMORY", value_enum, default_value_t = GuestMemory::Shared)]
     guest_memory: GuestMemory,
+    #[command(flatten)]
+    net: cli::net_args::NetArgs,
 }
 
 #[derive(Subcommand)]
@@ -289,6 +304,12 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Cp {
+            src,
+            dst,
+            url,
+            token_file,
+        } => cli::cp::run(&src, &dst, &url, token_file.as_deref()).await,
         Cmd::Bench { mut options } => {
             options.server_args = g.server_args();
             options.insecure_engine = g.insecure_engine;
@@ -357,6 +378,11 @@ async fn serve(g: &Globals, a: ServeArgs) -> Result<()> {
     let transport = transport(&a)?;
     let idle = (a.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(a.idle_timeout_s));
     let shared = a.guest_memory == GuestMemory::Shared;
+    let tokens = match &transport {
+        Transport::Http(o) => Some(&o.tokens),
+        _ => None,
+    };
+    let net = a.net.config(tokens)?;
     let manager = cli::serve::manager(
         g.accel,
         &a.image,
@@ -366,6 +392,7 @@ async fn serve(g: &Globals, a: ServeArgs) -> Result<()> {
         shared,
         &g.engines,
         g.insecure_engine,
+        net,
     )
     .await?;
     manager.spawn_idle_janitor();

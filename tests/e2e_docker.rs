@@ -232,3 +232,45 @@ async fn the_next_sessions_container_is_started_ahead_and_removed_with_the_serve
     }
     Ok(())
 }
+
+/// A host service forwarded into a Docker session (no network otherwise) and a 1 MiB file in
+/// and out of it.
+#[tokio::test]
+async fn docker_forward_and_files() -> Result<()> {
+    let svc = net::HostService::start(&net::marker("docker"))?;
+    let port = svc.port;
+    let s = server_with(&["--backend", "docker", "--allow-forward", &port.to_string()]).await?;
+    let c = &s.client;
+    let info = c
+        .call_ok(
+            "session_start",
+            json!({ "forward": [format!("127.0.0.1:{port}")] }),
+        )
+        .await?;
+    assert_eq!(info["backend"], "docker", "{info}");
+    assert_eq!(info["network"]["mode"], "none", "{info}");
+    assert_eq!(
+        info["network"]["forwards"][0]["guest"],
+        format!("host.deskvm.internal:{port}"),
+        "{info}"
+    );
+    let sid = common::sid(&info);
+    let out = net::sh(
+        c,
+        &sid,
+        &format!("curl -sS --max-time 20 http://host.deskvm.internal:{port}/"),
+    )
+    .await?;
+    assert!(
+        out["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&svc.title),
+        "the forwarded service's page, got: {out}"
+    );
+    assert!(svc.connections() >= 1, "the host service saw no connection");
+    net::round_trip(c, &sid, "/root/in/docker.bin", 1 << 20).await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    s.client.close().await
+}

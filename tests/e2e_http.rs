@@ -217,7 +217,7 @@ async fn the_http_guard_and_token_owned_sessions_and_reviews() -> Result<()> {
     )
     .await?;
     assert_eq!(r.status(), 200, "a loopback origin is fine");
-    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(5 << 20));
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(17 << 20));
     let r = initialize(
         &base,
         &[("Authorization", &bearer(ALICE))],

@@ -383,3 +383,40 @@ async fn sessions_spread_over_two_engines_and_a_lost_engine_fails_only_its_own()
     }
     s.client.close().await
 }
+
+/// Files in and out of a desktop on a remote engine (1 MiB, byte-exact); the network features
+/// that need this host (`forward`, an allowlist) are refused there before anything starts.
+#[tokio::test]
+async fn remote_files_round_trip() -> Result<()> {
+    let engine = TestEngine::start("rmt3", 33)?;
+    engine.push()?;
+    let arg = engine.engine_arg();
+    let s = server_with(&[
+        "--backend",
+        "docker",
+        "--engine",
+        &arg,
+        "--allow-forward",
+        "4300",
+    ])
+    .await?;
+    let c = &s.client;
+    for refused in [
+        json!({ "forward": ["127.0.0.1:4300"] }),
+        json!({ "network": { "allow": ["example.com"] } }),
+    ] {
+        let (kind, msg) = tool_error(c, "session_start", refused.clone()).await?;
+        assert_eq!(kind, "unavailable", "{refused}: {msg}");
+    }
+    let list = c.call_ok("session_list", json!({})).await?;
+    assert_eq!(list["sessions"], json!([]), "{list}");
+
+    let info = c.call_ok("session_start", json!({})).await?;
+    assert_eq!(info["engine"], "rmt3", "{info}");
+    let sid = sid(&info);
+    net::round_trip(c, &sid, "/root/in/remote.bin", 1 << 20).await?;
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    wait_gone(&engine, &sid).await?;
+    s.client.close().await
+}

@@ -2,7 +2,9 @@
 //! wrote (its title is the active window's), a fork of a checkpoint taken with Firefox open
 //! shows Firefox in its first screenshot, LibreOffice Calc opens a CSV and saves it as .ods
 //! by keyboard alone, and CJK and emoji typed into the text editor are saved byte-exact.
-//! `exec` runs as the desktop's user `user` unless asked for root.
+//! `exec` runs as the desktop's user `user` unless asked for root. A service of the host,
+//! forwarded into a guest with no network, opens in Firefox; mixed-script text goes through the
+//! clipboard into Mousepad and back.
 
 mod common;
 
@@ -21,13 +23,22 @@ const PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>de
 <form><input id="q" name="q" autofocus></form></body></html>"#;
 
 async fn start_workstation(c: &Client) -> Result<String> {
+    Ok(sid(&start_workstation_with(c, json!({})).await?))
+}
+
+/// A workstation session with more `session_start` arguments; its start result.
+async fn start_workstation_with(c: &Client, extra: serde_json::Value) -> Result<serde_json::Value> {
+    let mut args = json!({ "image": "workstation" });
+    if let (Some(a), serde_json::Value::Object(e)) = (args.as_object_mut(), extra) {
+        a.extend(e);
+    }
     let info = c
-        .call_ok("session_start", json!({ "image": "workstation" }))
+        .call_ok("session_start", args)
         .await
         .context("workstation session_start (`deskvm setup --image workstation` builds it)")?;
     assert_eq!(info["image"], "workstation", "{info}");
     assert_eq!(info["startup"], "ready_state", "{info}");
-    Ok(sid(&info))
+    Ok(info)
 }
 
 /// Waits until the focused window's title contains `part`; returns the title.
@@ -318,4 +329,100 @@ async fn workstation_apps_on_the_local_backend() -> Result<()> {
 #[tokio::test]
 async fn workstation_apps_on_the_docker_backend() -> Result<()> {
     workstation_on("docker", false).await
+}
+
+/// A service of this host, forwarded into a guest with no network, opened in Firefox.
+#[tokio::test]
+async fn firefox_opens_a_forwarded_host_service() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let svc = net::HostService::start("Forwarded deskvm page")?;
+    let port = svc.port;
+    let s = server_with(&["--backend", "local", "--allow-forward", &port.to_string()]).await?;
+    let c = &s.client;
+    let info =
+        start_workstation_with(c, json!({ "forward": [format!("127.0.0.1:{port}")] })).await?;
+    let url = format!("http://host.deskvm.internal:{port}/");
+    assert_eq!(
+        info["network"]["forwards"][0]["guest"],
+        format!("host.deskvm.internal:{port}"),
+        "{info}"
+    );
+    let sid = sid(&info);
+    guest(
+        c,
+        &sid,
+        &format!("setsid firefox-esr --new-window {url} >/dev/null 2>&1 &"),
+    )
+    .await?;
+    let limit = Duration::from_secs(180);
+    let title = net::wait_for_xprop_title(c, &sid, "Forwarded deskvm page", limit).await?;
+    assert!(title.contains("Firefox"), "{title}");
+    assert!(svc.connections() >= 1, "the host service saw no connection");
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    Ok(())
+}
+
+/// Mixed-script text set on the clipboard is pasted into Mousepad and saved (the file, written
+/// by the GUI, downloaded exact); copied back out of Mousepad it is what `clipboard_get` reads.
+#[tokio::test]
+async fn clipboard_round_trips_mixed_script_text() -> Result<()> {
+    const TEXT: &str = "Grüße 你好 мир 🙂 ok";
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = server_with(&["--backend", "local"]).await?;
+    let c = &s.client;
+    let sid = start_workstation(c).await?;
+    let set = c
+        .call_ok("clipboard_set", json!({ "session_id": sid, "text": TEXT }))
+        .await?;
+    assert_eq!(set["chars"], TEXT.chars().count(), "{set}");
+    let file = "/home/user/clip.txt";
+    guest(c, &sid, &format!(": > {file}")).await?;
+    guest(
+        c,
+        &sid,
+        &format!("setsid mousepad {file} >/dev/null 2>&1 &"),
+    )
+    .await?;
+    wait_for_window(c, &sid, "clip.txt - Mousepad", Duration::from_secs(120)).await?;
+    settle(c, &sid).await?;
+    key(c, &sid, "ctrl+v").await?;
+    // GTK pastes asynchronously (it asks the clipboard's owner, xclip, for the text): a save
+    // sent at once can write the empty buffer. The title's `*` says the text arrived.
+    wait_for_window(c, &sid, "*~/clip.txt", Duration::from_secs(60)).await?;
+    key(c, &sid, "ctrl+s").await?;
+    let saved = net::download_written(c, &sid, file, Duration::from_secs(20)).await?;
+    assert_eq!(saved.meta["text"], true, "{}", saved.meta);
+    assert_eq!(saved.text.as_deref(), Some(TEXT), "{}", saved.meta);
+    assert_eq!(
+        saved.meta["sha256"],
+        net::sha256_hex(TEXT.as_bytes()).as_str()
+    );
+
+    // Something else on the clipboard, then Mousepad's text copied over it.
+    c.call_ok(
+        "clipboard_set",
+        json!({ "session_id": sid, "text": "placeholder" }),
+    )
+    .await?;
+    let got = c
+        .call_ok("clipboard_get", json!({ "session_id": sid }))
+        .await?;
+    assert_eq!(got["text"], "placeholder", "{got}");
+    key(c, &sid, "ctrl+a").await?;
+    key(c, &sid, "ctrl+c").await?;
+    let mut got = serde_json::Value::Null;
+    for _ in 0..20 {
+        got = c
+            .call_ok("clipboard_get", json!({ "session_id": sid }))
+            .await?;
+        if got["text"] == TEXT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(got["text"], TEXT, "what Mousepad copied: {got}");
+    c.call_ok("session_stop", json!({ "session_id": sid }))
+        .await?;
+    Ok(())
 }

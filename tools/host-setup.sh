@@ -22,7 +22,7 @@ fi
 # A third-party source that cannot be reached must not stop the Debian packages.
 apt-get update -q || echo "host-setup.sh: apt-get update reported errors; continuing with the lists it got" >&2
 apt-get install -y -q "${QEMU_SUITE[@]}" qemu-system-x86 qemu-utils
-apt-get install -y -q debootstrap e2fsprogs docker.io
+apt-get install -y -q debootstrap e2fsprogs docker.io socat
 # UEFI firmware for imported disks that boot through it (SeaBIOS comes with QEMU).
 apt-get install -y -q --no-install-recommends ovmf
 # The import test makes a BIOS-bootable disk without loop devices: a partition table on a

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub const FLOORS: &[&[&str]] = &[
     &["vm"],
     &["storage"],
-    &["ledger", "guest_image", "accel"],
+    &["ledger", "guest_image", "accel", "egress"],
     &["backend"],
     &["session"],
     &["view"],

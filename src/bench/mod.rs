@@ -21,6 +21,7 @@ mod transport;
 mod typing;
 #[cfg(feature = "devtools")]
 mod view;
+mod ways;
 
 pub(crate) use report::{metric, ms, pct, record, summary, METRICS};
 
@@ -79,6 +80,10 @@ pub struct Options {
     /// are measured again, beside none; 0 skips the live view.
     #[arg(long, default_value_t = 2)]
     pub viewers: usize,
+    /// Upload/download round trips of an 8 MiB file, and page fetches through a forward and
+    /// through the allowlist proxy (0 skips both).
+    #[arg(long, default_value_t = 5)]
+    pub transfers: usize,
     /// Also write every figure (p50/p95/min/max, n, ratios) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -191,6 +196,10 @@ async fn run_parts(
         images::measure(client, &o.images, o.starts, o.app_runs).await?;
     }
     actions::measure(client, o).await?;
+    if o.transfers > 0 {
+        ways::transfers(client, o.transfers).await?;
+        ways::proxy_overhead(exe, env, o.transfers * 4).await?;
+    }
     starts::docker_beside(exe, env, o.starts, o.chars).await?;
     if o.baselines() {
         baselines::measure(o).await?;

@@ -114,6 +114,7 @@ async fn ready_state(
         shared_memory: true,
         engines: None,
         image: img.name.clone(),
+        net: Default::default(),
     });
     let spec = mgr.machine_spec(img, None, false);
     let name = &img.name;

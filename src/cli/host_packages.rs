@@ -21,6 +21,9 @@ pub(super) const HOST_TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
+    // QEMU hands each guest connection to a forward or the proxy to one `socat` (local backend;
+    // the runtime image has its own).
+    ("socat", "socat"),
     ("dockerd", "docker.io"),
     // UEFI firmware for imported disks with an EFI system partition (SeaBIOS comes with QEMU).
     ("/usr/share/ovmf/OVMF.fd", "ovmf"),

@@ -10,12 +10,14 @@
 //!   with [`progress`] showing long transfers.
 
 pub mod choice;
+pub mod cp;
 pub mod demo;
 pub mod dockerd;
 pub mod doctor;
 pub mod engines;
 pub mod host_packages;
 pub mod images;
+pub mod net_args;
 pub mod progress;
 pub mod reclaim_report;
 pub mod review;

@@ -25,6 +25,7 @@ pub async fn manager(
     shared_memory: bool,
     engines: &[String],
     insecure_engine: bool,
+    net: crate::session::network::NetConfig,
 ) -> Result<Arc<SessionManager>> {
     let layout = Layout::from_env();
     storage::private_dir(&layout.sessions())
@@ -85,6 +86,7 @@ pub async fn manager(
         shared_memory,
         engines: pool,
         image: crate::guest_image::canonical(default_image).to_string(),
+        net,
     }));
     mgr.keep_warm();
     Ok(mgr)

@@ -38,6 +38,7 @@ async fn ensure_ready_state(
         shared_memory: true,
         engines: None,
         image: image.name.clone(),
+        net: Default::default(),
     });
     let spec = mgr.machine_spec(image, None, false);
     if !force {

@@ -6,17 +6,21 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-/// Configured tokens: names and the SHA-256 of each secret (the secrets are not kept).
+/// Configured tokens: names and the SHA-256 of each secret (the secrets are not kept), and
+/// each token's own forward ports (`forward=PORTS` after the secret).
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Vec<(String, [u8; 32])>);
+pub struct Tokens(Vec<(String, [u8; 32])>, Vec<(String, String)>);
 
 const MIN_TOKEN_LEN: usize = 16;
 
 impl Tokens {
-    /// `file`: one token per line, `name:secret` or just `secret` (named "default"); blank
-    /// lines and `#` comments are skipped. `env`: one more secret, named "env".
+    /// `file`: one token per line, `name:secret` or just `secret` (named "default"), then
+    /// optionally ` forward=3000,8000-8100` (the host ports its sessions may forward, within
+    /// the server's --allow-forward); blank lines and `#` comments are skipped. `env`: one
+    /// more secret, named "env".
     pub fn load(file: Option<&Path>, env: Option<&str>) -> Result<Self> {
         let mut tokens = Vec::new();
+        let mut forward = Vec::new();
         if let Some(f) = file {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token file {}", f.display()))?;
@@ -25,8 +29,22 @@ impl Tokens {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (name, secret) = line.split_once(':').unwrap_or(("default", line));
-                tokens.push((name.trim().to_string(), secret.trim().to_string(), n + 1));
+                let (name, rest) = line.split_once(':').unwrap_or(("default", line));
+                let mut words = rest.split_whitespace();
+                let secret = words.next().unwrap_or_default();
+                for option in words {
+                    match option.split_once('=') {
+                        Some(("forward", ports)) => {
+                            forward.push((name.trim().to_string(), ports.to_string()))
+                        }
+                        _ => bail!(
+                            "token {:?} (line {}): unknown option {option:?}; valid: forward=PORTS",
+                            name.trim(),
+                            n + 1
+                        ),
+                    }
+                }
+                tokens.push((name.trim().to_string(), secret.to_string(), n + 1));
             }
         }
         if let Some(secret) = env.filter(|s| !s.is_empty()) {
@@ -42,7 +60,12 @@ impl Tokens {
             }
             out.push((name, Sha256::digest(secret.as_bytes()).into()));
         }
-        Ok(Tokens(out))
+        Ok(Tokens(out, forward))
+    }
+
+    /// Each token's `forward=` ports as written: (token name, ports).
+    pub fn forward_rules(&self) -> &[(String, String)] {
+        &self.1
     }
 
     pub fn is_empty(&self) -> bool {

@@ -162,6 +162,7 @@ fn write_bundle(
     let events = read_timeline(review_dir, upto)?;
     let refs = frame_refs(&events);
     let shots = copy_shots(review_dir, tmp, &refs)?;
+    super::kept::copy_kept(review_dir, tmp, &events)?;
     let bytes_without_dedupe = refs.iter().filter_map(|r| shots.sizes.get(r)).sum();
     let timeline = write_timeline(tmp, &events)?;
     let steps = Steps::of(&events);

@@ -8,6 +8,7 @@
 //! and would cost milliseconds per call.)
 
 pub mod export;
+pub mod kept;
 pub mod redact;
 pub mod shots;
 

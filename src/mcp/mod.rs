@@ -6,8 +6,10 @@
 mod calls;
 mod checkpoint;
 mod computer;
+mod files;
 mod input;
 mod params;
+mod params_io;
 mod reclaim;
 pub mod resources;
 mod tasks;

@@ -61,11 +61,16 @@ pub struct SessionStartArgs {
     /// sizes than the image's cold-boot (slow).
     #[schemars(range(min = 512, max = 8192))]
     pub memory_mb: Option<u32>,
-    /// Give the guest a NAT network (default: no network at all).
+    #[serde(default, deserialize_with = "super::params_io::network_mode")]
+    #[schemars(schema_with = "super::params_io::network_schema")]
+    pub network: crate::session::network::NetworkMode,
+    /// Host services on this machine's loopback to show in the guest, e.g. ["127.0.0.1:3000"]:
+    /// each appears at http://host.deskvm.internal:PORT (works with network none). Only ports
+    /// the operator allows (deskvm serve --allow-forward).
     #[serde(default)]
-    pub network: bool,
+    pub forward: Vec<String>,
     /// Start as a fork of this checkpoint: its screen, files and memory as they were when it
-    /// was saved (size, memory, image and network come from it).
+    /// was saved (size, memory and image come from it).
     pub from_checkpoint: Option<String>,
     /// Run on this engine of the server's pool (names in session_list's `engines`; default:
     /// the one with the most free memory).

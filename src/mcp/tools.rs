@@ -59,6 +59,7 @@ impl DeskvmServer {
             + Self::input_router()
             + Self::computer_router()
             + Self::checkpoint_router()
+            + Self::files_router()
             + Self::reclaim_router()
             + Self::view_router();
         // The images this server can start, as they are when it starts.
@@ -112,6 +113,7 @@ impl DeskvmServer {
             image: a.image,
             memory_mb: a.memory_mb,
             network: a.network,
+            forward: a.forward,
             from_checkpoint: a.from_checkpoint,
             engine: a.engine,
         };

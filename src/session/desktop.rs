@@ -1,6 +1,7 @@
 //! What a start asks for (`StartRequest`), and the desktop it gets once checked (`Desktop`):
 //! the image, and the size and memory it defaults to.
 
+use super::network::NetworkMode;
 use super::*;
 
 #[derive(Debug, Clone, Default)]
@@ -9,8 +10,11 @@ pub struct StartRequest {
     pub height: Option<u32>,
     pub image: Option<String>,
     pub memory_mb: Option<u32>,
-    pub network: bool,
-    /// Start as a fork of this checkpoint (its size, memory, image and network).
+    /// What the guest may reach (checked into a [`NetRequest`] before anything runs).
+    pub network: NetworkMode,
+    /// Host loopback services to show in the guest at host.deskvm.internal:PORT.
+    pub forward: Vec<String>,
+    /// Start as a fork of this checkpoint (its size, memory and image).
     pub from_checkpoint: Option<String>,
     /// Run on this engine of the server's pool (`--engine`).
     pub engine: Option<String>,
@@ -18,7 +22,11 @@ pub struct StartRequest {
 
 impl StartRequest {
     pub(super) fn record(&self) -> serde_json::Value {
-        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": self.network, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
+        let network = match &self.network {
+            NetworkMode::Allow(entries) => json!({ "allow": entries }),
+            mode => json!(mode.name()),
+        };
+        json!({ "width": self.width, "height": self.height, "image": self.image, "memory_mb": self.memory_mb, "network": network, "forward": self.forward, "from_checkpoint": self.from_checkpoint, "engine": self.engine })
     }
 }
 
@@ -27,6 +35,7 @@ pub(super) struct Desktop {
     pub(super) width: u32,
     pub(super) height: u32,
     pub(super) memory_mb: u32,
+    /// Open NAT (the machine's `network`).
     pub(super) network: bool,
     pub(super) image: GuestImage,
 }
@@ -58,7 +67,7 @@ impl Desktop {
             width,
             height,
             memory_mb,
-            network: req.network,
+            network: req.network == NetworkMode::Open,
             image,
         })
     }

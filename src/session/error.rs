@@ -50,6 +50,10 @@ pub enum SessionError {
     NotOnEngine { what: &'static str, engine: String },
     #[error("no live view: {0}")]
     ViewUnavailable(String),
+    #[error("forward {entry:?} refused: {why}")]
+    ForwardRefused { entry: String, why: String },
+    #[error("{path} already exists in the guest; pass overwrite: true to replace it")]
+    Exists { path: String },
     #[error("{what} is unavailable: {why}")]
     Unavailable { what: &'static str, why: String },
     #[error("unknown {format} action {action:?}; supported: {}", .supported.join(", "))]
@@ -116,6 +120,8 @@ impl SessionError {
             SessionError::Incompatible { .. } => "incompatible_checkpoint",
             SessionError::NotOnEngine { .. } => "not_on_engine",
             SessionError::ViewUnavailable(_) => "view_unavailable",
+            SessionError::ForwardRefused { .. } => "forward_refused",
+            SessionError::Exists { .. } => "exists",
             SessionError::Unavailable { .. } => "unavailable",
             SessionError::Input(InputError::UnknownKey { .. }) => "unknown_key",
             SessionError::Input(InputError::TextTooLong { .. }) => "text_too_long",

@@ -15,14 +15,17 @@ mod alive;
 pub mod boot;
 pub mod caller;
 pub mod checkpoint;
+pub mod clipboard;
 mod desktop;
 pub mod error;
+pub mod files;
 mod first_boot;
 mod geometry;
 pub mod human;
 mod idle;
 mod lane;
 mod ledgers;
+pub mod network;
 mod placement;
 pub mod reclaim;
 mod restore;
@@ -87,7 +90,9 @@ pub struct SessionInfo {
     pub height: u32,
     pub image: String,
     pub memory_mb: u32,
-    pub network: bool,
+    /// `{mode, forwards, allow?, proxy?}`: what the guest may reach and where the forwarded
+    /// host services are in it.
+    pub network: serde_json::Value,
     pub accelerator: Accel,
     pub backend: String,
     /// The engine of the server's pool it runs on (`--engine`).
@@ -130,11 +135,22 @@ pub struct Session {
     last_call: std::sync::Mutex<Instant>,
     /// Its live viewers: the link to its VNC socket, how many, a person's input.
     viewers: Arc<viewers::Viewers>,
+    /// Its network as asked for, and the listeners behind its forwards and proxy.
+    net: network::NetRequest,
+    wiring: Option<network::Wiring>,
 }
 
 impl Session {
     pub fn id(&self) -> &str {
         &self.info.session_id
+    }
+
+    /// The guest addresses its VM hands to this host (a restore's new VM needs the same).
+    fn guestfwd(&self) -> Vec<crate::vm::spec::GuestFwd> {
+        self.wiring
+            .as_ref()
+            .map(|w| w.guestfwd.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -152,6 +168,8 @@ pub struct ManagerConfig {
     pub engines: Option<Arc<crate::backend::pool::Engines>>,
     /// The image a session that names none gets (`--image`).
     pub image: String,
+    /// The operator's network rules: forwardable ports, the proxy's name map.
+    pub net: network::NetConfig,
 }
 
 pub struct SessionManager {
@@ -188,6 +206,7 @@ pub fn machine_spec(
         height: image.meta.height,
         accel,
         network,
+        guestfwd: Vec::new(),
         memory: crate::vm::spec::Memory::Private,
         incoming: None,
         paused: false,

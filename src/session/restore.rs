@@ -119,7 +119,12 @@ impl SessionManager {
         let cache_lock = self.lock_cache_shared().await?;
         let (info, ready) = self.restorable(session, name)?;
         let image = GuestImage::locate(&self.cfg.layout, &info.image)?;
-        let spec = self.machine_spec(&image, Some(info.memory_mb), info.network);
+        let mut spec = self.machine_spec(
+            &image,
+            Some(info.memory_mb),
+            session.net.mode == super::network::NetworkMode::Open,
+        );
+        spec.guestfwd = session.guestfwd();
         session.finish_capture().await;
         let mut lane = session.lane.lock().await;
         lane.stop_vm(true).await;
@@ -134,6 +139,14 @@ impl SessionManager {
         )
         .await?;
         booted.vm.sync_clock_in_background();
+        // The checkpoint's guest was set up for the network of the session that saved it.
+        if session.net.needs_guest() {
+            let agent = ready.has_agent();
+            if let Err(e) = super::network::configure_guest(&booted.vm, &session.net, agent).await {
+                booted.instance.stop().await;
+                return Err(e);
+            }
+        }
         // Fails the restore, as a failed boot would: without the marker naming the checkpoint,
         // a reclaim could delete the disk the new VM runs on.
         if let Err(e) = self.mark_runs_on(session, &ready) {
@@ -158,7 +171,7 @@ impl SessionManager {
     }
 
     /// Checkpoint `name`, if it can replace the session's machine: this QEMU build's, and of the
-    /// session's image, size, memory and network.
+    /// session's image, size and memory (every network mode runs on the same machine).
     fn restorable(
         &self,
         session: &Session,
@@ -166,13 +179,8 @@ impl SessionManager {
     ) -> Result<(CheckpointInfo, ReadyState), SessionError> {
         let (info, ready) = self.usable(name, session.backend.as_ref())?;
         let s = &session.info;
-        if (
-            info.image.as_str(),
-            info.width,
-            info.height,
-            info.memory_mb,
-            info.network,
-        ) != (s.image.as_str(), s.width, s.height, s.memory_mb, s.network)
+        if (info.image.as_str(), info.width, info.height, info.memory_mb)
+            != (s.image.as_str(), s.width, s.height, s.memory_mb)
         {
             return Err(SessionError::Incompatible {
                 name: name.to_string(),
@@ -225,7 +233,6 @@ impl SessionManager {
         (req.width, req.height, req.memory_mb) =
             (Some(info.width), Some(info.height), Some(info.memory_mb));
         req.image = Some(info.image.clone());
-        req.network = info.network;
         Ok((ready, info))
     }
 

@@ -313,7 +313,7 @@ impl Session {
             width: self.info.width,
             height: self.info.height,
             memory_mb: self.info.memory_mb,
-            network: self.info.network,
+            network: self.net.mode == super::network::NetworkMode::Open,
             bytes: storage::usage::disk_bytes(&saving.target),
             layer_bytes: storage::usage::disk_bytes(&files.disk()),
             pause_ms,

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 
 use super::checkpoint::CheckpointInfo;
 use super::desktop::Desktop;
+use super::network::{NetRequest, NetworkMode, Wiring};
 use super::*;
 use crate::backend::pool::Placement;
 
@@ -52,6 +53,8 @@ struct Started {
     placement: Option<Placement>,
     memory: MemoryMode,
     started: Instant,
+    net: NetRequest,
+    wiring: Option<Wiring>,
 }
 
 impl Started {
@@ -63,7 +66,7 @@ impl Started {
             height: d.height,
             image: d.image.name.clone(),
             memory_mb: d.memory_mb,
-            network: d.network,
+            network: self.net.describe(),
             accelerator: accel,
             backend: self.backend.name().to_string(),
             engine: self.placement.as_ref().map(|p| p.engine.clone()),
@@ -149,6 +152,13 @@ impl SessionManager {
         started: Instant,
     ) -> Result<SessionInfo, SessionError> {
         let mut req = req;
+        let net = NetRequest::check(
+            std::mem::take(&mut req.network),
+            &req.forward,
+            &self.cfg.net,
+            Caller::current().principal.as_deref(),
+        )?;
+        req.network = net.mode.clone();
         let cache_lock = self.lock_cache_shared().await?;
         // Which engine runs it (with several engines), before anything is made for it; a fork
         // only where QEMU sees this host's files (its checkpoint is one).
@@ -166,6 +176,16 @@ impl SessionManager {
             .place(&req, req.from_checkpoint.is_some(), memory_mb)
             .await?;
         let backend = backend_arc.as_ref();
+        let needs_host = !net.forwards.is_empty() || matches!(net.mode, NetworkMode::Allow(_));
+        if needs_host && !backend.files_on_host() {
+            return Err(SessionError::Unavailable {
+                what: "network allow and forward",
+                why: format!(
+                    "engine {} shares no files with this host, and the proxy and forwards reach QEMU through unix sockets in the session's runtime dir; use `none` or `open` there, or a local engine",
+                    placement.as_ref().map_or("?", |p| p.engine.as_str())
+                ),
+            });
+        }
         // Under the lock: a checkpoint_delete (exclusive) cannot take the fork's checkpoint
         // away before its marker names it.
         let fork = match req.from_checkpoint.clone() {
@@ -184,7 +204,7 @@ impl SessionManager {
         let (agent, first_boot) = self
             .ensure_first_ready_state(&desktop, fork.is_some(), backend)
             .await?;
-        let launch = self.launch(&desktop, fork, backend);
+        let mut launch = self.launch(&desktop, fork, backend);
         // A container the backend started ahead for a session like this one, if any.
         let id = backend.take_prepared(&launch.spec).unwrap_or_else(new_id);
         // A start that fails before launching gives the prepared container back.
@@ -194,6 +214,20 @@ impl SessionManager {
         };
         make_dirs(backend, &id, &files, &desktop, &launch)?;
         drop(cache_lock);
+        // QEMU sees the runtime dir at this host's path (the local backend, or bound into a
+        // container on this host's engine).
+        let wiring = match net.needs_guest() {
+            true => Some(
+                Wiring::start(&net, &self.cfg.net, &files, &files).inspect_err(|_| {
+                    let _ = storage::remove_session_dirs(&files);
+                })?,
+            ),
+            false => None,
+        };
+        launch.spec.guestfwd = wiring
+            .as_ref()
+            .map(|w| w.guestfwd.clone())
+            .unwrap_or_default();
         let (mut booted, memory) = self.boot(backend, &id, &desktop, &launch, &files).await?;
         if first_boot {
             booted.startup = Startup::FirstBoot;
@@ -207,6 +241,8 @@ impl SessionManager {
             placement,
             memory,
             started,
+            net,
+            wiring,
         };
         let info = self.open(start, booted, launch.pointer).await?;
         // On the engine this one went to: its next start there is the one to make faster.
@@ -271,7 +307,9 @@ impl SessionManager {
             // the file, say): it is slower to start, not broken.
             tracing::warn!(error = %super::error::chain(e), "starting from the shared-memory template failed; starting with private memory");
             memory = MemoryMode::Private;
-            let private_spec = self.machine_spec(image, Some(desktop.memory_mb), desktop.network);
+            let mut private_spec =
+                self.machine_spec(image, Some(desktop.memory_mb), desktop.network);
+            private_spec.guestfwd = launch.spec.guestfwd.clone();
             booted = boot::start_vm(backend, id, image, private_spec, Some(private), files).await;
         }
         match booted {
@@ -300,6 +338,9 @@ impl SessionManager {
                 return Err(e);
             }
         };
+        if let Some(w) = &start.wiring {
+            w.log.attach(ledger.clone());
+        }
         let info = start.info(&caller, booted.startup, self.cfg.accel);
         if booted.startup == Startup::ReadyState {
             booted.vm.sync_clock_in_background();
@@ -321,6 +362,8 @@ impl SessionManager {
         let lane = Lane::new(booted.vm, booted.instance, geometry.clone(), pointer, guest);
         let session = Arc::new(Session {
             viewers,
+            net: start.net,
+            wiring: start.wiring,
             info: info.clone(),
             lane: Mutex::new(lane),
             geometry,
@@ -364,6 +407,10 @@ impl SessionManager {
         (meta.width, meta.height) = (Some(d.width), Some(d.height));
         meta.token = caller.principal.clone();
         let dir = self.cfg.layout.reviews().join(&start.id);
-        Ledger::create(&dir, meta).map_err(SessionError::Ledger)
+        let ledger = Ledger::create(&dir, meta).map_err(SessionError::Ledger)?;
+        if start.net.needs_guest() {
+            super::network::configure_guest(&booted.vm, &start.net, start.agent).await?;
+        }
+        Ok(ledger)
     }
 }

@@ -15,6 +15,10 @@ use super::link::{Conn, Link, Socket};
 
 type Writer = QgaStreamTokio<WriteHalf<Conn>>;
 
+/// Bytes per guest-file-read/-write: 1 MiB is 1.4 MB of base64 per message, well inside what
+/// the agent accepts, and few enough round trips that the virtio-serial link stays busy.
+const FILE_CHUNK: usize = 1 << 20;
+
 #[derive(Debug, Error)]
 pub enum QgaError {
     #[error("guest agent at {path} did not answer within {secs} s")]
@@ -133,6 +137,29 @@ impl Qga {
         cancel: Option<&tokio_util::sync::CancellationToken>,
         max_poll: Duration,
     ) -> Result<ExecOutput, QgaError> {
+        self.run(script, None, timeout, cancel, max_poll).await
+    }
+
+    /// [`Qga::sh`] with `input` on the command's stdin (text that must not pass through a
+    /// command line: it would be visible in `ps` and limited in size).
+    pub async fn sh_input(
+        &self,
+        script: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, QgaError> {
+        let poll = Duration::from_millis(100);
+        self.run(script, Some(input), timeout, None, poll).await
+    }
+
+    async fn run(
+        &self,
+        script: &str,
+        input: Option<Vec<u8>>,
+        timeout: Duration,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
+        max_poll: Duration,
+    ) -> Result<ExecOutput, QgaError> {
         let started = Instant::now();
         let pid = self
             .execute(qga::guest_exec {
@@ -143,7 +170,7 @@ impl Qga {
                     "HOME=/root".into(),
                     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                 ]),
-                input_data: None,
+                input_data: input,
                 capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
             })
             .await?
@@ -194,6 +221,79 @@ impl Qga {
             t.cpus += 1;
         }
         Ok(t)
+    }
+
+    /// Writes `data` to `path` in the guest (created or truncated, as root), in chunks the
+    /// agent takes in one message each.
+    pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), QgaError> {
+        let handle = self
+            .execute(qga::guest_file_open {
+                path: path.into(),
+                mode: Some("w".into()),
+            })
+            .await?;
+        let mut written = Ok(());
+        for chunk in data.chunks(FILE_CHUNK) {
+            let r = self
+                .execute(qga::guest_file_write {
+                    handle,
+                    buf_b64: chunk.to_vec(),
+                    count: Some(chunk.len() as i64),
+                })
+                .await;
+            match r {
+                Ok(w) if w.count as usize == chunk.len() => {}
+                Ok(w) => {
+                    written = Err(QgaError::Command {
+                        command: "guest-file-write",
+                        message: format!("wrote {} of {} bytes (disk full?)", w.count, chunk.len()),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+        let closed = self.execute(qga::guest_file_close { handle }).await;
+        written.and(closed.map(drop))
+    }
+
+    /// Reads `path` from the guest, at most `max` bytes (a longer file is an error).
+    pub async fn read_file(&self, path: &str, max: usize) -> Result<Vec<u8>, QgaError> {
+        let handle = self
+            .execute(qga::guest_file_open {
+                path: path.into(),
+                mode: Some("r".into()),
+            })
+            .await?;
+        let mut out = Vec::new();
+        let read = loop {
+            let r = self
+                .execute(qga::guest_file_read {
+                    handle,
+                    count: Some(FILE_CHUNK as i64),
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    out.extend_from_slice(&r.buf_b64);
+                    if out.len() > max {
+                        break Err(QgaError::Command {
+                            command: "guest-file-read",
+                            message: format!("the file grew past {max} bytes while it was read"),
+                        });
+                    }
+                    if r.eof || r.count == 0 {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let closed = self.execute(qga::guest_file_close { handle }).await;
+        read.and(closed.map(drop)).map(|()| out)
     }
 
     /// Sets the guest clock from the host's (a resumed ready state wakes up in the past).

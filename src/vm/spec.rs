@@ -45,6 +45,18 @@ pub const WIDTH_RANGE: (u32, u32) = (640, 1920);
 pub const HEIGHT_RANGE: (u32, u32) = (480, 1200);
 pub const MEMORY_RANGE: (u32, u32) = (512, 8192);
 
+/// The guest NIC's MAC address: fixed, so a saved state's guest finds its NIC unchanged.
+const GUEST_MAC: &str = "52:54:00:12:34:56";
+
+/// A guest address (`addr:port`, on QEMU's user-mode network) whose TCP connections QEMU hands,
+/// one `socat` each, to the unix socket `socket` (a path as QEMU sees it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFwd {
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    pub socket: PathBuf,
+}
+
 /// Files of a running VM, all inside its private runtime directory.
 #[derive(Debug, Clone)]
 pub struct RuntimeFiles {
@@ -169,7 +181,11 @@ pub struct VmSpec {
     pub width: u32,
     pub height: u32,
     pub accel: Accel,
+    /// Open NAT (QEMU's user-mode network unrestricted). Otherwise the guest reaches nothing
+    /// but the `guestfwd` addresses. Not part of the machine: one ready state serves every mode.
     pub network: bool,
+    /// Guest addresses whose TCP connections QEMU hands to this host's unix sockets.
+    pub guestfwd: Vec<GuestFwd>,
     pub memory: Memory,
     /// Load this saved state instead of booting.
     pub incoming: Option<PathBuf>,
@@ -227,16 +243,36 @@ impl VmSpec {
         if self.disk_bus == DiskBus::Sata {
             a.extend(["-device".into(), "ahci,id=ahci0".into()]);
         }
-        if self.network {
-            a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
-        } else {
-            a.extend(["-nic".into(), "none".into()]);
-        }
+        // Every machine has the NIC, whatever its network: the device is part of a saved
+        // state, the backend behind it (`netdev_arg`) is not, so one ready state resumes into
+        // every network mode.
+        a.extend([
+            "-device".into(),
+            format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC}"),
+        ]);
         a
+    }
+
+    /// QEMU's user-mode network for this session. `restrict=on` drops every packet the guest
+    /// sends anywhere but the `guestfwd` addresses (DNS included); the policy is QEMU's, on the
+    /// host, where the guest cannot change it.
+    fn netdev_arg(&self) -> String {
+        let mut n = String::from("user,id=net0,ipv6=off");
+        if !self.network {
+            n.push_str(",restrict=on");
+        }
+        for f in &self.guestfwd {
+            // One `socat` per guest connection: a chardev would carry every connection to
+            // the address over one stream. QEMU's option parser takes `,,` as a comma.
+            let cmd = format!("socat STDIO UNIX-CONNECT:{}", path(&f.socket)).replace(',', ",,");
+            n.push_str(&format!(",guestfwd=tcp:{}:{}-cmd:{cmd}", f.addr, f.port));
+        }
+        n
     }
 
     pub fn argv(&self, files: &RuntimeFiles) -> Vec<String> {
         let mut a = self.machine_args();
+        a.extend(["-netdev".into(), self.netdev_arg()]);
         if self.firmware.is_none() {
             a.extend([
                 "-kernel".into(),
@@ -377,6 +413,7 @@ mod tests {
                 height: 800,
                 accel: Accel::Tcg,
                 network: false,
+                guestfwd: Vec::new(),
                 memory: Memory::Private,
                 incoming: None,
                 paused: false,
@@ -415,14 +452,30 @@ mod tests {
     }
 
     #[test]
-    fn no_network_unless_asked() {
+    fn no_network_unless_asked_and_one_machine_for_every_mode() {
         let files = RuntimeFiles { dir: "/rt".into() };
         let argv = spec().argv(&files).join(" ");
-        assert!(argv.contains("-nic none"));
+        assert!(
+            argv.contains("-netdev user,id=net0,ipv6=off,restrict=on"),
+            "{argv}"
+        );
         assert!(argv.contains("path=/rt/qmp.sock"));
         let mut s = spec();
         s.network = true;
-        assert!(s.argv(&files).join(" ").contains("-nic user"));
+        s.guestfwd.push(GuestFwd {
+            addr: [10, 0, 2, 100].into(),
+            port: 3000,
+            socket: "/rt/a,b.sock".into(),
+        });
+        let argv = s.argv(&files).join(" ");
+        assert!(!argv.contains("restrict"), "{argv}");
+        assert!(
+            argv.contains(
+                "guestfwd=tcp:10.0.2.100:3000-cmd:socat STDIO UNIX-CONNECT:/rt/a,,b.sock"
+            ),
+            "{argv}"
+        );
+        assert_eq!(s.fingerprint(), spec().fingerprint());
     }
 
     #[test]

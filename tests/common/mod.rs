@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 pub mod browser;
 pub mod engine;
+pub mod net;
 pub mod python;
 pub mod view;
 

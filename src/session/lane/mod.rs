@@ -3,6 +3,7 @@
 //! for each plan is in `run`.
 
 mod run;
+pub(super) use run::as_user;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +74,16 @@ const FRESH: Duration = Duration::from_millis(500);
 /// looked, thought and acts within it costs no screendump). Past it the screen is looked at
 /// again, since a program may have changed it meanwhile.
 const SETTLED_FOR: Duration = Duration::from_secs(10);
+
+impl Lane {
+    pub(in crate::session) fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub(in crate::session) fn guest(&self) -> &Guest {
+        &self.guest
+    }
+}
 
 impl Lane {
     /// `pointer`: where the guest's pointer is when the session starts.

@@ -272,7 +272,7 @@ impl Lane {
         }
         let script = match (&self.guest.user, root) {
             (Some(user), false) => as_user(user, command),
-            _ => command.to_string(),
+            _ => with_session_env(command),
         };
         let cancel = crate::session::Caller::current().cancel;
         let run = self
@@ -326,9 +326,15 @@ impl Lane {
 
 /// `command` run as the desktop's `user` with its session's environment (the guest's
 /// `deskvm-as-user`, which every recipe image has).
-fn as_user(user: &str, command: &str) -> String {
+pub(in crate::session) fn as_user(user: &str, command: &str) -> String {
     let quoted = command.replace('\'', "'\\''");
     format!("exec /usr/local/bin/deskvm-as-user /bin/sh -c '{quoted}' # as {user}")
+}
+
+/// `command` run as root with the session's variables (`/etc/deskvm/session.env`, where a
+/// session's network puts its proxy), as `deskvm-as-user` gives a user's commands.
+fn with_session_env(command: &str) -> String {
+    format!("if [ -r /etc/deskvm/session.env ]; then set -a; . /etc/deskvm/session.env; set +a; fi\n{command}")
 }
 
 #[cfg(test)]
