@@ -239,36 +239,51 @@ async fn the_next_sessions_container_is_started_ahead_and_removed_with_the_serve
 async fn docker_forward_and_files() -> Result<()> {
     let svc = net::HostService::start(&net::marker("docker"))?;
     let port = svc.port;
-    let s = server_with(&["--backend", "docker", "--allow-forward", &port.to_string()]).await?;
+    let ports = port.to_string();
+    let s = server_with(&[
+        "--backend",
+        "docker",
+        "--allow-forward",
+        &ports,
+        "--resolve",
+        "allowed.test=127.0.0.1",
+    ])
+    .await?;
     let c = &s.client;
+    // A forward and an allow list at once: both reach this host from the container's QEMU
+    // through the runtime dir's unix sockets.
     let info = c
         .call_ok(
             "session_start",
-            json!({ "forward": [format!("127.0.0.1:{port}")] }),
+            json!({ "forward": [format!("127.0.0.1:{port}")], "network": { "allow": [format!("allowed.test:{port}")] } }),
         )
         .await?;
     assert_eq!(info["backend"], "docker", "{info}");
-    assert_eq!(info["network"]["mode"], "none", "{info}");
+    assert_eq!(info["network"]["mode"], "allow", "{info}");
     assert_eq!(
         info["network"]["forwards"][0]["guest"],
         format!("host.deskvm.internal:{port}"),
         "{info}"
     );
     let sid = common::sid(&info);
+    // The forward, then the allowed name through the proxy: the same page either way.
+    for url in [
+        format!("http://host.deskvm.internal:{port}/"),
+        format!("http://allowed.test:{port}/"),
+    ] {
+        let before = svc.connections();
+        let out = net::sh(c, &sid, &format!("curl -sS --max-time 20 {url}")).await?;
+        let page = out["stdout"].as_str().unwrap_or_default();
+        assert!(page.contains(&svc.title), "{url}: {out}");
+        assert_eq!(svc.connections(), before + 1, "{url}: one connection");
+    }
     let out = net::sh(
         c,
         &sid,
-        &format!("curl -sS --max-time 20 http://host.deskvm.internal:{port}/"),
+        "curl -s -o /dev/null -w '%{http_code}' --max-time 20 http://denied.test/",
     )
     .await?;
-    assert!(
-        out["stdout"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&svc.title),
-        "the forwarded service's page, got: {out}"
-    );
-    assert!(svc.connections() >= 1, "the host service saw no connection");
+    assert_eq!(out["stdout"], "403", "{out}");
     net::round_trip(c, &sid, "/root/in/docker.bin", 1 << 20).await?;
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;

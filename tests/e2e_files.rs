@@ -170,7 +170,8 @@ async fn bad_input_refused_before_writing() -> Result<()> {
         up(&format!("{dir}/sub/x.txt"), b64(b"x"), json!({})),
     )
     .await?;
-    assert!(msg.contains(&dir), "names the directory ({kind}): {msg}");
+    assert_eq!(kind, "invalid_params", "{msg}");
+    assert!(msg.contains(&dir), "names the directory: {msg}");
     absent(c, &sid, &dir).await?;
 
     let (kind, msg) = tool_error(
@@ -181,6 +182,25 @@ async fn bad_input_refused_before_writing() -> Result<()> {
     .await?;
     assert_eq!(kind, "unknown_session", "{msg}");
 
+    // Arguments that do not even parse are refused by the protocol layer and recorded too,
+    // without the file's bytes.
+    let secret_bytes = b64(b"file bytes the review must never hold, not even in a refusal");
+    let r = c
+        .call(
+            "upload",
+            json!({ "session_id": sid, "path": "/root/y", "content": secret_bytes, "overwrite": "yes" }),
+        )
+        .await?;
+    assert_eq!(r.is_error, Some(true), "a string for a flag is refused");
+    for entry in walk(&s.data.join("reviews"))? {
+        let text = String::from_utf8_lossy(&std::fs::read(&entry)?).into_owned();
+        assert!(
+            !text.contains(&secret_bytes[..40]),
+            "{} holds the upload's content",
+            entry.display()
+        );
+    }
+
     // Every refusal is in the session's ledger, the unknown session in the server's.
     let ev = events(&review(&s, &sid))?;
     let failed = failed_uploads(&ev);
@@ -190,8 +210,8 @@ async fn bad_input_refused_before_writing() -> Result<()> {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "invalid_params").count(),
-        3,
-        "relative path, bad base64, over the limit: {kinds:?}"
+        5,
+        "relative path, bad base64, over the limit, missing directory, a flag that does not parse: {kinds:?}"
     );
     assert_eq!(
         kinds.iter().filter(|k| **k == "exists").count(),
@@ -204,7 +224,7 @@ async fn bad_input_refused_before_writing() -> Result<()> {
             .is_some_and(|m| m.contains(&dir))),
         "the missing directory: {kinds:?}"
     );
-    assert_eq!(failed.len(), 5, "{kinds:?}");
+    assert_eq!(failed.len(), 6, "{kinds:?}");
     let server_ledger = std::fs::read_dir(s.data.join("reviews"))?
         .flatten()
         .map(|e| e.path())
@@ -313,4 +333,18 @@ async fn cp_both_ways() -> Result<()> {
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
     Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }

@@ -32,12 +32,22 @@ async fn lists_the_tools_and_prompts() -> Result<()> {
         "session_stop",
         "type",
         "wait",
+        "upload",
+        "download",
+        "clipboard_set",
+        "clipboard_get",
     ] {
         assert!(
             tools.iter().any(|n| n == t),
             "tool {t} missing from {tools:?}"
         );
     }
+    // The file size limit is in the schema the model reads.
+    let upload = s.client.tool_schema("upload").await?;
+    let content = upload["properties"]["content"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(content.contains("10 MiB"), "{upload}");
     assert_eq!(
         s.client.prompt_names().await?,
         vec!["use-desktop".to_string()]

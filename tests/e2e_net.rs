@@ -196,6 +196,20 @@ async fn allowlist_allows_one_denies_the_other() -> Result<()> {
     assert!(rc_of(said).is_some_and(|rc| rc != 0), "{tried}");
     c.call_ok("session_stop", json!({ "session_id": sid }))
         .await?;
+    // The review a person opens shows both decisions, in a real browser.
+    let exported = c
+        .call_ok("export_review", json!({ "session_id": sid }))
+        .await?;
+    let page = exported["index_html"].as_str().unwrap_or_default();
+    let dom = common::browser::dom(std::path::Path::new(page))?;
+    for shown in [
+        "network allowed",
+        "network denied",
+        "allowed.test:",
+        "denied.test:",
+    ] {
+        assert!(dom.contains(shown), "the review does not show {shown:?}");
+    }
     s.client.close().await
 }
 

@@ -27,6 +27,15 @@ pub struct NetArgs {
     /// person can fetch it (default: the review records path, size and sha256 only).
     #[arg(long = "review-files", env = "DESKVM_REVIEW_FILES")]
     pub review_files: bool,
+    /// The network modes sessions may ask for: none, allow, open (comma-separated). `none`
+    /// is always offered.
+    #[arg(
+        long = "network-modes",
+        env = "DESKVM_NETWORK_MODES",
+        value_delimiter = ',',
+        default_value = "none,allow,open"
+    )]
+    pub network_modes: Vec<String>,
 }
 
 impl NetArgs {
@@ -54,7 +63,18 @@ impl NetArgs {
                 .with_context(|| format!("--resolve {pair:?}: {ip:?} is not an IP address"))?;
             resolve.insert(name.trim().trim_end_matches('.').to_ascii_lowercase(), ip);
         }
+        let mut modes = vec!["none".to_string()];
+        for m in &self.network_modes {
+            let m = m.trim();
+            if !["none", "allow", "open"].contains(&m) {
+                bail!("--network-modes {m:?}: the modes are none, allow and open");
+            }
+            if !modes.iter().any(|k| k == m) {
+                modes.push(m.to_string());
+            }
+        }
         Ok(NetConfig {
+            modes,
             allow_forward,
             token_forward,
             resolve,
@@ -73,10 +93,12 @@ mod tests {
             allow_forward: "3000,8000-8001".into(),
             resolve: vec!["Allowed.Test.=127.0.0.1".into()],
             review_files: true,
+            network_modes: vec!["allow".into()],
         };
         let c = a.config(None).unwrap();
         assert!(c.allow_forward.contains(8001));
         assert_eq!(c.resolve["allowed.test"].to_string(), "127.0.0.1");
+        assert_eq!(c.modes, ["none", "allow"]);
         let bad = NetArgs {
             resolve: vec!["x".into()],
             ..Default::default()

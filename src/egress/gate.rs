@@ -31,6 +31,13 @@ pub(crate) enum Verdict {
 pub(crate) async fn authorize(cfg: &ProxyConfig, dest: &Dest) -> Verdict {
     let (policy, port) = (&cfg.policy, dest.port);
     if let Ok(ip) = dest.host.parse::<IpAddr>() {
+        // Whatever an entry says: the host's own services go through `forward`, which the
+        // operator limits, never through the allowlist an agent writes.
+        if is_internal(ip) {
+            return Verdict::Deny(format!(
+                "{ip} is this host's own or the guest network's address (use forward for host services)"
+            ));
+        }
         return if policy.allows_ip(ip, port) {
             Verdict::Allow(vec![SocketAddr::new(ip, port)])
         } else {
@@ -41,7 +48,9 @@ pub(crate) async fn authorize(cfg: &ProxyConfig, dest: &Dest) -> Verdict {
         return Verdict::Deny(format!("{:?} is not a valid host name", dest.host));
     };
     let by_name = policy.allows_name(&name, port);
-    if !by_name && !policy.has_addresses() {
+    // A name no rule allows is never looked up: a guest-chosen name must not reach a DNS
+    // server (a way out of its own). The operator's map is no lookup.
+    if !by_name && !mapped_by_operator(cfg, &name) {
         return Verdict::Deny(format!("no rule allows {dest}"));
     }
     let (addrs, mapped) = match resolve(cfg, &name, port).await {
@@ -53,24 +62,25 @@ pub(crate) async fn authorize(cfg: &ProxyConfig, dest: &Dest) -> Verdict {
     let allowed: Vec<SocketAddr> = addrs
         .into_iter()
         .filter(|a| {
-            if policy.allows_ip(a.ip(), port) {
-                return true;
-            }
-            if !by_name {
-                return false;
-            }
-            let inside = !mapped && is_internal(a.ip());
+            // The host's own addresses only by an allowed name the operator mapped there.
+            let inside = is_internal(a.ip()) && !(mapped && by_name);
             internal |= inside;
-            !inside
+            !inside && (by_name || policy.allows_ip(a.ip(), port))
         })
         .collect();
     if !allowed.is_empty() {
         Verdict::Allow(allowed)
-    } else if internal {
+    } else if internal && by_name {
         Verdict::Deny(format!("{name} resolves to a loopback/link-local address"))
     } else {
         Verdict::Deny(format!("no rule allows {dest} or its addresses"))
     }
+}
+
+fn mapped_by_operator(cfg: &ProxyConfig, name: &str) -> bool {
+    cfg.resolve
+        .keys()
+        .any(|k| k.strip_suffix('.').unwrap_or(k).eq_ignore_ascii_case(name))
 }
 
 /// The operator's map first (it is the operator's word, so its addresses may be anything),

@@ -10,6 +10,10 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::{Decision, Sink};
 
+/// Open connections one listener serves at once. QEMU forks one `socat` on the host per guest
+/// connection: past this many, new ones are closed at once instead of piling up processes.
+const MAX_OPEN: usize = 64;
+
 /// Runs `each` on every connection `listener` accepts, each in a task of its own. The tasks
 /// live in a set this future owns, so when the caller aborts it (the session stops) every open
 /// connection ends with it, and still records its decision.
@@ -22,6 +26,10 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if tasks.len() >= MAX_OPEN => {
+                    tracing::debug!("egress: {MAX_OPEN} connections open; closing a new one");
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     tasks.spawn(each(stream));
                 }
@@ -105,9 +113,10 @@ impl Drop for Record {
 pub(crate) enum Until {
     /// A tunnel: each direction runs to its own end and passes a half-close on.
     BothClose,
-    /// One plain HTTP request sent with `Connection: close`: the target's end is the end, so
-    /// nothing more the client sends reaches the target unchecked.
-    TargetCloses,
+    /// One plain HTTP request sent with `Connection: close`: at most `body` more bytes of the
+    /// client's (the rest of its body) reach the target, and the target's end is the end, so
+    /// no second request on the connection reaches the target unchecked.
+    TargetCloses { body: u64 },
 }
 
 /// Copies both ways between `client` and `target`, adding to `up` (towards the target) and
@@ -126,8 +135,12 @@ pub(crate) async fn join<C, T>(
 {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut target_r, mut target_w) = tokio::io::split(target);
-    let to_target = copy(&mut client_r, &mut target_w, up);
-    let to_client = copy(&mut target_r, &mut client_w, down);
+    let limit = match until {
+        Until::TargetCloses { body } => Some(body),
+        Until::BothClose => None,
+    };
+    let to_target = copy(&mut client_r, &mut target_w, up, limit);
+    let to_client = copy(&mut target_r, &mut client_w, down, None);
     tokio::pin!(to_target, to_client);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
@@ -140,7 +153,7 @@ pub(crate) async fn join<C, T>(
             }
             r = &mut to_client, if !down_done => {
                 down_done = true;
-                if r.is_err() || until == Until::TargetCloses {
+                if r.is_err() || matches!(until, Until::TargetCloses { .. }) {
                     break;
                 }
             }
@@ -148,21 +161,40 @@ pub(crate) async fn join<C, T>(
     }
 }
 
-/// One direction: reads until end of file, then shuts the writer down (the half-close).
-async fn copy<R, W>(r: &mut R, w: &mut W, count: &mut u64) -> std::io::Result<()>
+/// One direction: reads until end of file, then shuts the writer down (the half-close); with
+/// a `limit`, stops after that many bytes and leaves the writer open (the target still
+/// answers on it).
+async fn copy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &mut u64,
+    limit: Option<u64>,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut left = limit;
     loop {
-        let n = r.read(&mut buf).await?;
+        let want = match left {
+            Some(0) => return Ok(()),
+            Some(l) => buf.len().min(usize::try_from(l).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let n = r.read(&mut buf[..want]).await?;
         if n == 0 {
-            return w.shutdown().await;
+            return match limit {
+                Some(_) => Ok(()),
+                None => w.shutdown().await,
+            };
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
         *count += n as u64;
+        if let Some(l) = &mut left {
+            *l -= n as u64;
+        }
     }
 }
 

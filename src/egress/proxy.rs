@@ -102,7 +102,8 @@ where
         Verdict::Allow(addrs) => addrs,
         Verdict::Deny(why) => return refuse(client, cfg, rec, why).await,
         Verdict::Unresolved(why) => {
-            return bad_gateway(client, rec, format!("connect failed: {why}")).await
+            rec.allow();
+            return bad_gateway(client, rec, format!("connect failed: {why}")).await;
         }
     };
     rec.allow();
@@ -118,7 +119,13 @@ where
                 return rec.deny(why);
             }
         }
-        First::Tls(None) | First::Other => {}
+        // No name to check: the tunnel still goes only to the allowed target.
+        First::Tls(None) => {}
+        // Plain bytes (a Host header of their own) or a silent client (a protocol whose
+        // server speaks first) would pass with no name checked: only TLS goes through.
+        First::Other => {
+            return rec.deny("only TLS passes through CONNECT (send plain HTTP as a proxy request)")
+        }
         First::Closed => return rec.note("the client closed the tunnel before sending anything"),
         First::Bad(why) => return rec.deny(why),
     }
@@ -155,14 +162,26 @@ async fn plain<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     rec.target(&dest.host, dest.port);
+    let body_len = match body_length(req) {
+        Ok(n) => n,
+        Err(why) => {
+            rec.deny(why.clone());
+            return respond(client, "411 Length Required", &format!("{why}\n")).await;
+        }
+    };
     let addrs = match gate::authorize(cfg, &dest).await {
         Verdict::Allow(addrs) => addrs,
         Verdict::Deny(why) => return refuse(client, cfg, rec, why).await,
         Verdict::Unresolved(why) => {
-            return bad_gateway(client, rec, format!("connect failed: {why}")).await
+            rec.allow();
+            return bad_gateway(client, rec, format!("connect failed: {why}")).await;
         }
     };
     rec.allow();
+    // Only this request's body goes on: bytes after it would be a second request, unchecked.
+    let mut body = body;
+    body.truncate(usize::try_from(body_len).unwrap_or(usize::MAX));
+    let rest = body_len - body.len() as u64;
     let mut target = match gate::connect(&addrs, cfg.connect_timeout).await {
         Ok(t) => t,
         Err(e) => return bad_gateway(client, rec, format!("connect failed: {e}")).await,
@@ -177,11 +196,30 @@ async fn plain<S>(
     pipe::join(
         client,
         &mut target,
-        Until::TargetCloses,
+        Until::TargetCloses { body: rest },
         &mut d.bytes_up,
         &mut d.bytes_down,
     )
     .await;
+}
+
+/// The length of a plain request's body: its one `Content-Length`, or none. A chunked body
+/// is refused: where it ends is what a second, unchecked request would hide behind.
+fn body_length(req: &Head) -> Result<u64, String> {
+    if !req.values("Transfer-Encoding").is_empty() {
+        return Err(
+            "chunked request bodies do not pass deskvm's proxy; send Content-Length".into(),
+        );
+    }
+    let lengths = req.values("Content-Length");
+    match lengths.as_slice() {
+        [] => Ok(0),
+        [one] => one
+            .trim()
+            .parse()
+            .map_err(|_| format!("Content-Length {one:?} is not a number")),
+        _ => Err("more than one Content-Length".into()),
+    }
 }
 
 /// What a tunnel's client sent first.

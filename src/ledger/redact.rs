@@ -52,6 +52,11 @@ fn scrub(v: &Value, secret: bool) -> Value {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| {
+                    // A file's bytes (upload) never: their size is all the review keeps.
+                    if k == "content" {
+                        let n = v.as_str().map_or(0, str::len);
+                        return (k.clone(), json!({ "omitted": true, "base64_chars": n }));
+                    }
                     // Ids stay readable: they are not the agent's text.
                     let keep = k == "session_id" || k == "secret";
                     (k.clone(), if keep { v.clone() } else { scrub(v, secret) })

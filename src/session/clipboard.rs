@@ -51,7 +51,9 @@ impl SessionManager {
             .session_for("clipboard_get", id, &args, started)
             .await?;
         let result = session.clipboard_get(primary).await;
-        let recorded = result.as_ref().map(|v| json!({ "text": crate::ledger::redact::text(v["text"].as_str().unwrap_or_default(), false) }));
+        let recorded = result
+            .as_ref()
+            .map(|v| json!({ "chars": v["text"].as_str().unwrap_or_default().chars().count() }));
         self.record_on(
             &session,
             "clipboard_get",
@@ -74,8 +76,9 @@ fn selection(primary: bool) -> &'static str {
 impl Session {
     /// xclip as the desktop user (the X selections belong to its session); it stays in the
     /// background owning the selection, its output closed so the agent's exec can finish.
-    fn xclip(&self, user: Option<&str>, args: &str) -> String {
-        let cmd = format!("command -v xclip >/dev/null || {{ echo 'xclip is not installed in this image (the workstation image has it)' >&2; exit 127; }}; xclip {args}");
+    /// `run`: the shell command that uses xclip.
+    fn xclip(&self, user: Option<&str>, run: &str) -> String {
+        let cmd = format!("command -v xclip >/dev/null || {{ echo 'xclip is not installed in this image (the workstation image has it)' >&2; exit 127; }}; {run}");
         match user {
             Some(u) => as_user(u, &cmd),
             None => format!("DISPLAY=:0 sh -c {}", q(&cmd)),
@@ -92,9 +95,14 @@ impl Session {
         let user = self.owner(false).await;
         let script = self.xclip(
             user.as_deref(),
-            &format!("-selection {} -in >/dev/null 2>&1", selection(primary)),
+            // Its errors (no display, say) come before it forks into the background, which
+            // keeps no pipe of the agent's open: they go through a file.
+            &format!(
+                "e=$(mktemp) || exit 1; xclip -selection {} -in >/dev/null 2>\"$e\"; rc=$?; cat \"$e\" >&2; rm -f \"$e\"; exit $rc",
+                selection(primary)
+            ),
         );
-        self.clip_sh(&script, Some(text.as_bytes().to_vec()))
+        self.clip_sh(&script, Some(text.as_bytes().to_vec()), false)
             .await?;
         Ok(json!({ "chars": text.chars().count(), "selection": selection(primary) }))
     }
@@ -103,14 +111,20 @@ impl Session {
         let user = self.owner(false).await;
         let script = self.xclip(
             user.as_deref(),
-            &format!("-selection {} -out", selection(primary)),
+            &format!("xclip -selection {} -out", selection(primary)),
         );
-        let text = self.clip_sh(&script, None).await?;
+        let text = self.clip_sh(&script, None, true).await?;
         Ok(json!({ "text": text, "selection": selection(primary) }))
     }
 
-    /// A clipboard command; no xclip in the image is `unavailable`, an empty selection is "".
-    async fn clip_sh(&self, script: &str, input: Option<Vec<u8>>) -> Result<String, SessionError> {
+    /// A clipboard command; no xclip in the image is `unavailable`; reading (`get`) an empty
+    /// selection is "".
+    async fn clip_sh(
+        &self,
+        script: &str,
+        input: Option<Vec<u8>>,
+        get: bool,
+    ) -> Result<String, SessionError> {
         match self.root_sh("clipboard", script, input).await {
             Err(SessionError::Setup(m)) if m.contains("exit 127") => {
                 Err(SessionError::Unavailable {
@@ -119,10 +133,8 @@ impl Session {
                         .into(),
                 })
             }
-            // xclip -out with nothing selected says so and exits 1: the clipboard is empty.
-            Err(SessionError::Setup(m)) if m.contains("Error: target") || m.contains("exit 1)") => {
-                Ok(String::new())
-            }
+            // xclip -out with nothing selected says "Error: target STRING not available".
+            Err(SessionError::Setup(m)) if get && m.contains("not available") => Ok(String::new()),
             other => other,
         }
     }

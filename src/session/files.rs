@@ -17,6 +17,10 @@ use super::{Session, SessionManager};
 /// the default `--max-body-bytes`.
 pub const MAX_FILE_BYTES: usize = 10 * 1024 * 1024;
 const AGENT_WAIT: Duration = Duration::from_secs(30);
+/// Exit codes of the guest-side checks: a request the guest's files refuse (the caller's to
+/// fix), and a file that is already there.
+const INVALID: i64 = 65;
+const EXISTS: i64 = 66;
 
 /// An upload, decoded and checked (the tool's parameters, minus the session).
 pub struct Upload {
@@ -215,12 +219,17 @@ impl Session {
             None => agent.sh(script, timeout, None).await,
         }
         .map_err(crate::vm::VmError::from)?;
-        if out.exit_code != 0 {
-            return Err(SessionError::Setup(format!(
-                "{what} failed in the guest (exit {}): {}",
-                out.exit_code,
-                out.stderr.trim()
-            )));
+        let said = out.stderr.trim().to_string();
+        match out.exit_code {
+            0 => {}
+            INVALID => return Err(SessionError::InvalidParams(said)),
+            EXISTS => return Err(SessionError::Exists { path: said }),
+            _ => {
+                return Err(SessionError::Setup(format!(
+                    "{what} failed in the guest (exit {}): {said}",
+                    out.exit_code
+                )))
+            }
         }
         Ok(out.stdout)
     }
@@ -235,27 +244,29 @@ impl Session {
         let path = q(&u.path);
         let owner = self.owner(u.root).await;
         // Checked in the guest before a byte is written: the parent (made only on request,
-        // as the file's owner) and an existing file (replaced only on request).
+        // as the file's owner) and an existing file (replaced only on request). The bytes go
+        // to a root-only directory beside the target, so nobody swaps the file for a link
+        // before it is handed over; a failed upload leaves no half file.
         let mkdir = match owner.is_some() {
             true => "/usr/local/bin/deskvm-as-user mkdir -p \"$d\"",
             false => "mkdir -p \"$d\"",
         };
         let check = format!(
             "p={path}; d=$(dirname \"$p\"); \
-             if [ -d \"$p\" ]; then echo \"$p is a directory\" >&2; exit 3; fi; \
-             if [ -e \"$p\" ] && [ {ow} = 0 ]; then echo exists; exit 0; fi; \
-             if [ ! -d \"$d\" ]; then if [ {cd} = 1 ]; then {mkdir} || exit 4; \
-             else echo \"the directory $d does not exist (pass create_dirs: true to make it)\" >&2; exit 5; fi; fi; echo ok",
+             if [ -d \"$p\" ]; then echo \"$p is a directory\" >&2; exit {INVALID}; fi; \
+             if [ -e \"$p\" ] && [ {ow} = 0 ]; then echo \"$p\" >&2; exit {EXISTS}; fi; \
+             if [ ! -d \"$d\" ]; then if [ {cd} = 1 ]; then {mkdir} || exit 1; \
+             else echo \"the directory $d does not exist (pass create_dirs: true to make it)\" >&2; exit {INVALID}; fi; fi; \
+             mktemp -d \"$d/.deskvm-upload.XXXXXX\"",
             ow = u8::from(u.overwrite),
             cd = u8::from(u.create_dirs),
         );
-        if self.root_sh("upload", &check, None).await?.trim() == "exists" {
-            return Err(SessionError::Exists {
-                path: u.path.clone(),
-            });
-        }
-        // Written beside the target and renamed over it: a failed upload leaves no half file.
-        let tmp = format!("{}.deskvm-upload-{:08x}", u.path, rand::random::<u32>());
+        let dir = self
+            .root_sh("upload", &check, None)
+            .await?
+            .trim()
+            .to_string();
+        let tmp = format!("{dir}/f");
         let written = {
             let lane = self.lane.lock().await;
             let agent = lane.vm().agent(AGENT_WAIT).await?;
@@ -265,11 +276,16 @@ impl Session {
                 .map_err(crate::vm::VmError::from)
         };
         let chown = owner
-            .map(|o| format!("chown {} \"$t\" && ", q(&o)))
+            .map(|o| format!("chown {}: \"$f\" && ", q(&o)))
             .unwrap_or_default();
+        // `ln` fails on a file that appeared since the check; `mv` replaces only the name.
+        let place = match u.overwrite {
+            true => "mv -f \"$f\" \"$p\"".to_string(),
+            false => format!("{{ ln \"$f\" \"$p\" 2>/dev/null || {{ echo \"$p\" >&2; rm -rf \"$t\"; exit {EXISTS}; }}; }}"),
+        };
         let finish = format!(
-            "t={}; {chown}chmod {:o} \"$t\" && mv -f \"$t\" {path}",
-            q(&tmp),
+            "t={}; f=\"$t/f\"; p={path}; {chown}chmod {:o} \"$f\" && {place} && rm -rf \"$t\"",
+            q(&dir),
             u.mode
         );
         let finished = match written {
@@ -278,7 +294,7 @@ impl Session {
         };
         if let Err(e) = finished {
             let _ = self
-                .root_sh("upload", &format!("rm -f {}", q(&tmp)), None)
+                .root_sh("upload", &format!("rm -rf {}", q(&dir)), None)
                 .await;
             return Err(e);
         }
@@ -289,8 +305,8 @@ impl Session {
 
     async fn download(&self, path: &str) -> Result<Downloaded, SessionError> {
         let check = format!(
-            "p={}; if [ ! -e \"$p\" ]; then echo \"$p does not exist\" >&2; exit 3; fi; \
-             if [ ! -f \"$p\" ]; then echo \"$p is not a regular file\" >&2; exit 3; fi; stat -c %s \"$p\"",
+            "p={}; if [ ! -e \"$p\" ]; then echo \"$p does not exist\" >&2; exit {INVALID}; fi; \
+             if [ ! -f \"$p\" ]; then echo \"$p is not a regular file\" >&2; exit {INVALID}; fi; stat -c %s \"$p\"",
             q(path)
         );
         let size: usize = self

@@ -137,7 +137,9 @@ pub struct Session {
     viewers: Arc<viewers::Viewers>,
     /// Its network as asked for, and the listeners behind its forwards and proxy.
     net: network::NetRequest,
-    wiring: Option<network::Wiring>,
+    /// The guest addresses its VM hands to this host (a restore's new VM needs the same).
+    guestfwd: Vec<crate::vm::spec::GuestFwd>,
+    wiring: std::sync::Mutex<Option<network::Wiring>>,
 }
 
 impl Session {
@@ -145,12 +147,8 @@ impl Session {
         &self.info.session_id
     }
 
-    /// The guest addresses its VM hands to this host (a restore's new VM needs the same).
     fn guestfwd(&self) -> Vec<crate::vm::spec::GuestFwd> {
-        self.wiring
-            .as_ref()
-            .map(|w| w.guestfwd.clone())
-            .unwrap_or_default()
+        self.guestfwd.clone()
     }
 }
 

@@ -20,7 +20,7 @@ use crate::ledger::Ledger;
 use crate::vm::spec::{GuestFwd, RuntimeFiles};
 
 mod guest;
-pub(super) use guest::configure_guest;
+pub(super) use guest::{configure_guest, no_agent};
 
 /// Where forwarded host services appear in the guest (`host.deskvm.internal`).
 pub const FORWARD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
@@ -65,6 +65,8 @@ pub struct NetConfig {
     pub resolve: HashMap<String, IpAddr>,
     /// The review keeps copies of the files that went in and out (`--review-files`).
     pub review_files: bool,
+    /// The modes sessions may ask for (`--network-modes`; empty: all).
+    pub modes: Vec<String>,
 }
 
 /// Ports as an operator writes them: `3000,8000-8100`.
@@ -139,6 +141,16 @@ impl NetRequest {
         cfg: &NetConfig,
         token: Option<&str>,
     ) -> Result<Self, SessionError> {
+        if !cfg.modes.is_empty() && !cfg.modes.iter().any(|m| m == mode.name()) {
+            return Err(SessionError::Unavailable {
+                what: "this network mode",
+                why: format!(
+                    "network {:?} is not offered by this server; it offers: {} (deskvm serve --network-modes)",
+                    mode.name(),
+                    cfg.modes.join(", ")
+                ),
+            });
+        }
         if let NetworkMode::Allow(entries) = &mode {
             Policy::parse(entries)
                 .map_err(|e| SessionError::InvalidParams(format!("network.allow: {e}")))?;
@@ -286,6 +298,14 @@ impl Drop for Wiring {
 }
 
 impl Wiring {
+    /// Stops the listeners and their open connections, each connection's decision recorded.
+    pub async fn stop(mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     /// Listens on the session's unix sockets (`files` as this host sees them; `qemu_files` as
     /// QEMU does) for each forward and, in allow mode, the proxy.
     pub fn start(
@@ -294,6 +314,17 @@ impl Wiring {
         files: &RuntimeFiles,
         qemu_files: &RuntimeFiles,
     ) -> Result<Self, SessionError> {
+        // QEMU splits `cmd:` like a shell and socat splits its address on these: a runtime
+        // dir with one would break every forward without a word.
+        let dir = qemu_files.dir.to_string_lossy();
+        if let Some(c) = dir
+            .chars()
+            .find(|c| ",:!'\"\\ ()[]{}".contains(*c) || c.is_whitespace())
+        {
+            return Err(SessionError::Setup(format!(
+                "the runtime dir {dir} has {c:?} in its path, which the forward's socat cannot take; set DESKVM_RUNTIME_DIR to a plain path"
+            )));
+        }
         let log = Arc::new(DecisionLog::default());
         let sink: Sink = {
             let log = log.clone();

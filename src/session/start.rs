@@ -204,6 +204,9 @@ impl SessionManager {
         let (agent, first_boot) = self
             .ensure_first_ready_state(&desktop, fork.is_some(), backend)
             .await?;
+        if net.needs_guest() && !agent {
+            return Err(super::network::no_agent());
+        }
         let mut launch = self.launch(&desktop, fork, backend);
         // A container the backend started ahead for a session like this one, if any.
         let id = backend.take_prepared(&launch.spec).unwrap_or_else(new_id);
@@ -363,7 +366,12 @@ impl SessionManager {
         let session = Arc::new(Session {
             viewers,
             net: start.net,
-            wiring: start.wiring,
+            guestfwd: start
+                .wiring
+                .as_ref()
+                .map(|w| w.guestfwd.clone())
+                .unwrap_or_default(),
+            wiring: std::sync::Mutex::new(start.wiring),
             info: info.clone(),
             lane: Mutex::new(lane),
             geometry,
@@ -407,10 +415,10 @@ impl SessionManager {
         (meta.width, meta.height) = (Some(d.width), Some(d.height));
         meta.token = caller.principal.clone();
         let dir = self.cfg.layout.reviews().join(&start.id);
-        let ledger = Ledger::create(&dir, meta).map_err(SessionError::Ledger)?;
+        // Before the ledger: a start that fails here leaves no review that says "running".
         if start.net.needs_guest() {
             super::network::configure_guest(&booted.vm, &start.net, start.agent).await?;
         }
-        Ok(ledger)
+        Ledger::create(&dir, meta).map_err(SessionError::Ledger)
     }
 }

@@ -20,6 +20,11 @@ impl Session {
         let mut lane = self.lane.lock().await;
         let alive = self.check_alive().is_ok();
         lane.stop_vm(alive).await;
+        // Its open connections end now, and their decisions are on record before the stop.
+        let wiring = self.wiring.lock().expect("wiring poisoned").take();
+        if let Some(w) = wiring {
+            w.stop().await;
+        }
         crate::storage::remove_session_dirs(&self.files)
     }
 

@@ -160,7 +160,9 @@ mkdir -p "$ROOT/etc/deskvm"
   echo "DESKVM_READY_WHEN=$(shquote "$DESKVM_READY_WHEN")"
 } > "$ROOT/etc/deskvm/recipe.env"
 echo deskvm > "$ROOT/etc/hostname"
-printf '127.0.0.1 localhost\n127.0.1.1 deskvm\n' > "$ROOT/etc/hosts"
+# host.deskvm.internal: the host services a session forwards; proxy.deskvm.internal: the
+# allowlist proxy (both reach deskvm on the host, whatever the session's network mode).
+printf '127.0.0.1 localhost\n127.0.1.1 deskvm\n10.0.2.100 host.deskvm.internal\n10.0.2.101 proxy.deskvm.internal\n' > "$ROOT/etc/hosts"
 printf '/dev/vda / ext4 rw,relatime 0 1\n' > "$ROOT/etc/fstab"
 # No root password prompt matters: nothing listens on a network, and the console is the agent's.
 in_root passwd -d root >/dev/null
@@ -181,6 +183,9 @@ fi
 
 echo "step 5/$STEPS: services, kernel, cleanup"
 in_root systemctl enable deskvm-desktop.service >/dev/null 2>&1
+# The NIC's static address (overlay's 10-deskvm.network); nothing waits for "online".
+in_root systemctl enable systemd-networkd.service >/dev/null 2>&1
+in_root systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 # Jobs that would wake up in a resumed guest and compete with the agent for a TCG CPU, and
 # anything that would listen on a network (none of these should be installed; masking an
 # absent unit is harmless and keeps a recipe's extra packages from starting them).

@@ -7,22 +7,19 @@ use crate::session::error::SessionError;
 
 impl NetRequest {
     /// The root shell script that sets the guest up for this network, run through the guest
-    /// agent once it runs (a resumed ready state has an unconfigured NIC): a static address on
-    /// QEMU's network, the names of the forward and proxy addresses, in `open` a route and
-    /// QEMU's DNS; in `allow` the proxy for commands (`session.env`, read by deskvm-as-user)
-    /// and for Firefox (a default-prefs file, read when Firefox starts).
+    /// agent once it runs: the names of the forward and proxy addresses, QEMU's DNS in `open`
+    /// (none otherwise), in `allow` the proxy for commands (`session.env`, read by
+    /// deskvm-as-user) and for Firefox (a default-prefs file, read when Firefox starts). The
+    /// NIC's static address comes with the image (`tools/guest/common`), so a resumed guest has
+    /// it up; a guest without it (an older image) gets it here, which costs a networkd restart.
     pub fn guest_script(&self) -> String {
         let open = self.mode == NetworkMode::Open;
-        let mut net = String::from(
-            "[Match]\nType=ether\n[Network]\nAddress=10.0.2.15/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
-        );
-        if open {
-            net.push_str("Gateway=10.0.2.2\nDNS=10.0.2.3\n");
-        }
+        let net = "[Match]\nType=ether\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n";
         let resolv = if open { "nameserver 10.0.2.3\n" } else { "" };
         let mut s = format!(
             "set -e\nmkdir -p /etc/systemd/network /etc/deskvm\n\
-             printf '{net}' > /etc/systemd/network/10-deskvm.network\n\
+             n=/etc/systemd/network/10-deskvm.network\n\
+             if ! grep -qs '^Address=10.0.2.15/24$' \"$n\"; then printf '{net}' > \"$n\"; systemctl restart systemd-networkd; fi\n\
              printf '{resolv}' > /etc/resolv.conf\n\
              sed -i '/deskvm\\.internal/d' /etc/hosts\n\
              printf '{FORWARD_ADDR} {FORWARD_NAME}\\n{PROXY_ADDR} {PROXY_NAME}\\n' >> /etc/hosts\n\
@@ -57,11 +54,18 @@ impl NetRequest {
             ));
         }
         s.push_str(
-            "systemctl restart systemd-networkd\n\
-             i=0; until { hostname -I; networkctl status; } 2>/dev/null | grep -q '10\\.0\\.2\\.15'; do\n\
+            "i=0; until { hostname -I; networkctl status; } 2>/dev/null | grep -q '10\\.0\\.2\\.15'; do\n\
              i=$((i+1)); [ $i -lt 100 ] || { echo 'the guest network did not come up' >&2; exit 1; }; sleep 0.1; done\n",
         );
         s
+    }
+}
+
+/// A network or forward asked of a guest with no agent to set it up.
+pub(in crate::session) fn no_agent() -> SessionError {
+    SessionError::Unavailable {
+        what: "network and forward",
+        why: "this image has no guest agent to configure the guest's network with; start it with network none and no forward".into(),
     }
 }
 
@@ -73,10 +77,7 @@ pub(in crate::session) async fn configure_guest(
     agent: bool,
 ) -> Result<(), SessionError> {
     if !agent {
-        return Err(SessionError::Unavailable {
-            what: "network and forward",
-            why: "this image has no guest agent to configure the guest's network with; start it with network none and no forward".into(),
-        });
+        return Err(no_agent());
     }
     let out = vm
         .exec(&net.guest_script(), std::time::Duration::from_secs(60))

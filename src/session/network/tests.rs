@@ -101,7 +101,22 @@ fn allow_entries_are_checked_and_described() {
         script.contains("http_proxy=http://proxy.deskvm.internal:3128"),
         "{script}"
     );
-    assert!(!script.contains("Gateway"), "{script}");
+    assert!(
+        !script.contains("nameserver"),
+        "no DNS but the proxy's: {script}"
+    );
     let open = NetRequest::check(NetworkMode::Open, &[], &c, None).unwrap();
-    assert!(open.guest_script().contains("Gateway=10.0.2.2"));
+    assert!(open.guest_script().contains("nameserver 10.0.2.3"));
+}
+
+#[test]
+fn modes_the_operator_does_not_offer_are_refused() {
+    let c = NetConfig {
+        modes: vec!["none".into(), "allow".into()],
+        ..Default::default()
+    };
+    let e = NetRequest::check(NetworkMode::Open, &[], &c, None).unwrap_err();
+    assert_eq!(e.kind(), "unavailable");
+    assert!(e.to_string().contains("offers: none, allow"), "{e}");
+    assert!(NetRequest::check(NetworkMode::None, &[], &c, None).is_ok());
 }
