@@ -98,15 +98,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     rec.target(&dest.host, dest.port);
-    let addrs = match gate::authorize(cfg, &dest).await {
-        Verdict::Allow(addrs) => addrs,
-        Verdict::Deny(why) => return refuse(client, cfg, rec, why).await,
-        Verdict::Unresolved(why) => {
-            rec.allow();
-            return bad_gateway(client, rec, format!("connect failed: {why}")).await;
-        }
+    let Some(addrs) = authorized(client, cfg, rec, &dest).await else {
+        return;
     };
-    rec.allow();
     if client.write_all(ESTABLISHED).await.is_err() {
         return rec.note("the client went away");
     }
@@ -169,15 +163,9 @@ async fn plain<S>(
             return respond(client, "411 Length Required", &format!("{why}\n")).await;
         }
     };
-    let addrs = match gate::authorize(cfg, &dest).await {
-        Verdict::Allow(addrs) => addrs,
-        Verdict::Deny(why) => return refuse(client, cfg, rec, why).await,
-        Verdict::Unresolved(why) => {
-            rec.allow();
-            return bad_gateway(client, rec, format!("connect failed: {why}")).await;
-        }
+    let Some(addrs) = authorized(client, cfg, rec, &dest).await else {
+        return;
     };
-    rec.allow();
     // Only this request's body goes on: bytes after it would be a second request, unchecked.
     let mut body = body;
     body.truncate(usize::try_from(body_len).unwrap_or(usize::MAX));
@@ -201,6 +189,34 @@ async fn plain<S>(
         &mut d.bytes_down,
     )
     .await;
+}
+
+/// The policy's answer for `dest`: the addresses to connect to, recorded as allowed; or the
+/// refusal (403) or the failed lookup of an allowed name (502) already answered and recorded.
+async fn authorized<S>(
+    client: &mut S,
+    cfg: &ProxyConfig,
+    rec: &mut Record,
+    dest: &Dest,
+) -> Option<Vec<std::net::SocketAddr>>
+where
+    S: AsyncWrite + Unpin,
+{
+    match gate::authorize(cfg, dest).await {
+        Verdict::Allow(addrs) => {
+            rec.allow();
+            Some(addrs)
+        }
+        Verdict::Deny(why) => {
+            refuse(client, cfg, rec, why).await;
+            None
+        }
+        Verdict::Unresolved(why) => {
+            rec.allow();
+            bad_gateway(client, rec, format!("connect failed: {why}")).await;
+            None
+        }
+    }
 }
 
 /// The length of a plain request's body: its one `Content-Length`, or none. A chunked body
