@@ -12,17 +12,34 @@ use crate::cdp::Page;
 
 /// Waits until the page shows the desktop: connected, and a frame drawn.
 pub async fn wait_live(page: &Page<'_>, timeout: Duration) -> Result<()> {
-    page.wait_for(
-        "(() => { const v = window.deskvmView; const c = v && v.canvas(); \
+    let waited = page
+        .wait_for(
+            "(() => { const v = window.deskvmView; const c = v && v.canvas(); \
            if (!v || !v.connected || !c || c.width < 64) return false; \
            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
            for (let i = 0; i < d.length; i += 4096) if (d[i] || d[i+1] || d[i+2]) return true; \
            return false; })()",
-        timeout,
-    )
-    .await
-    .map(|_| ())
-    .context("the view page did not show the desktop")
+            timeout,
+        )
+        .await;
+    if let Err(e) = waited {
+        // What the page showed, so a failure says which step never came: no page, no
+        // connection, or a connection and no frame.
+        let seen = page
+            .eval(
+                "(() => { const v = window.deskvmView; const c = v && v.canvas(); \
+                   const s = document.getElementById('status'); \
+                   return { url: location.href, view: !!v, connected: !!(v && v.connected), \
+                            ended: !!(v && v.ended), canvas: c ? [c.width, c.height] : null, \
+                            status: s ? s.textContent : null }; })()",
+            )
+            .await
+            .unwrap_or_else(|e| Value::String(format!("the page did not answer: {e}")));
+        return Err(e.context(format!(
+            "the view page did not show the desktop; it showed {seen}"
+        )));
+    }
+    Ok(())
 }
 
 /// The canvas's size in screen pixels.
